@@ -1,0 +1,1 @@
+"""Fractal Workbook library."""

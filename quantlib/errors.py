@@ -1,0 +1,33 @@
+"""One small exception hierarchy. Every message names the file/key/stage at fault and the fix.
+
+`run_book.py` prints ``str(error)`` on one line and exits non-zero for any ``WorkbookError``.
+"""
+from __future__ import annotations
+
+
+class WorkbookError(Exception):
+    """Base class: a failure the user can act on (message = what is wrong + how to fix it)."""
+
+
+class ProfileError(WorkbookError):
+    """An invalid profile or scanner file: unknown key, bad type, missing file, cyclic `extends`."""
+
+
+class IdentifierError(WorkbookError):
+    """A symbol or run id that does not match its pattern (rejected before it touches a path)."""
+
+
+class SourceError(WorkbookError):
+    """A market-data source failed: bad symbol, authentication, network after retries."""
+
+
+class DataError(WorkbookError):
+    """Missing or corrupt lakehouse/run data."""
+
+
+class StageError(WorkbookError):
+    """A book stage failed (failing cell, timeout, missing declared output)."""
+
+
+class GateError(WorkbookError):
+    """A computed gate failed (health, sign test, audit)."""

@@ -1,0 +1,203 @@
+"""Profiles: YAML files with `extends:` inheritance, one strict pydantic schema, env overrides.
+
+`profiles/base.yaml` is the one source of defaults: the schema declares types and bounds only, and
+every profile implicitly extends `base` unless it names another parent. Mappings deep-merge, lists
+replace. Unknown keys and cyclic inheritance are errors naming the file and key. Environment
+variables `FW_<SECTION>__<KEY>=value` (value parsed as YAML) are applied last and recorded.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ProfileError
+from .ids import check_name, check_symbol
+
+BASE_PROFILE = "base"
+ENV_PREFIX = "FW_"
+
+
+class Strict(BaseModel):
+    """A frozen model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    kind: Literal["sim", "ccxt"]
+    venue: Literal["crypto", "equities"]
+    exchange: str
+    seed: int
+    as_of: str | None
+    n_bases: int | None = Field(ge=1)
+    retries: int = Field(ge=0)
+    backoff_s: float = Field(ge=0)
+
+
+class DataConfig(Strict):
+    timeframe: Literal["1d"]
+    lookback_days: int = Field(ge=30)
+    freshness_hours: float = Field(ge=0)
+    workers: int = Field(ge=1, le=64)
+    toxic_return: float = Field(gt=0)
+    flat_bars: int = Field(ge=2)
+    scanners: list[str] = Field(min_length=1)
+    anchors: list[str]
+    backfill_chunk: int = Field(ge=1)
+    lakehouse: str
+
+
+class FeatureFlags(Strict):
+    directional_sign_test_gate_atomic: bool
+    directional_sign_test_gate: bool
+
+
+class BookConfig(Strict):
+    cell_timeout_s: int = Field(ge=1)
+    export_html: bool
+
+
+class Profile(Strict):
+    """A fully resolved, validated profile."""
+
+    name: str
+    description: str
+    source: SourceConfig
+    data: DataConfig
+    features: FeatureFlags
+    book: BookConfig
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile plus where it came from: the inheritance chain and the env overrides applied."""
+
+    profile: Profile
+    chain: tuple[str, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def to_yaml(self) -> str:
+        doc = {"profile": self.profile.model_dump(mode="json"), "extends_chain": list(self.chain),
+               "env_overrides": self.overrides}
+        return yaml.safe_dump(doc, sort_keys=False)
+
+
+def default_profiles_dir() -> Path:
+    """`profiles/` next to the `quantlib` package (the repository root)."""
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+def list_profiles(profiles_dir: Path | None = None) -> list[str]:
+    """Names of the profiles in `profiles_dir` (scanners excluded)."""
+    directory = profiles_dir or default_profiles_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_yaml_chain(name: str, directory: Path, kind: str = "profile") -> tuple[list[dict], list[str]]:
+    """Read `name` and its `extends` ancestors; return the documents (root first) and the chain.
+
+    Raises ProfileError for a missing file, invalid YAML, a non-mapping document or a cycle.
+    """
+    docs: list[dict] = []
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        check_name(current, kind)
+        if current in chain:
+            cycle = " -> ".join(chain + [current])
+            raise ProfileError(f"cyclic 'extends' in {kind} {name!r}: {cycle}; remove one of the links")
+        path = directory / f"{current}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+            raise ProfileError(f"{kind} {current!r} not found: no file {path} (known: {known})")
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ProfileError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(doc, dict):
+            raise ProfileError(f"{path}: top level must be a mapping of keys, got {type(doc).__name__}")
+        chain.append(current)
+        docs.append(doc)
+        parent = doc.get("extends")
+        if parent is None and kind == "profile" and current != BASE_PROFILE:
+            parent = BASE_PROFILE
+        current = parent
+    return list(reversed(docs)), chain
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """Mappings merge recursively; anything else (lists included) in `override` replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`FW_DATA__LOOKBACK_DAYS=300` -> {"data": {"lookback_days": 300}} (values parsed as YAML)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, raw in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise ProfileError(f"environment {key}={raw!r}: not a valid YAML value") from None
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def load_profile(name: str, profiles_dir: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> ResolvedProfile:
+    """Resolve `name` (inheritance, env overrides) and validate it against the schema."""
+    directory = profiles_dir or default_profiles_dir()
+    docs, chain = load_yaml_chain(name, directory)
+    merged: dict = {}
+    for doc in docs:
+        merged = deep_merge(merged, {k: v for k, v in doc.items() if k != "extends"})
+    merged["name"] = name
+    overrides = env_overrides(env or {})
+    for section, values in overrides.items():
+        if not isinstance(merged.get(section), dict):
+            raise ProfileError(
+                f"environment override FW_{section.upper()}__...: unknown profile section {section!r}"
+            )
+        merged[section] = deep_merge(merged[section], values)
+    profile = validate(merged, directory / f"{name}.yaml", chain)
+    for anchor in profile.data.anchors:
+        try:
+            check_symbol(anchor)
+        except Exception as exc:
+            raise ProfileError(f"{directory / f'{name}.yaml'}: data.anchors: {exc}") from None
+    return ResolvedProfile(profile=profile, chain=tuple(chain), overrides=overrides)
+
+
+def validate(doc: dict, path: Path, chain: list[str]) -> Profile:
+    """Validate a merged document; the first error names the file(s) and the dotted key."""
+    try:
+        return Profile.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        files = " <- ".join(f"{c}.yaml" for c in chain)
+        if err["type"] == "extra_forbidden":
+            hint = "unknown key; check the spelling against profiles/base.yaml"
+        elif err["type"] == "missing":
+            hint = "required key missing; add it to profiles/base.yaml or the profile"
+        else:
+            hint = err["msg"]
+        raise ProfileError(f"{path} (chain {files}): key '{key}': {hint}") from None

@@ -1,0 +1,105 @@
+"""Atomic file I/O: every write goes to a temp file in the same folder, is fsynced, then renamed.
+
+A crash at any point leaves either the old file or the new one, never a half-written file.
+Readers turn unreadable files into a one-line `DataError` that names the file and the fix.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success fsync it and `os.replace` it onto `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write `data` to `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 `text` to `path`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write `obj` as indented JSON (timestamps and numpy scalars become strings/numbers)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Atomically write a DataFrame as parquet (index dropped unless it is named)."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=frame.index.name is not None)
+    return Path(path)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read parquet; a missing or corrupt file raises DataError naming it and the fix."""
+    target = Path(path)
+    if not target.exists():
+        raise DataError(f"missing file {target}: run the stage that writes it first")
+    try:
+        return pd.read_parquet(target, columns=columns)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(
+            f"corrupt parquet file {target} ({type(exc).__name__}: {exc}); "
+            f"delete it and re-run the stage that writes it"
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON; a missing or corrupt file raises DataError naming it and the fix."""
+    target = Path(path)
+    if not target.exists():
+        raise DataError(f"missing file {target}: run the stage that writes it first")
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"corrupt JSON file {target} ({exc}); delete it and re-run its stage") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
