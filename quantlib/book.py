@@ -1,0 +1,241 @@
+"""The book: one stage registry per phase, executed with papermill into a run directory.
+
+The registry is the single table that the orchestrator, the resume logic and INDEX.md read, so
+artifact names cannot drift. A stage fails (and with it the run) on a failing cell, a timeout
+(papermill does not mark those in the saved notebook, so we record it) or a missing declared output.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import storage
+from .errors import StageError, WorkbookError
+from .runs import INDEX, Run, utc_now
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook of a phase, what it reads and writes (paths relative to the run directory)."""
+
+    name: str
+    notebook: str  # relative to notebooks/
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    lakehouse_outputs: tuple[str, ...] = ()  # files in the shared lakehouse (hashes recorded)
+    optional: bool = False
+    description: str = ""
+
+    def expanded_outputs(self, scanners: list[str]) -> list[str]:
+        """Declared outputs with `{scanner}` expanded over the profile's scanners."""
+        out: list[str] = []
+        for item in self.outputs:
+            out.extend(item.format(scanner=s) for s in scanners) if "{scanner}" in item else out.append(item)
+        return out
+
+
+REGISTRY: dict[str, tuple[Stage, ...]] = {
+    "data": (
+        Stage("universe", "data/01_universe.ipynb",
+              ("artifacts/universe.json", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
+              description="market-level scan: the symbols to ingest"),
+        Stage("ingest", "data/02_ingest.ipynb", ("artifacts/ingest_report.parquet",),
+              inputs=("artifacts/universe.json",), lakehouse_outputs=("registry.parquet",),
+              description="parallel OHLCV ingestion with the toxic guard"),
+        Stage("metadata", "data/03_metadata.ipynb", ("artifacts/metadata_report.json",),
+              inputs=("artifacts/markets.parquet",), lakehouse_outputs=("symbols.parquet",), description="tick/lot sizes and fees"),
+        Stage("features", "data/04_features.ipynb", ("artifacts/technicals.parquet",),
+              inputs=("artifacts/universe.json",), lakehouse_outputs=("technicals.parquet",),
+              description="technical ratings snapshot"),
+        Stage("scan", "data/05_scan.ipynb", ("export/{scanner}.json", "artifacts/scan_summary.json"),
+              inputs=("artifacts/technicals.parquet", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
+              description="full scanners -> candidate lists"),
+        Stage("backfill", "data/06_backfill.ipynb", ("artifacts/backfill_report.json",),
+              lakehouse_outputs=("features_matrix.parquet",),
+              description="point-in-time features matrix"),
+    ),
+}
+
+
+def stages(phase: str) -> tuple[Stage, ...]:
+    if phase not in REGISTRY:
+        raise WorkbookError(f"unknown phase {phase!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[phase]
+
+
+def find_stage(phase: str, name: str) -> tuple[int, Stage]:
+    for i, stage in enumerate(stages(phase), start=1):
+        if stage.name == name:
+            return i, stage
+    raise WorkbookError(f"unknown stage {name!r} in phase {phase!r}; known: "
+                        f"{', '.join(s.name for s in stages(phase))}")
+
+
+def notebook_name(index: int, stage: Stage) -> str:
+    return f"{index:02d}_{stage.name}.ipynb"
+
+
+def stage_complete(run: Run, stage: Stage) -> bool:
+    """Completed in the manifest and every declared output present with the recorded hash."""
+    record = run.manifest["stages"].get(stage.name, {})
+    if record.get("status") != "completed":
+        return False
+    for rel, digest in record.get("outputs", {}).items():
+        path = run.path(rel)
+        if not path.exists() or storage.sha256_file(path) != digest:
+            return False
+    return True
+
+
+def run_phase(run: Run, phase: str, say: Callable[[str], None] = print) -> bool:
+    """Execute every stage of `phase` not yet complete; return True if the run passed."""
+    plan = stages(phase)
+    profile = run.profile
+    rerun = False
+    try:
+        for index, stage in enumerate(plan, start=1):
+            if not rerun and stage_complete(run, stage):
+                say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
+                continue
+            rerun = True
+            say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
+            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html)
+            say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
+        run.manifest["status"] = "PASS"
+        return True
+    except WorkbookError as exc:
+        run.manifest["status"] = "FAIL"
+        run.manifest["error"] = str(exc)
+        say(f"FAIL: {exc}")
+        return False
+    finally:
+        run.manifest["finished_at"] = utc_now()
+        run.save()
+        write_index(run, phase)
+
+
+def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool) -> float:
+    """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    source = NOTEBOOKS_DIR / stage.notebook
+    target = run.dir / "notebooks" / notebook_name(index, stage)
+    record = run.stage(stage.name)
+    record.update(status="running", started_at=utc_now(), notebook=f"notebooks/{target.name}",
+                  outputs={}, error=None)
+    run.save()
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(source), str(target), parameters={"run_dir": str(run.dir.resolve())},
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                            report_mode=False)
+    except PapermillExecutionError as exc:
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} failed in {target} cell {exc.exec_count}: {exc.ename}: "
+                    f"{_first_line(exc.evalue)}") from None
+    except Exception as exc:  # timeouts and dead kernels are not marked in the notebook by papermill
+        cell = _running_cell(target)
+        kind = "timed out" if "timeout" in type(exc).__name__.lower() else "aborted"
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} {kind} in {target} cell {cell} "
+                    f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
+    finally:
+        if export_html and target.exists():
+            export_notebook_html(target)
+    seconds = time.perf_counter() - start
+    outputs = {}
+    missing = []
+    for rel in stage.expanded_outputs(run.profile.data.scanners):
+        path = run.path(rel)
+        if path.exists():
+            outputs[rel] = storage.sha256_file(path)
+        else:
+            missing.append(rel)
+    if missing:
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} did not write declared output(s) {', '.join(missing)} ({target})")
+    lake_root = run.workspace / run.profile.data.lakehouse
+    record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
+                  lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
+                                     for rel in stage.lakehouse_outputs if (lake_root / rel).exists()})
+    if export_html:
+        record["html"] = f"notebooks/{target.with_suffix('.html').name}"
+    run.save()
+    return seconds
+
+
+def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:
+    record.update(status="failed", ended_at=utc_now(), seconds=round(time.perf_counter() - start, 3),
+                  error=message)
+    run.save()
+    return StageError(message)
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _running_cell(notebook: Path) -> str:
+    """The execution count (or index) of the cell papermill marked running/last executed."""
+    try:
+        nb = json.loads(notebook.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return str(cell.get("execution_count") or f"#{i}")
+    return "?"
+
+
+def export_notebook_html(notebook: Path) -> Path:
+    """HTML export of an executed notebook with plotly.js embedded once (works offline, no CDN)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .report import plotly_js
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    if "plotly-graph-div" in body or "Plotly.newPlot" in body:
+        body = body.replace("</head>", f'<script type="text/javascript">{plotly_js()}</script>\n</head>', 1)
+    return storage.write_text(notebook.with_suffix(".html"), body)
+
+
+def write_index(run: Run, phase: str) -> Path:
+    """INDEX.md: profile name, run id, status, stage table with links, artifacts with hashes."""
+    m = run.manifest
+    lines = [f"# Run `{m['run_id']}`", "",
+             f"- **Status:** {m.get('status', '?')}",
+             f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
+             f"- **Run id:** `{m['run_id']}`",
+             f"- **Phase:** {phase}",
+             f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
+             f"- **Git revision:** `{m.get('git_revision', '')}`",
+             f"- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
+             f"[manifest.json](manifest.json)"]
+    if m.get("env_overrides"):
+        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'])}`")
+    if m.get("error"):
+        lines += ["", f"> **FAIL:** {m['error']}"]
+    lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
+    for index, stage in enumerate(stages(phase), start=1):
+        rec = m.get("stages", {}).get(stage.name, {})
+        nb = rec.get("notebook")
+        html = rec.get("html")
+        lines.append(f"| {index} | {stage.name} | {rec.get('status', 'pending')} | {rec.get('seconds', '')} | "
+                     f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
+    lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
+    for stage in stages(phase):
+        rec = m.get("stages", {}).get(stage.name, {})
+        for rel, digest in rec.get("outputs", {}).items():
+            lines.append(f"| [{rel}]({rel}) | `{digest[:12]}` |")
+        for rel, digest in rec.get("lakehouse_outputs", {}).items():
+            lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
+    return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")

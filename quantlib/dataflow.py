@@ -1,0 +1,138 @@
+"""Phase 1 stage functions: each does one stage's work for a `StageContext` and writes its outputs.
+
+The data notebooks are thin wrappers over these, so everything here is reachable from tests.
+Order: universe (market-level scan) -> ingest -> metadata -> features -> scan -> backfill. Technical
+fields need history, so the flow ingests the symbols that pass the market-level filters first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import storage
+from .errors import DataError, GateError
+from .features import backfill, compute_panel_ratings, load_panel, snapshot
+from .ingest import ingest
+from .runs import utc_now
+from .scanners import candidate_document, load_scanner, run_scanners, screener_table
+from .sources.base import MARKET_COLUMNS
+from .stage import StageContext
+
+METADATA_COLUMNS = MARKET_COLUMNS + ["updated_at"]
+
+
+@dataclass
+class ScanResult:
+    documents: dict[str, dict]
+    funnel: pd.DataFrame  # scanner, step, filter, remaining
+
+
+def _funnel_table(results: dict[str, tuple[pd.DataFrame, list[dict]]]) -> pd.DataFrame:
+    rows = [{"scanner": name, "step": i, **step} for name, (_, funnel) in results.items()
+            for i, step in enumerate(funnel)]
+    return pd.DataFrame(rows, columns=["scanner", "step", "filter", "remaining"])
+
+
+def discover_universe(ctx: StageContext) -> ScanResult:
+    """Fetch markets and tickers once, run every scanner's market-level filters, union the symbols."""
+    cfg = ctx.profile.data
+    source = ctx.source()
+    markets, tickers = source.markets(), source.tickers()
+    if markets.empty:
+        raise GateError(f"universe: source {source.name} lists no markets; check profile key source")
+    storage.write_parquet(ctx.path("artifacts/markets.parquet"), markets)
+    storage.write_parquet(ctx.path("artifacts/tickers.parquet"), tickers)
+    scanners = [load_scanner(name) for name in cfg.scanners]
+    results = run_scanners(scanners, screener_table(markets, tickers), market_only=True)
+    symbols = sorted({s for rows, _ in results.values() for s in rows["symbol"]} | set(cfg.anchors))
+    doc = {"run_id": ctx.run.id, "generated_at": utc_now(), "source": source.name,
+           "as_of": source.now().isoformat(), "anchors": cfg.anchors, "count": len(symbols), "symbols": symbols,
+           "scanners": {name: {"count": len(rows), "funnel": funnel} for name, (rows, funnel) in results.items()}}
+    storage.write_json(ctx.path("artifacts/universe.json"), doc)
+    return ScanResult({"universe": doc}, _funnel_table(results))
+
+
+def ingest_universe(ctx: StageContext, progress: bool = True) -> pd.DataFrame:
+    """Ingest every universe symbol; write the per-symbol report."""
+    universe = storage.read_json(ctx.require("artifacts/universe.json"))
+    cfg = ctx.profile.data
+    report = ingest(ctx.source(), ctx.lake, universe["symbols"], cfg, anchors=cfg.anchors, progress=progress)
+    report = report.assign(last_bar=pd.to_datetime(report["last_bar"], utc=True))
+    storage.write_parquet(ctx.path("artifacts/ingest_report.parquet"), report)
+    return report
+
+
+def refresh_metadata(ctx: StageContext) -> dict:
+    """Upsert the run's market snapshot into `symbols.parquet` (last value wins); report missing fields."""
+    markets = storage.read_parquet(ctx.require("artifacts/markets.parquet"))
+    lake = ctx.lake
+    fresh = markets.assign(updated_at=pd.Timestamp.now(tz="UTC"))[METADATA_COLUMNS]
+    if lake.symbols_path.exists():
+        old = lake.read_table(lake.symbols_path)
+        fresh = pd.concat([old[~old["symbol"].isin(fresh["symbol"])], fresh], ignore_index=True)
+    fresh = fresh.sort_values("symbol", ignore_index=True)
+    lake.write_table(lake.symbols_path, fresh)
+    missing = {col: sorted(markets.loc[markets[col].isna(), "symbol"]) for col in MARKET_COLUMNS
+               if markets[col].isna().any()}
+    report = {"run_id": ctx.run.id, "symbols_in_run": len(markets), "symbols_in_lakehouse": len(fresh),
+              "missing_fields": missing,
+              "missing_tick_or_lot": sorted(set(missing.get("tick_size", [])) | set(missing.get("lot_size", [])))}
+    storage.write_json(ctx.path("artifacts/metadata_report.json"), report)
+    return report
+
+
+def _usable_symbols(ctx: StageContext, symbols: list[str]) -> list[str]:
+    excluded = ctx.lake.excluded_symbols()
+    tf = ctx.profile.data.timeframe
+    return [s for s in symbols if s not in excluded and ctx.lake.ohlcv_path(s, tf).exists()]
+
+
+def technicals(ctx: StageContext) -> pd.DataFrame:
+    """Ratings snapshot of the universe's usable symbols; upserted into `lakehouse/technicals.parquet`."""
+    universe = storage.read_json(ctx.require("artifacts/universe.json"))
+    symbols = _usable_symbols(ctx, universe["symbols"])
+    if not symbols:
+        raise DataError("features: no universe symbol has stored bars; run the ingest stage first")
+    panel = load_panel(ctx.lake, symbols, ctx.profile.data.timeframe)
+    snap = snapshot(panel, compute_panel_ratings(panel))
+    storage.write_parquet(ctx.path("artifacts/technicals.parquet"), snap)
+    lake = ctx.lake
+    merged = snap
+    if lake.technicals_path.exists():
+        old = lake.read_table(lake.technicals_path)
+        merged = pd.concat([old[~old["symbol"].isin(snap["symbol"])], snap], ignore_index=True)
+    lake.write_table(lake.technicals_path, merged.sort_values("symbol", ignore_index=True))
+    return snap
+
+
+def full_scan(ctx: StageContext) -> ScanResult:
+    """Every scanner on the screener table (markets + tickers + technicals), excluded symbols removed."""
+    markets = storage.read_parquet(ctx.require("artifacts/markets.parquet"))
+    tickers = storage.read_parquet(ctx.require("artifacts/tickers.parquet"))
+    techs = storage.read_parquet(ctx.require("artifacts/technicals.parquet"))
+    excluded = ctx.lake.excluded_symbols()
+    table = screener_table(markets, tickers, techs)
+    table = table[~table["symbol"].isin(excluded)]
+    scanners = [load_scanner(name) for name in ctx.profile.data.scanners]
+    results = run_scanners(scanners, table)
+    now = utc_now()
+    docs = {}
+    for scanner in scanners:
+        rows, funnel = results[scanner.name]
+        docs[scanner.name] = candidate_document(scanner, rows, funnel, ctx.run.id, now)
+        storage.write_json(ctx.path(f"export/{scanner.name}.json"), docs[scanner.name])
+    summary = {"run_id": ctx.run.id, "generated_at": now, "excluded_symbols": sorted(excluded),
+               "counts": {name: doc["count"] for name, doc in docs.items()}}
+    storage.write_json(ctx.path("artifacts/scan_summary.json"), summary)
+    return ScanResult(docs, _funnel_table(results))
+
+
+def backfill_matrix(ctx: StageContext) -> dict:
+    """Point-in-time features for every usable stored symbol of the profile's timeframe."""
+    cfg = ctx.profile.data
+    symbols = _usable_symbols(ctx, ctx.lake.stored_symbols(cfg.timeframe))
+    report = backfill(ctx.lake, symbols, cfg.timeframe, cfg.backfill_chunk)
+    report["run_id"] = ctx.run.id
+    storage.write_json(ctx.path("artifacts/backfill_report.json"), report)
+    return report

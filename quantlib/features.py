@@ -1,0 +1,100 @@
+"""Technical features from stored OHLCV: the latest snapshot and the point-in-time backfill (SPEC §1.5).
+
+Both call the vectorized `ratings.ratings_panel` on (time x symbol) panels. The backfill processes
+symbols in chunks and appends parquet row groups to a temp file that is renamed at the end, so memory
+is bounded by one chunk and a crash never leaves a half-written features matrix.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import storage
+from .lakehouse import Lakehouse
+
+SNAPSHOT_COLUMNS = ["symbol", "ts", "recommend_all", "recommend_ma", "recommend_other", "rating",
+                    "adx", "rsi", "perf_1w", "perf_1m", "perf_3m", "volatility_d", "close"]
+MATRIX_COLUMNS = ["ts", "symbol", "recommend_all", "recommend_ma", "recommend_other", "adx", "rsi"]
+FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def load_panel(lake: Lakehouse, symbols: list[str], timeframe: str) -> dict[str, pd.DataFrame]:
+    """OHLCV fields as aligned DataFrames (union of timestamps x symbols; NaN where no bar)."""
+    frames = {}
+    for symbol in symbols:
+        bars = lake.read_ohlcv(symbol, timeframe)
+        if not bars.empty:
+            frames[symbol] = bars.set_index("ts")
+    if not frames:
+        return {f: pd.DataFrame(dtype=float) for f in FIELDS}
+    index = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames.values()))))
+    return {field: pd.DataFrame({s: f[field].reindex(index) for s, f in frames.items()}, index=index)
+            for field in FIELDS}
+
+
+def compute_panel_ratings(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    from .ratings import ratings_panel
+
+    return ratings_panel(panel["open"], panel["high"], panel["low"], panel["close"], panel["volume"])
+
+
+def snapshot(panel: dict[str, pd.DataFrame], ratings: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Latest values per symbol: ratings, ADX, RSI, performance over 1w/1m/3m (percent, calendar
+    offsets on the symbol's own bars) and the last bar's range in percent (`volatility_d`)."""
+    from .ratings import rating_label
+
+    close = panel["close"]
+    rows = []
+    for symbol in close.columns:
+        bars = close[symbol].dropna()
+        if bars.empty:
+            continue
+        ts = bars.index[-1]
+        last = bars.iloc[-1]
+
+        def perf(days: int) -> float:
+            past = bars.asof(ts - pd.Timedelta(days=days))
+            return float((last / past - 1.0) * 100.0) if np.isfinite(past) and past > 0 else np.nan
+
+        row = {"symbol": symbol, "ts": ts, "close": float(last)}
+        for key in ("recommend_all", "recommend_ma", "recommend_other", "adx", "rsi"):
+            row[key] = float(ratings[key].at[ts, symbol])
+        row["rating"] = rating_label(np.array([row["recommend_all"]]))[0]
+        high, low = panel["high"].at[ts, symbol], panel["low"].at[ts, symbol]
+        row.update(perf_1w=perf(7), perf_1m=perf(30), perf_3m=perf(90),
+                   volatility_d=float((high - low) / low * 100.0) if low > 0 else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
+
+
+def to_long(ratings: dict[str, pd.DataFrame], close: pd.DataFrame) -> pd.DataFrame:
+    """Long format `ts, symbol, ...`: one row per (bar, symbol) where the symbol has a bar."""
+    has_bar = close.notna().to_numpy()
+    ts_idx, sym_idx = np.nonzero(has_bar)
+    out = pd.DataFrame({"ts": close.index[ts_idx], "symbol": close.columns[sym_idx].astype(str)})
+    for key in MATRIX_COLUMNS[2:]:
+        out[key] = ratings[key].to_numpy()[ts_idx, sym_idx]
+    return out.sort_values(["symbol", "ts"], kind="mergesort", ignore_index=True)
+
+
+def backfill(lake: Lakehouse, symbols: list[str], timeframe: str, chunk: int) -> dict:
+    """Write `features_matrix.parquet` for `symbols`, `chunk` symbols at a time (bounded memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("ts", pa.timestamp("ns", tz="UTC")), ("symbol", pa.string())]
+                       + [(c, pa.float64()) for c in MATRIX_COLUMNS[2:]])
+    rows = 0
+    written: list[str] = []
+    with storage.atomic_path(lake.features_path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start in range(0, len(symbols), chunk):
+                panel = load_panel(lake, symbols[start:start + chunk], timeframe)
+                if panel["close"].empty:
+                    continue
+                long = to_long(compute_panel_ratings(panel), panel["close"])
+                writer.write_table(pa.Table.from_pandas(long, schema=schema, preserve_index=False))
+                rows += len(long)
+                written.extend(panel["close"].columns)
+    return {"symbols": len(written), "rows": rows, "chunks": -(-len(symbols) // chunk) if symbols else 0,
+            "chunk_size": chunk, "path": str(lake.features_path)}

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Fractal Workbook orchestration CLI: runs a phase's stage notebooks with papermill into runs/<RUN_ID>/.
+
+  python run_book.py demo                      # offline demo (simulated venues)
+  python run_book.py data [--profile P]        # Phase 1: scan, ingest, metadata, features, backfill
+  python run_book.py runs                      # list runs with status
+  python run_book.py show RUN_ID               # print a run's INDEX.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _runs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.runs_dir).resolve() if args.runs_dir else ROOT / "runs"
+
+
+def run_phase(phase: str, profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
+    """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
+    from quantlib.book import run_phase as execute
+    from quantlib.profiles import load_profile
+    from quantlib.runs import Run
+
+    runs_dir = _runs_dir(args)
+    run_id = getattr(args, "run_id", None)
+    if run_id and (runs_dir / run_id / "manifest.json").exists():
+        run = Run.open(runs_dir, run_id)
+        if run.manifest["profile"] != profile and getattr(args, "profile_given", True):
+            print(f"note: resuming run {run_id} of profile {run.manifest['profile']}", file=sys.stderr)
+        print(f"resuming run {run.id} ({run.dir})")
+    else:
+        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id)
+        print(f"run {run.id} ({run.dir})")
+    start = time.perf_counter()
+    ok = execute(run, phase)
+    print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
+    return ok, run.dir
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    ok, _ = run_phase("data", args.profile, args)
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("Fractal Workbook demo: data phase on the simulated crypto and equities venues (offline)")
+    args.run_id = None
+    results = [run_phase("data", profile, args) for profile in args.profiles]
+    print("\nReports:")
+    for ok, run_dir in results:
+        print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / 'INDEX.md'}")
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from quantlib.runs import list_runs
+
+    rows = list_runs(_runs_dir(args))
+    if not rows:
+        print(f"no runs under {_runs_dir(args)}")
+        return 0
+    print(f"{'run id':<48} {'profile':<22} {'phase':<6} {'status':<10} {'stages':<7} created")
+    for r in rows:
+        print(f"{r['run_id']:<48} {r['profile']:<22} {r['phase']:<6} {r['status']:<10} {r['stages']:<7} {r['created_at']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from quantlib.runs import INDEX, Run
+
+    run = Run.open(_runs_dir(args), args.run_id)
+    print((run.dir / INDEX).read_text(encoding="utf-8") if (run.dir / INDEX).exists() else run.manifest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_book.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", help="where run directories live (default: ./runs)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="Phase 1: scanners, ingestion, metadata, ratings, backfill",
+                       description="Run the data phase of PROFILE into a new run dir (or resume --run-id).")
+    p.add_argument("--profile", default="demo", help="data profile in profiles/ (default: demo)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="the offline demo: data phase on the simulated venues",
+                       description="Run the data phase on the simulated crypto and equities venues.")
+    p.add_argument("--profiles", nargs="+", default=["demo", "demo_equities"], help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="print a run's INDEX.md", description="Print the INDEX.md of RUN_ID.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from quantlib.errors import WorkbookError
+
+    try:
+        return args.func(args)
+    except WorkbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
