@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ProfileError
 from .ids import check_name, check_symbol
@@ -38,6 +39,12 @@ class SourceConfig(Strict):
     n_bases: int | None = Field(ge=1)
     retries: int = Field(ge=0)
     backoff_s: float = Field(ge=0)
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        """YAML turns `2026-11-25` into a date: keep it as ISO text."""
+        return value.isoformat() if isinstance(value, (date, datetime)) else value
 
 
 class DataConfig(Strict):

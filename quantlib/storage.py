@@ -6,6 +6,7 @@ Readers turn unreadable files into a one-line `DataError` that names the file an
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ import pandas as pd
 
 from .errors import DataError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -26,6 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -55,7 +60,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (pd.Timestamp,)):
+    if isinstance(value, (pd.Timestamp, datetime.date)):
         return value.isoformat()
     if hasattr(value, "item"):
         return value.item()

@@ -137,7 +137,7 @@ class SimExchange(MarketDataSource):
         """All bar open times from GENESIS to the last completed bar (venue calendar)."""
         days = pd.date_range(GENESIS, self._last_bar_ts, freq="D")
         if self.venue == "equities":
-            days = days[(days.dayofweek < 5) & ~days.strftime("%m-%d").isin(US_HOLIDAYS)]
+            days = days[(days.day_of_week < 5) & ~days.strftime("%m-%d").isin(US_HOLIDAYS)]
         return days
 
     @property

@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from quantlib.errors import IdentifierError, ProfileError
+from quantlib.ids import check_run_id, check_symbol, symbol_filename
+from quantlib.profiles import default_profiles_dir, list_profiles, load_profile
+from quantlib.scanners import load_scanner, scanners_dir
+
+
+def _profiles(tmp_path: Path, files: dict[str, str]) -> Path:
+    base = (default_profiles_dir() / "base.yaml").read_text()
+    (tmp_path / "base.yaml").write_text(base)
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    return tmp_path
+
+
+def test_every_shipped_profile_and_scanner_validates():
+    names = list_profiles()
+    assert {"base", "demo", "demo_equities"} <= set(names)
+    for name in names:
+        assert load_profile(name).profile.name == name
+    for path in scanners_dir().glob("*.yaml"):
+        assert load_scanner(path.stem).name == path.stem
+
+
+def test_inheritance_deep_merges_mappings_and_replaces_lists(tmp_path):
+    d = _profiles(tmp_path, {
+        "parent": "data:\n  lookback_days: 300\n  scanners: [a_scanner, b_scanner]\n",
+        "child": "extends: parent\ndata:\n  scanners: [c_scanner]\n",
+    })
+    resolved = load_profile("child", profiles_dir=d)
+    assert resolved.chain == ("child", "parent", "base")
+    assert resolved.profile.data.lookback_days == 300  # inherited from parent
+    assert resolved.profile.data.scanners == ["c_scanner"]  # list replaced, not appended
+    assert resolved.profile.data.freshness_hours == 12  # default from base.yaml
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    d = _profiles(tmp_path, {"bad": "data:\n  lookbak_days: 300\n"})
+    with pytest.raises(ProfileError) as err:
+        load_profile("bad", profiles_dir=d)
+    assert "bad.yaml" in str(err.value) and "data.lookbak_days" in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_bad_type_names_key(tmp_path):
+    d = _profiles(tmp_path, {"bad": "data:\n  workers: many\n"})
+    with pytest.raises(ProfileError, match=r"data\.workers"):
+        load_profile("bad", profiles_dir=d)
+
+
+def test_cycle_is_rejected_with_chain(tmp_path):
+    d = _profiles(tmp_path, {"a": "extends: b\n", "b": "extends: a\n"})
+    with pytest.raises(ProfileError, match=r"cyclic 'extends'.*a -> b -> a"):
+        load_profile("a", profiles_dir=d)
+
+
+def test_missing_profile_and_invalid_yaml(tmp_path):
+    d = _profiles(tmp_path, {"broken": "data: [unclosed\n"})
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile("nope", profiles_dir=d)
+    with pytest.raises(ProfileError, match="broken.yaml: invalid YAML"):
+        load_profile("broken", profiles_dir=d)
+
+
+def test_profile_name_cannot_traverse_paths(tmp_path):
+    with pytest.raises(IdentifierError):
+        load_profile("../base", profiles_dir=tmp_path)
+
+
+def test_env_overrides_apply_last_and_are_recorded():
+    env = {"FW_DATA__LOOKBACK_DAYS": "321", "FW_SOURCE__AS_OF": "2026-01-02", "HOME": "/x", "FW_RUNS_DIR": "/y"}
+    resolved = load_profile("demo", env=env)
+    assert resolved.profile.data.lookback_days == 321
+    assert resolved.profile.source.as_of == "2026-01-02"
+    assert resolved.overrides["data"] == {"lookback_days": 321}
+    assert "lookback_days: 321" in resolved.to_yaml()
+
+
+def test_env_override_of_unknown_key_or_section_fails():
+    with pytest.raises(ProfileError, match="data.bogus"):
+        load_profile("demo", env={"FW_DATA__BOGUS": "1"})
+    with pytest.raises(ProfileError, match="unknown profile section 'nosection'"):
+        load_profile("demo", env={"FW_NOSECTION__X": "1"})
+
+
+def test_invalid_anchor_symbol_is_rejected(tmp_path):
+    d = _profiles(tmp_path, {"bad": "data:\n  anchors: ['btc/usdt']\n"})
+    with pytest.raises(ProfileError, match="data.anchors"):
+        load_profile("bad", profiles_dir=d)
+
+
+@pytest.mark.parametrize("symbol", ["BINANCE:BTCUSDT", "SIMEQ:SPY", "BINANCE:BTCUSDT.P", "X:A_B-C"])
+def test_valid_symbols(symbol):
+    assert check_symbol(symbol) == symbol
+
+
+@pytest.mark.parametrize("symbol", ["btcusdt", "BINANCE:../../etc", "BINANCE:BTC/USDT", ":BTC", "BINANCE:", "A:B:C", ""])
+def test_invalid_symbols(symbol):
+    with pytest.raises(IdentifierError, match="invalid symbol"):
+        check_symbol(symbol)
+
+
+@pytest.mark.parametrize("run_id", ["../evil", "a/b", "..", ".", "x..y", "a b", "", "run;rm"])
+def test_invalid_run_ids(run_id):
+    with pytest.raises(IdentifierError, match="invalid run id"):
+        check_run_id(run_id)
+
+
+def test_symbol_filename():
+    assert symbol_filename("BINANCE:BTCUSDT") == "BINANCE_BTCUSDT"

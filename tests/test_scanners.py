@@ -1,0 +1,124 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantlib.errors import ProfileError
+from quantlib.scanners import (Filter, Scanner, candidate_document, dedupe_by_base, filter_mask, load_scanner,
+                               run_scanner, run_scanners, screener_table)
+
+
+@pytest.fixture
+def table():
+    return pd.DataFrame({
+        "symbol": ["B:AUSDT", "B:AUSDC", "B:BUSDT", "B:CFDUSD", "B:CUSDC", "B:DUSDT"],
+        "base": ["A", "A", "B", "C", "C", "D"],
+        "quote": ["USDT", "USDC", "USDT", "FDUSD", "USDC", "USDT"],
+        "type": ["spot"] * 6,
+        "value_traded": [9e6, 2e7, 3e6, 8e6, 7e6, np.nan],
+        "recommend_all": [0.4, 0.41, -0.6, -0.1, 0.0, 0.9],
+    })
+
+
+@pytest.mark.parametrize("op,value,expected", [
+    (">", 7e6, ["B:AUSDT", "B:AUSDC", "B:CFDUSD"]),
+    (">=", 8e6, ["B:AUSDT", "B:AUSDC", "B:CFDUSD"]),
+    ("<", 7e6, ["B:BUSDT"]),
+    ("<=", 7e6, ["B:BUSDT", "B:CUSDC"]),
+    ("==", 3e6, ["B:BUSDT"]),
+    ("!=", 3e6, ["B:AUSDT", "B:AUSDC", "B:CFDUSD", "B:CUSDC"]),  # NaN never passes, even !=
+    ("between", [3e6, 8e6], ["B:BUSDT", "B:CFDUSD", "B:CUSDC"]),
+])
+def test_numeric_ops_and_nan_policy(table, op, value, expected):
+    mask = filter_mask(table, Filter(field="value_traded", op=op, value=value))
+    assert list(table.loc[mask, "symbol"]) == expected
+
+
+@pytest.mark.parametrize("op,value,expected", [
+    ("in", ["USDC", "FDUSD"], ["B:AUSDC", "B:CFDUSD", "B:CUSDC"]),
+    ("not_in", ["USDT"], ["B:AUSDC", "B:CFDUSD", "B:CUSDC"]),
+    ("matches", "^B:[AB]", ["B:AUSDT", "B:AUSDC", "B:BUSDT"]),
+    ("not_matches", "USDT$", ["B:AUSDC", "B:CFDUSD", "B:CUSDC"]),
+])
+def test_set_and_regex_ops(table, op, value, expected):
+    field = "symbol" if "matches" in op else "quote"
+    assert list(table.loc[filter_mask(table, Filter(field=field, op=op, value=value)), "symbol"]) == expected
+
+
+def test_no_filter_unless_written(table):
+    rows, funnel = run_scanner(Scanner(name="empty"), table)
+    assert len(rows) == len(table) and funnel == [{"filter": "universe", "remaining": 6}]
+
+
+def test_pipeline_funnel_dedupe_sort_limit(table):
+    scanner = Scanner(name="s", filters=[Filter(field="recommend_all", op=">", value=-0.3)],
+                      dedupe_by_base=True, quote_priority=["USDT", "USDC", "FDUSD"],
+                      sort_by="recommend_all", order="desc", limit=2)
+    rows, funnel = run_scanner(scanner, table)
+    assert [f["remaining"] for f in funnel] == [6, 5, 3, 2]
+    assert [f["filter"] for f in funnel][-2:] == ["dedupe_by_base", "limit 2"]
+    assert list(rows["symbol"]) == ["B:DUSDT", "B:AUSDT"]  # A kept on USDT (priority) despite USDC's higher rating
+
+
+def test_dedupe_prefers_quote_priority_then_value(table):
+    kept = dedupe_by_base(table, ["USDC", "USDT"])
+    assert sorted(kept["symbol"]) == ["B:AUSDC", "B:BUSDT", "B:CUSDC", "B:DUSDT"]
+    kept = dedupe_by_base(table, [])
+    assert "B:AUSDC" in set(kept["symbol"])  # no priority: highest value traded wins
+
+
+def test_composition_appends_filters_after_parent():
+    base = load_scanner("binance_spot_base")
+    short = load_scanner("rating_all_short")
+    assert short.filters[: len(base.filters)] == base.filters
+    assert short.filters[-1] == Filter(field="recommend_all", op="<", value=0)
+    assert (short.direction, short.order, short.limit, short.dedupe_by_base) == ("SHORT", "asc", 100, True)
+    assert base.direction is None and base.limit == 500
+    long_ = load_scanner("rating_all_long")
+    assert long_.filters[-1].value == -0.3 and long_.order == "desc"  # no implicit trend gate (L-D1)
+    assert len(long_.filters) == len(base.filters) + 1
+
+
+def test_market_only_skips_technical_steps(table):
+    scanner = Scanner(name="s", filters=[Filter(field="value_traded", op=">", value=5e6),
+                                         Filter(field="recommend_all", op=">", value=0.5)],
+                      sort_by="recommend_all", limit=1)
+    rows, funnel = run_scanner(scanner, table, market_only=True)
+    assert sorted(rows["symbol"]) == ["B:AUSDC", "B:AUSDT", "B:CFDUSD", "B:CUSDC"]
+    assert len(funnel) == 2
+
+
+def test_unknown_field_and_bad_values(table, tmp_path):
+    with pytest.raises(ProfileError, match="unknown field 'nope'"):
+        run_scanner(Scanner(name="s", filters=[Filter(field="nope", op=">", value=1)]), table)
+    d = tmp_path / "scanners"
+    d.mkdir()
+    (d / "bad_regex.yaml").write_text("filters:\n  - {field: symbol, op: matches, value: '(['}\n")
+    (d / "bad_key.yaml").write_text("filtres: []\n")
+    (d / "bad_op.yaml").write_text("filters:\n  - {field: symbol, op: '=~', value: x}\n")
+    (d / "loop_a.yaml").write_text("extends: loop_b\n")
+    (d / "loop_b.yaml").write_text("extends: loop_a\n")
+    with pytest.raises(ProfileError, match="invalid regular expression"):
+        load_scanner("bad_regex", profiles_dir=tmp_path)
+    with pytest.raises(ProfileError, match="bad_key.yaml.*'filtres'.*unknown key"):
+        load_scanner("bad_key", profiles_dir=tmp_path)
+    with pytest.raises(ProfileError, match="bad_op.yaml.*filters.0.op"):
+        load_scanner("bad_op", profiles_dir=tmp_path)
+    with pytest.raises(ProfileError, match="cyclic"):
+        load_scanner("loop_a", profiles_dir=tmp_path)
+
+
+def test_parallel_run_equals_sequential_and_document_contract(sim):
+    table = screener_table(sim.markets(), sim.tickers())
+    scanners = [load_scanner(n) for n in ("binance_spot_base", "rating_all_long", "rating_ma_short")]
+    parallel = run_scanners(scanners, table, market_only=True)
+    for s in scanners:
+        rows, funnel = run_scanner(s, table, market_only=True)
+        pd.testing.assert_frame_equal(parallel[s.name][0], rows)
+    rows, funnel = parallel["binance_spot_base"]
+    assert not rows["base"].isin(["USDC", "FDUSD", "TUSD", "DAI", "USDP", "PAXG", "XAUT"]).any()
+    assert rows["base"].is_unique and (rows["type"] == "spot").all() and (rows["value_traded"] > 5e6).all()
+    assert "BINANCE:DELISTUSDT" not in set(rows["symbol"])
+    doc = candidate_document(scanners[0], rows, funnel, "run-1", "2026-11-25T00:00:00+00:00")
+    assert doc["count"] == len(doc["candidates"]) == len(rows)
+    assert {"scanner", "run_id", "generated_at", "direction", "logic", "count", "funnel", "candidates"} <= set(doc)
+    assert all(c["recommend_all"] is None for c in doc["candidates"])  # NaN becomes null in JSON
