@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # stage kernels must run this interpreter (the `python3` kernelspec launches `python` from PATH)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     from quantlib.errors import WorkbookError
 
     try:

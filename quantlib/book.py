@@ -107,6 +107,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print) -> bool:
             seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html)
             say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
         run.manifest["status"] = "PASS"
+        run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
         return True
     except WorkbookError as exc:
         run.manifest["status"] = "FAIL"
@@ -134,7 +135,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     try:
         pm.execute_notebook(str(source), str(target), parameters={"run_dir": str(run.dir.resolve())},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
-                            report_mode=False)
+                            report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as exc:
         raise _fail(run, stage, record, start,
                     f"stage {stage.name} failed in {target} cell {exc.exec_count}: {exc.ename}: "
@@ -221,7 +222,7 @@ def write_index(run: Run, phase: str) -> Path:
              f"- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
              f"[manifest.json](manifest.json)"]
     if m.get("env_overrides"):
-        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'])}`")
+        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
     if m.get("error"):
         lines += ["", f"> **FAIL:** {m['error']}"]
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]

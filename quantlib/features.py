@@ -19,17 +19,27 @@ FIELDS = ("open", "high", "low", "close", "volume")
 
 
 def load_panel(lake: Lakehouse, symbols: list[str], timeframe: str) -> dict[str, pd.DataFrame]:
-    """OHLCV fields as aligned DataFrames (union of timestamps x symbols; NaN where no bar)."""
-    frames = {}
-    for symbol in symbols:
-        bars = lake.read_ohlcv(symbol, timeframe)
-        if not bars.empty:
-            frames[symbol] = bars.set_index("ts")
-    if not frames:
+    """OHLCV fields as aligned DataFrames (union of timestamps x symbols; NaN where no bar).
+
+    Files are read with pyarrow in a small thread pool and scattered into (T, N) arrays with
+    `searchsorted`, so the cost is dominated by parquet decoding, not pandas alignment.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        loaded = [(s, a) for s, a in zip(symbols, pool.map(lambda s: lake.read_ohlcv_arrays(s, timeframe), symbols))
+                  if a is not None and len(a["ts"])]
+    if not loaded:
         return {f: pd.DataFrame(dtype=float) for f in FIELDS}
-    index = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames.values()))))
-    return {field: pd.DataFrame({s: f[field].reindex(index) for s, f in frames.items()}, index=index)
-            for field in FIELDS}
+    stamps = np.unique(np.concatenate([a["ts"] for _, a in loaded]))
+    panel = {f: np.full((len(stamps), len(loaded)), np.nan) for f in FIELDS}
+    for j, (_, arrays) in enumerate(loaded):
+        rows = np.searchsorted(stamps, arrays["ts"])
+        for f in FIELDS:
+            panel[f][rows, j] = arrays[f]
+    index = pd.DatetimeIndex(pd.to_datetime(stamps, utc=True), name="ts")
+    columns = pd.Index([s for s, _ in loaded], dtype=object)
+    return {f: pd.DataFrame(panel[f], index=index, columns=columns) for f in FIELDS}
 
 
 def compute_panel_ratings(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import storage
@@ -70,6 +71,30 @@ class Lakehouse:
                 f"(missing {missing or 'tz'}); delete it and re-run ingestion"
             )
         return frame[OHLCV_COLUMNS]
+
+    def read_ohlcv_arrays(self, symbol: str, timeframe: str) -> dict[str, np.ndarray] | None:
+        """Stored bars as numpy arrays (`ts` as int64 ns UTC) straight from pyarrow; None if no file.
+
+        The fast path for panels (no pandas per symbol); same validation as `read_ohlcv`.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.ohlcv_path(symbol, timeframe)
+        if not path.exists():
+            return None
+        try:
+            table = pq.read_table(path, columns=OHLCV_COLUMNS)
+        except Exception as exc:
+            raise DataError(f"unreadable OHLCV file {path} ({type(exc).__name__}: {exc}); "
+                            f"delete it and re-run ingestion") from None
+        ts_type = table.schema.field("ts").type
+        if getattr(ts_type, "tz", None) is None:
+            raise DataError(f"malformed OHLCV file {path}: 'ts' must be a UTC timestamp; delete it and re-run ingestion")
+        arrays = {"ts": np.asarray(table.column("ts").cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64()))}
+        for name in OHLCV_COLUMNS[1:]:
+            arrays[name] = table.column(name).to_numpy().astype(float, copy=False)
+        return arrays
 
     def merge_ohlcv(self, symbol: str, timeframe: str, new: pd.DataFrame,
                     existing: pd.DataFrame | None = None) -> int:
