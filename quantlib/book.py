@@ -109,10 +109,14 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print) -> bool:
         run.manifest["status"] = "PASS"
         run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
         return True
-    except WorkbookError as exc:
+    except Exception as exc:  # a WorkbookError carries its own message; anything else is named
+        message = str(exc) if isinstance(exc, WorkbookError) else f"internal error: {type(exc).__name__}: {exc}"
         run.manifest["status"] = "FAIL"
-        run.manifest["error"] = str(exc)
-        say(f"FAIL: {exc}")
+        run.manifest["error"] = message
+        for record in run.manifest["stages"].values():
+            if record.get("status") == "running":
+                record.update(status="failed", error=message)
+        say(f"FAIL: {message}")
         return False
     finally:
         run.manifest["finished_at"] = utc_now()
@@ -129,7 +133,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     target = run.dir / "notebooks" / notebook_name(index, stage)
     record = run.stage(stage.name)
     record.update(status="running", started_at=utc_now(), notebook=f"notebooks/{target.name}",
-                  outputs={}, error=None)
+                  outputs={}, error=None, html=None)
     run.save()
     start = time.perf_counter()
     try:
@@ -148,7 +152,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
         if export_html and target.exists():
-            export_notebook_html(target)
+            _export_html(target, record)
     seconds = time.perf_counter() - start
     outputs = {}
     missing = []
@@ -165,10 +169,16 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
                   lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
                                      for rel in stage.lakehouse_outputs if (lake_root / rel).exists()})
-    if export_html:
-        record["html"] = f"notebooks/{target.with_suffix('.html').name}"
     run.save()
     return seconds
+
+
+def _export_html(notebook: Path, record: dict) -> None:
+    """Export the HTML report; a failed export is recorded, never masks the stage's own outcome."""
+    try:
+        record["html"] = f"notebooks/{export_notebook_html(notebook).name}"
+    except Exception as exc:
+        record["html_error"] = f"{type(exc).__name__}: {exc}"
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:
@@ -195,15 +205,25 @@ def _running_cell(notebook: Path) -> str:
     return "?"
 
 
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+"""
+"""The lab template without require.js and MathJax, which it would load from a CDN."""
+
+
 def export_notebook_html(notebook: Path) -> Path:
     """HTML export of an executed notebook with plotly.js embedded once (works offline, no CDN)."""
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
     from .report import plotly_js
 
     nb = nbformat.read(str(notebook), as_version=4)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    offline = jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[offline], template_file="offline.html.j2")
+    body, _ = exporter.from_notebook_node(nb)
     if "plotly-graph-div" in body or "Plotly.newPlot" in body:
         body = body.replace("</head>", f'<script type="text/javascript">{plotly_js()}</script>\n</head>', 1)
     return storage.write_text(notebook.with_suffix(".html"), body)

@@ -1,0 +1,323 @@
+"""The book orchestrator on tiny test notebooks: pass, failing cell, timeout, missing output, resume, HTML.
+
+`quantlib.book.REGISTRY` is replaced by a throw-away phase whose stages point at the notebooks in
+`tests/notebooks/` (via `quantlib.book.NOTEBOOKS_DIR`), and every run lives in `tmp_path` with its
+lakehouse redirected there too, so nothing touches the repository's `runs/` or `lakehouse/`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from quantlib import book, storage
+from quantlib.book import Stage
+from quantlib.profiles import load_profile
+from quantlib.runs import Run
+
+TEST_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+PHASE = "testphase"
+AS_OF = "2026-11-25T06:00:00Z"  # YAML parses this env value into a datetime
+
+OK = "ok_writes_output.ipynb"
+BROKEN = "broken.ipynb"
+SLEEPS = "sleeps.ipynb"
+NO_OUTPUT = "no_output.ipynb"
+PLOTLY = "shows_plotly.ipynb"
+
+
+def ok_stage(name: str) -> Stage:
+    # ok_writes_output.ipynb writes artifacts/<running stage>.txt
+    return Stage(name, OK, (f"artifacts/{name}.txt",))
+
+
+@pytest.fixture
+def make_run(tmp_path, monkeypatch):
+    """Install a test phase and return a factory of fresh demo-profile runs in tmp_path."""
+    monkeypatch.setattr(book, "NOTEBOOKS_DIR", TEST_NOTEBOOKS)
+    lake = tmp_path / "lakehouse"
+
+    def factory(stages: tuple[Stage, ...], env: dict[str, str] | None = None) -> Run:
+        monkeypatch.setitem(book.REGISTRY, PHASE, tuple(stages))
+        resolved = load_profile("demo", env={"FW_DATA__LAKEHOUSE": str(lake), "FW_SOURCE__AS_OF": AS_OF,
+                                             **(env or {})})
+        return Run.create(tmp_path / "runs", resolved, PHASE, workspace=tmp_path)
+
+    return factory
+
+
+def run_collect(run: Run) -> tuple[bool, list[str]]:
+    messages: list[str] = []
+    ok = book.run_phase(run, PHASE, say=messages.append)
+    return ok, messages
+
+
+def reopen(run: Run) -> Run:
+    """The run as stored on disk (what a later process would see)."""
+    return Run.open(run.dir.parent, run.id)
+
+
+def index_status(run: Run) -> str:
+    text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
+    match = re.search(r"\*\*Status:\*\*\s*(\S+)", text)
+    assert match, text
+    return match.group(1)
+
+
+def script_srcs(html: str) -> list[str]:
+    return re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']([^\"']+)", html, flags=re.I)
+
+
+def stage_rows(run: Run) -> dict[str, str]:
+    """stage name -> status column of INDEX.md's stage table."""
+    rows = {}
+    for line in (run.dir / "INDEX.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].isdigit():
+            rows[cells[1]] = cells[2]
+    return rows
+
+
+# ----------------------------------------------------------------------------------- (a) pass
+def test_passing_stage_records_hashes_notebook_html_and_index(make_run):
+    run = make_run((ok_stage("alpha"),))
+    ok, messages = run_collect(run)
+    assert ok, messages
+
+    stored = reopen(run)
+    assert stored.manifest["status"] == "PASS"
+    rec = stored.manifest["stages"]["alpha"]
+    assert rec["status"] == "completed"
+    out = run.dir / "artifacts" / "alpha.txt"
+    assert out.read_text() == "written by stage alpha\n"
+    assert rec["outputs"] == {"artifacts/alpha.txt": storage.sha256_file(out)}
+    assert re.fullmatch(r"[0-9a-f]{64}", rec["outputs"]["artifacts/alpha.txt"])
+    assert rec["started_at"] and rec["ended_at"] and rec["seconds"] >= 0
+
+    executed = run.dir / rec["notebook"]
+    assert executed == run.dir / "notebooks" / "01_alpha.ipynb"
+    nb = nbformat.read(str(executed), as_version=4)
+    # papermill injected the run_dir parameter, and the cell ran
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and str(run.dir.resolve()) in injected[0].source
+    assert any("wrote" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    html = run.dir / rec["html"]
+    assert html == executed.with_suffix(".html") and html.stat().st_size > 0
+
+    text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
+    assert index_status(run) == "PASS"
+    assert "`demo`" in text and f"`{run.id}`" in text
+    assert stage_rows(run) == {"alpha": "completed"}
+    assert "[artifacts/alpha.txt](artifacts/alpha.txt)" in text
+    assert storage.sha256_file(out)[:12] in text
+    assert "FAIL" not in text
+    # the env overrides are recorded in INDEX.md (a datetime value must not crash write_index)
+    assert "Environment overrides" in text and "2026-11-25" in text and str(run.dir.parent.parent) in text
+    assert any("alpha: ok" in m for m in messages)
+
+
+# ----------------------------------------------------------------------------------- (b) failing cell
+def test_failing_cell_fails_run_names_notebook_cell_and_error(make_run):
+    run = make_run((ok_stage("alpha"), Stage("beta", BROKEN, ("artifacts/beta.txt",)), ok_stage("gamma")))
+    ok, messages = run_collect(run)
+    assert ok is False
+
+    stored = reopen(run)
+    assert stored.manifest["status"] == "FAIL"
+    error = stored.manifest["error"]
+    executed = run.dir / "notebooks" / "02_beta.ipynb"
+    assert str(executed) in error
+    assert "ValueError: planted failure" in error
+    # the cell named in the message is the one that raised in the executed notebook
+    nb = nbformat.read(str(executed), as_version=4)
+    failing = [c for c in nb.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failing) == 1 and "planted failure" in failing[0].source
+    assert f"cell {failing[0].execution_count}" in error
+    assert messages[-1].startswith("FAIL:") and "planted failure" in messages[-1]
+
+    stages = stored.manifest["stages"]
+    assert stages["alpha"]["status"] == "completed"
+    assert stages["beta"]["status"] == "failed" and stages["beta"]["error"] == error
+    assert stages.get("gamma", {"status": "pending"})["status"] == "pending"
+    assert not (run.dir / "notebooks" / "03_gamma.ipynb").exists()
+    assert not (run.dir / "artifacts" / "gamma.txt").exists()
+
+    text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
+    assert index_status(run) == "FAIL"
+    assert "planted failure" in text
+    assert stage_rows(run) == {"alpha": "completed", "beta": "failed", "gamma": "pending"}
+
+
+# ----------------------------------------------------------------------------------- (c) timeout
+def test_cell_timeout_fails_with_timed_out_and_notebook_path(make_run):
+    run = make_run((Stage("slow", SLEEPS, ("artifacts/slow.txt",)),), env={"FW_BOOK__CELL_TIMEOUT_S": "2"})
+    assert run.profile.book.cell_timeout_s == 2
+    ok, messages = run_collect(run)
+    assert ok is False
+
+    stored = reopen(run)
+    error = stored.manifest["error"]
+    assert stored.manifest["status"] == "FAIL"
+    assert "timed out" in error
+    assert str(run.dir / "notebooks" / "01_slow.ipynb") in error
+    assert "cell_timeout_s=2" in error
+    assert stored.manifest["stages"]["slow"]["status"] == "failed"
+    assert stored.manifest["stages"]["slow"]["seconds"] < 25  # interrupted, not slept through
+    assert index_status(run) == "FAIL"
+
+
+# ----------------------------------------------------------------------------------- (d) missing output
+def test_missing_declared_output_fails_naming_the_file(make_run):
+    run = make_run((Stage("quiet", NO_OUTPUT, ("artifacts/never_written.parquet",)), ok_stage("after")))
+    ok, _ = run_collect(run)
+    assert ok is False
+
+    stored = reopen(run)
+    error = stored.manifest["error"]
+    assert "artifacts/never_written.parquet" in error
+    assert "did not write" in error
+    assert stored.manifest["stages"]["quiet"]["status"] == "failed"
+    assert stored.manifest["stages"].get("after", {"status": "pending"})["status"] == "pending"
+    assert index_status(run) == "FAIL"
+    assert stage_rows(run)["after"] == "pending"
+
+
+# ----------------------------------------------------------------------------------- (e) resume
+def test_resume_skips_completed_and_reruns_modified_output(make_run, monkeypatch):
+    plan = (ok_stage("alpha"), Stage("beta", BROKEN, ("artifacts/beta.txt",)), ok_stage("gamma"))
+    run = make_run(plan)
+    ok, _ = run_collect(run)
+    assert ok is False
+    alpha_nb = run.dir / "notebooks" / "01_alpha.ipynb"
+    alpha_mtime = alpha_nb.stat().st_mtime_ns
+
+    # fix the failure: beta now runs the ok notebook; resume the same run (as a later process would)
+    monkeypatch.setitem(book.REGISTRY, PHASE, (plan[0], ok_stage("beta"), plan[2]))
+    resumed = reopen(run)
+    ok, messages = run_collect(resumed)
+    assert ok, messages
+    assert any("alpha: complete, skipped (resume)" in m for m in messages), messages
+    assert not any("alpha: running" in m for m in messages)
+    assert any("beta: running" in m for m in messages) and any("gamma: running" in m for m in messages)
+    assert alpha_nb.stat().st_mtime_ns == alpha_mtime  # not re-executed
+
+    stored = reopen(run)
+    assert stored.manifest["status"] == "PASS"
+    assert all(stored.manifest["stages"][s]["status"] == "completed" for s in ("alpha", "beta", "gamma"))
+    assert all(book.stage_complete(stored, s) for s in book.stages(PHASE))
+    assert index_status(run) == "PASS"
+    text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
+    assert "FAIL" not in text, "a resumed run that passed must not show the old failure in INDEX.md"
+
+    # everything complete: a resume runs nothing
+    ok, messages = run_collect(reopen(run))
+    assert ok and all("skipped (resume)" in m for m in messages) and len(messages) == 3
+
+    # tamper with beta's output: its hash no longer matches, so beta (and what follows) re-runs
+    (run.dir / "artifacts" / "beta.txt").write_text("edited by hand\n")
+    assert not book.stage_complete(reopen(run), plan[1])
+    ok, messages = run_collect(reopen(run))
+    assert ok, messages
+    assert any("alpha: complete, skipped (resume)" in m for m in messages)
+    assert any("beta: running" in m for m in messages)
+    assert not any("beta: complete" in m for m in messages)
+    assert (run.dir / "artifacts" / "beta.txt").read_text() == "written by stage beta\n"
+    stored = reopen(run)
+    assert stored.manifest["stages"]["beta"]["outputs"]["artifacts/beta.txt"] == \
+        storage.sha256_file(run.dir / "artifacts" / "beta.txt")
+
+
+def test_resume_reruns_stage_whose_output_was_deleted(make_run):
+    run = make_run((ok_stage("alpha"), ok_stage("beta")))
+    assert run_collect(run)[0]
+    (run.dir / "artifacts" / "alpha.txt").unlink()
+    ok, messages = run_collect(reopen(run))
+    assert ok
+    assert any("alpha: running" in m for m in messages)
+    assert (run.dir / "artifacts" / "alpha.txt").exists()
+
+
+# ----------------------------------------------------------------------------------- (f) offline HTML
+def test_html_export_embeds_plotly_js_without_cdn(make_run):
+    from quantlib.report import plotly_js
+
+    run = make_run((Stage("chart", PLOTLY, ()),))
+    ok, messages = run_collect(run)
+    assert ok, messages
+    html_path = run.dir / reopen(run).manifest["stages"]["chart"]["html"]
+    html = html_path.read_text(encoding="utf-8")
+
+    assert "planted-series" in html  # the figure itself is in the page
+    assert "Plotly.newPlot" in html or "plotly-graph-div" in html
+    bundle = plotly_js()
+    probe = bundle[len(bundle) // 2: len(bundle) // 2 + 200]  # a slice of the real library text
+    assert html.count(probe) == 1, "plotly.js must be embedded exactly once"
+    assert html.index(probe) < html.index("Plotly.newPlot"), "plotly.js must load before the figure script"
+    page = html.replace(bundle, "")  # the library's own text mentions cdn.plot.ly as a config default
+    assert "cdn.plot.ly" not in page
+    assert not [s for s in script_srcs(page) if "plotly" in s.lower()], script_srcs(page)
+
+    # and directly: export_notebook_html on the executed notebook rewrites the same file
+    again = book.export_notebook_html(run.dir / "notebooks" / "01_chart.ipynb")
+    assert again == html_path and again.read_text(encoding="utf-8").count(probe) == 1
+
+
+def test_html_export_without_plotly_does_not_embed_the_library(make_run):
+    from quantlib.report import plotly_js
+
+    run = make_run((ok_stage("alpha"),))
+    assert run_collect(run)[0]
+    html = (run.dir / "notebooks" / "01_alpha.html").read_text(encoding="utf-8")
+    bundle = plotly_js()
+    assert bundle[len(bundle) // 2: len(bundle) // 2 + 200] not in html
+
+
+def plotly_notebook(path: Path) -> Path:
+    """An executed-looking notebook whose one output is what `quantlib.report.show` displays."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2], name="planted-bars"))
+    cell = nbformat.v4.new_code_cell("report.show(fig)", execution_count=1)
+    cell.outputs = [nbformat.v4.new_output(
+        "display_data",
+        data={"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+              "text/html": fig.to_html(include_plotlyjs=False, full_html=False)})]
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(path))
+    return path
+
+
+def test_html_export_loads_no_script_from_a_cdn(tmp_path):
+    html = book.export_notebook_html(plotly_notebook(tmp_path / "chart.ipynb")).read_text(encoding="utf-8")
+    assert "planted-bars" in html
+    assert not [s for s in script_srcs(html) if s.startswith(("http://", "https://"))], script_srcs(html)
+
+
+def test_unexpected_error_fails_the_run_instead_of_leaving_it_running(make_run, monkeypatch):
+    run = make_run((ok_stage("first"), ok_stage("second")))
+    real = book.execute_stage
+
+    def explode(run_, index, stage, *args):
+        if stage.name == "second":
+            run_.stage("second")["status"] = "running"
+            raise RuntimeError("disk vanished")
+        return real(run_, index, stage, *args)
+
+    monkeypatch.setattr(book, "execute_stage", explode)
+    ok, messages = run_collect(run)
+    stored = reopen(run).manifest
+    assert not ok and stored["status"] == "FAIL"
+    assert stored["stages"]["second"]["status"] == "failed"
+    assert "internal error: RuntimeError: disk vanished" in stored["error"]
+    assert index_status(run) == "FAIL"
+
+
+def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monkeypatch):
+    run = make_run((ok_stage("only"),))
+    monkeypatch.setattr(book, "export_notebook_html", lambda nb: (_ for _ in ()).throw(OSError("no space")))
+    ok, _ = run_collect(run)
+    record = reopen(run).manifest["stages"]["only"]
+    assert ok and record["status"] == "completed"
+    assert record["html"] is None and "OSError: no space" in record["html_error"]

@@ -1,0 +1,227 @@
+"""`run_book.py`: help texts, exit codes (0 pass, 1 run FAIL, 2 user error) and one-line error messages.
+
+Most cases call `run_book.main([...])` in-process (cheap); one subprocess per exit path checks that the
+script wires `main()`'s return value to the process exit code. Every run directory is in `tmp_path`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantlib import book
+from quantlib.errors import ProfileError
+from quantlib.profiles import default_profiles_dir, list_profiles, load_profile
+from quantlib.runs import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "run_book.py"
+
+
+def _load_run_book():
+    spec = importlib.util.spec_from_file_location("run_book", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_book = _load_run_book()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Isolated environment: lakehouse in tmp, fixed sim clock, small universe."""
+    values = {"FW_DATA__LAKEHOUSE": str(tmp_path / "lakehouse"), "FW_SOURCE__AS_OF": "2026-11-25T06:00:00Z",
+              "FW_SOURCE__N_BASES": "25", "FW_DATA__LOOKBACK_DAYS": "300"}
+    for key in [k for k in os.environ if k.startswith("FW_")]:
+        monkeypatch.delenv(key)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **values}
+
+
+@pytest.fixture
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `main(argv)` in-process; return (exit code, stdout, stderr). argparse exits are caught."""
+    try:
+        code = run_book.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subprocess_cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def make_run(runs_dir: Path, tmp_path: Path, status: str | None = None, phase: str = "data") -> Run:
+    resolved = load_profile("demo", env={"FW_DATA__LAKEHOUSE": str(tmp_path / "lakehouse")})
+    run = Run.create(runs_dir, resolved, phase, workspace=tmp_path)
+    if status:
+        run.manifest["status"] = status
+        run.save()
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- help
+def test_top_level_help_lists_every_command_and_runs_dir(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    for command in ("data", "demo", "runs", "show"):
+        assert f"\n    {command} " in out, out
+    assert "--runs-dir" in out
+    assert "Phase 1" in out and "list runs" in out and "INDEX.md" in out
+
+
+@pytest.mark.parametrize("command, purpose", [
+    ("data", ["data phase", "--profile", "--run-id", "resume"]),
+    ("demo", ["simulated", "data phase"]),
+    ("runs", ["List runs"]),
+    ("show", ["INDEX.md", "RUN_ID"]),
+])
+def test_command_help_states_its_purpose(capsys, command, purpose):
+    code, out, _ = cli(capsys, command, "--help")
+    assert code == 0
+    assert out.startswith(f"usage: run_book.py {command}")
+    for phrase in purpose:
+        assert phrase in out, (phrase, out)
+
+
+def test_help_via_subprocess_exits_zero(env):
+    result = subprocess_cli("--help", env=env)
+    assert result.returncode == 0 and "usage: run_book.py" in result.stdout
+
+
+def test_missing_command_is_a_usage_error(capsys):
+    code, _, err = cli(capsys)
+    assert code == 2 and "COMMAND" in err
+
+
+# ---------------------------------------------------------------------------------------------- profiles
+def test_unknown_profile_exits_2_naming_it_and_the_known_ones(env, runs_dir):
+    result = subprocess_cli("--runs-dir", str(runs_dir), "data", "--profile", "no_such_profile", env=env)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "no_such_profile" in lines[0] and "not found" in lines[0]
+    for known in ("demo", "demo_equities"):
+        assert known in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir()), "no run dir for a rejected profile"
+
+
+def test_profile_name_with_a_path_is_rejected(capsys, env, runs_dir):
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--profile", "../profiles/demo")
+    assert code == 2
+    assert "invalid profile" in err and "../profiles/demo" in err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_unknown_env_override_key_exits_2_naming_file_and_key(capsys, env, runs_dir, monkeypatch):
+    monkeypatch.setenv("FW_DATA__LOOKBAK_DAYS", "10")  # typo of lookback_days
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--profile", "demo")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "demo.yaml" in err and "data.lookbak_days" in err and "unknown key" in err
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_unknown_key_in_a_profile_file_names_the_file_and_key(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "base.yaml").write_text((default_profiles_dir() / "base.yaml").read_text())
+    (profiles / "typo.yaml").write_text(yaml.safe_dump({
+        "description": "a profile with a misspelt filter key",
+        "data": {"lookback_dayz": 200}}))
+    with pytest.raises(ProfileError) as info:
+        load_profile("typo", profiles_dir=profiles)
+    message = str(info.value)
+    assert str(profiles / "typo.yaml") in message
+    assert "data.lookback_dayz" in message and "unknown key" in message
+
+    (profiles / "toplevel.yaml").write_text("description: x\nfilters: []\n")
+    with pytest.raises(ProfileError, match=r"toplevel\.yaml.*'filters'.*unknown key"):
+        load_profile("toplevel", profiles_dir=profiles)
+    assert "typo" in list_profiles(profiles)
+
+
+# ---------------------------------------------------------------------------------------------- show
+def test_show_missing_run_exits_2(capsys, runs_dir):
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "show", "no-such-run")
+    assert code == 2 and out == ""
+    assert "no-such-run" in err and len(err.strip().splitlines()) == 1
+
+
+def test_show_prints_index_of_a_run(capsys, runs_dir, tmp_path):
+    run = make_run(runs_dir, tmp_path, status="FAIL")
+    book.write_index(run, "data")
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", run.id)
+    assert code == 0
+    assert f"# Run `{run.id}`" in out and "**Status:** FAIL" in out and "`demo`" in out
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", "/etc/passwd", "a b"])
+def test_show_rejects_path_traversal_run_ids(capsys, runs_dir, tmp_path, bad):
+    # a real run one level up: `show ../evil` must not open it
+    evil = make_run(tmp_path, tmp_path)  # created under tmp_path, i.e. runs_dir/..
+    (tmp_path / "evil").mkdir(exist_ok=True)
+    (tmp_path / "evil" / "manifest.json").write_text((evil.dir / "manifest.json").read_text())
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "show", bad)
+    assert code == 2 and out == ""
+    assert "invalid run id" in err
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b"])
+def test_data_rejects_path_traversal_run_ids(capsys, env, runs_dir, tmp_path, bad):
+    runs_dir.mkdir()
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--run-id", bad)
+    assert code == 2
+    assert "invalid run id" in err
+    assert not (tmp_path / "evil").exists() and not (runs_dir / "a").exists()
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_path_traversal_via_subprocess_exits_2(env, runs_dir):
+    result = subprocess_cli("--runs-dir", str(runs_dir), "show", "../evil", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "invalid run id" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def test_runs_lists_created_runs_with_status(capsys, runs_dir, tmp_path):
+    passed = make_run(runs_dir, tmp_path, status="PASS")
+    failed = make_run(runs_dir, tmp_path, status="FAIL")
+    running = make_run(runs_dir, tmp_path)
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert set(rows) == {passed.id, failed.id, running.id}
+    assert rows[passed.id][1:4] == ["demo", "data", "PASS"]
+    assert rows[failed.id][3] == "FAIL"
+    assert rows[running.id][3] == "RUNNING"
+
+
+def test_runs_on_an_empty_dir_says_so(capsys, runs_dir):
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
+    assert code == 0 and "no runs" in out
+
+
+def test_runs_lists_a_corrupt_manifest_as_unreadable(capsys, runs_dir, tmp_path):
+    good = make_run(runs_dir, tmp_path, status="PASS")
+    (runs_dir / "broken-run").mkdir(parents=True)
+    (runs_dir / "broken-run" / "manifest.json").write_text("{not json")
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
+    assert code == 0
+    assert any(line.split()[:1] == ["broken-run"] and "UNREADABLE" in line for line in out.splitlines()), out
+    assert good.id in out
