@@ -86,6 +86,7 @@ class Run:
             "inputs": {}, "stages": {},
         }
         run = cls(run_dir, manifest)
+        run.record_inputs(definition_files(resolved))
         run.save()
         return run
 
@@ -139,6 +140,18 @@ class Run:
         for label, path in files.items():
             if Path(path).exists():
                 self.manifest["inputs"][label] = storage.sha256_file(path)
+
+
+def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> dict[str, Path]:
+    """The YAML files that define a run: its profile chain and its scanners (with their parents)."""
+    from .profiles import default_profiles_dir, load_yaml_chain
+
+    directory = profiles_dir or default_profiles_dir()
+    files = {f"profiles/{name}.yaml": directory / f"{name}.yaml" for name in resolved.chain}
+    for scanner in resolved.profile.data.scanners:
+        _, chain = load_yaml_chain(scanner, directory / "scanners", kind="scanner")
+        files.update({f"profiles/scanners/{name}.yaml": directory / "scanners" / f"{name}.yaml" for name in chain})
+    return files
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
