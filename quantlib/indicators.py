@@ -200,16 +200,20 @@ def _recursive(x: np.ndarray, n: int, alpha: float, start: np.ndarray) -> np.nda
     if n < 1:
         raise ValueError(f"period must be >= 1, got {n}")
     seed_row = np.asarray(start, dtype=np.int64) + (n - 1)
-    warm = np.arange(T)[:, None] < seed_row[None, :]
+    # only the first R rows contain a column that is still before its seed row
+    R = int(min(T, seed_row.max(initial=0)))
+    warm = np.arange(R)[:, None] < seed_row[None, :]
     u = np.multiply(x, alpha)
-    np.copyto(u, 0.0, where=warm)
+    np.copyto(u[:R], 0.0, where=warm)
     cols = np.nonzero(seed_row < T)[0]
     if cols.size:
         rows = start[cols][None, :] + np.arange(n)[:, None]
-        seed = x[rows, cols[None, :]].sum(axis=0) / n
+        # sequential sum (np.add.accumulate) so the seed does not depend on how many columns
+        # are processed together (a pairwise reduction would change the rounding)
+        seed = np.cumsum(x[rows, cols[None, :]], axis=0)[-1] / n
         u[seed_row[cols], cols] = seed
     y = lfilter([1.0], [1.0, alpha - 1.0], u, axis=0)
-    np.copyto(y, _NAN, where=warm)
+    np.copyto(y[:R], _NAN, where=warm)
     return y
 
 
@@ -341,11 +345,12 @@ def _rsi(close: np.ndarray, n: int, start: np.ndarray) -> np.ndarray:
     ag = _recursive(gain, n, 1.0 / n, start + 1)
     al = _recursive(loss, n, 1.0 / n, start + 1)
     den = ag + al
-    out = np.full_like(ag, 100.0)  # TradingView: no loss (or no move at all) -> 100
-    np.divide(ag, den, out=out, where=den != 0)
-    np.multiply(out, 100.0, out=out, where=den != 0)
-    np.copyto(out, _NAN, where=np.isnan(den))
-    return out
+    # RSI = 100 * ag / (ag + al) = 100 - 100 * al / (ag + al); with no move at all (den == 0)
+    # al / inf = 0 gives 100 (TradingView); NaN (warm-up) propagates
+    frac = np.divide(al, np.where(den == 0.0, np.inf, den))
+    np.multiply(frac, -100.0, out=frac)
+    frac += 100.0
+    return frac
 
 
 @_panel
@@ -414,11 +419,8 @@ def _dmi(high, low, close, n: int, adx_n: int, start: np.ndarray):
     pc = lag(close, 1)
     tr = np.maximum(high, pc)
     tr -= np.minimum(low, pc)  # max(H, C_{t-1}) - min(L, C_{t-1}) == classic true range
-    # bars before start+1 have no previous bar: NaN (the where() above produced 0 there)
+    # rows before start+1 (no previous bar) hold 0 in pdm/mdm; _recursive never reads them
     s1 = start + 1
-    pre = np.arange(high.shape[0])[:, None] < s1[None, :]
-    np.copyto(pdm, _NAN, where=pre)
-    np.copyto(mdm, _NAN, where=pre)
     a = 1.0 / n
     str_ = _recursive(tr, n, a, s1)
     pdi = _safe_ratio(_recursive(pdm, n, a, s1), str_, 100.0)

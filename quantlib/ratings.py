@@ -24,11 +24,14 @@ __all__ = [
     "MA_VOTES",
     "OSC_VOTES",
     "RATING_KEYS",
+    "INDICATOR_KEYS",
     "PANEL_DEFAULT_KEYS",
     "compute_ratings",
     "ratings_panel",
     "rating_label",
     "all_keys",
+    "RULES",
+    "vote",
 ]
 
 MA_WINDOWS = (10, 20, 30, 50, 100, 200)
@@ -60,155 +63,253 @@ def all_keys() -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------
 # votes
 # ----------------------------------------------------------------------------------------------
-def _vote(buy: np.ndarray, sell: np.ndarray, defined: np.ndarray) -> np.ndarray:
-    """+1 where buy, -1 where sell, 0 otherwise; NaN where ``defined`` is NaN.
+class _Group:
+    """Accumulates the votes of one group as int8 sums and counts (cheap byte arithmetic).
 
-    ``defined`` is any array that is NaN exactly where some input of the rule is undefined
-    (e.g. the sum of those inputs); multiplying it by 0 propagates the NaN.
+    Each rule supplies boolean ``buy``, ``sell`` and ``defined`` arrays; ``buy``/``sell`` must be
+    False where the rule is not defined. The float vote (+1/-1/0, NaN when undefined) is only
+    materialized when it is a requested output.
     """
-    v = buy.astype(np.float64)
-    v -= sell
-    v += defined * 0.0
-    return v
+
+    def __init__(self, shape, out: dict, want_votes: bool):
+        self.total = np.zeros(shape, dtype=np.int8)
+        self.count = np.zeros(shape, dtype=np.int8)
+        self.out = out
+        self.want_votes = want_votes
+
+    def add(self, name: str, buy: np.ndarray, sell: np.ndarray, defined: np.ndarray) -> None:
+        d = buy.view(np.int8) - sell.view(np.int8)
+        d *= defined  # a rule row that is not defined never counts, whatever buy/sell say
+        self.total += d
+        self.count += defined
+        if self.want_votes:
+            self.out["vote_" + name] = np.where(defined, d, np.nan)
+
+    def mean(self) -> np.ndarray:
+        out = np.full(self.total.shape, np.nan)
+        np.divide(self.total, self.count, out=out, where=self.count > 0)
+        return out
 
 
-def _ma_vote(close: np.ndarray, ma: np.ndarray) -> np.ndarray:
-    # sign(close - MA): +1 if MA < close, -1 if MA > close, 0 if equal, NaN if MA undefined
-    return np.sign(close - ma)
-
-
-def _rising_vote(x: np.ndarray, x1: np.ndarray, buy_cond: np.ndarray, sell_cond: np.ndarray):
-    """buy if buy_cond and rising, sell if sell_cond and falling (needs x_t and x_{t-1})."""
-    return _vote(buy_cond & (x > x1), sell_cond & (x < x1), x1 + x)
+def _defined(x: np.ndarray) -> np.ndarray:
+    return x == x  # False where NaN
 
 
 def _cross_over(a, b, a1, b1):
+    """a crosses over b at t: a_{t-1} <= b_{t-1} and a_t > b_t."""
     return (a1 <= b1) & (a > b)
 
 
 def _cross_under(a, b, a1, b1):
+    """a crosses under b at t: a_{t-1} >= b_{t-1} and a_t < b_t."""
     return (a1 >= b1) & (a < b)
 
 
-def _group_mean(votes: list[np.ndarray]) -> np.ndarray:
-    """Mean of the defined (non-NaN) votes, NaN where none is defined."""
-    total = np.zeros_like(votes[0])
-    count = np.zeros(votes[0].shape, dtype=np.int8)
-    tmp = np.empty_like(votes[0])
-    for v in votes:
-        # votes are -1/0/+1/NaN: fmax maps NaN to -2, corrected below by +2 per undefined vote
-        np.fmax(v, -2.0, out=tmp)
-        total += tmp
-        count += v == v
-    total += 2.0 * (len(votes) - count)
-    out = np.full_like(total, np.nan)
-    np.divide(total, count, out=out, where=count > 0)
-    return out
+# Each rule returns boolean arrays (buy, sell, defined). Comparisons with NaN are False, so an
+# undefined input never produces a buy or a sell; `defined` marks the rows where the rule votes.
+# "rising" = x_t > x_{t-1}, "falling" = x_t < x_{t-1} (SPEC §1.5).
+def rule_ma(close, ma):
+    """MA vote: buy if MA < close, sell if MA > close (0 if equal); undefined while MA is NaN."""
+    return ma < close, ma > close, _defined(ma)
 
 
-def _block(high, low, close, volume, start) -> dict[str, np.ndarray]:
+def rule_ichimoku(close, conversion, base, span_a, span_b):
+    """Buy if span A > span B and base > span A and conversion > base and close > conversion;
+    sell if all four are reversed. Undefined until span B (the longest window) exists.
+
+    Note: with *undisplaced* lines span A = (conversion + base) / 2, so "base > span A" means
+    base > conversion, which contradicts "conversion > base": on real data this rule can only
+    vote 0 (see the report / docs); the rule itself is implemented exactly as specified.
+    """
+    buy = (span_a > span_b) & (base > span_a) & (conversion > base) & (close > conversion)
+    sell = (span_a < span_b) & (base < span_a) & (conversion < base) & (close < conversion)
+    defined = _defined(span_b) & _defined(span_a) & _defined(base) & _defined(conversion)
+    return buy, sell, defined
+
+
+def rule_rsi(rsi):
+    """Buy if RSI < 30 and rising, sell if RSI > 70 and falling."""
+    rsi1 = ind.lag(rsi)
+    return (rsi < 30.0) & (rsi > rsi1), (rsi > 70.0) & (rsi < rsi1), _defined(rsi1) & _defined(rsi)
+
+
+def rule_stoch(k, d):
+    """Buy if %K < 20 and %K crosses over %D, sell if %K > 80 and %K crosses under %D."""
+    k1, d1 = ind.lag(k), ind.lag(d)
+    buy = (k < 20.0) & _cross_over(k, d, k1, d1)
+    sell = (k > 80.0) & _cross_under(k, d, k1, d1)
+    return buy, sell, _defined(k1) & _defined(d1) & _defined(k) & _defined(d)
+
+
+def rule_cci(cci):
+    """Buy if CCI < -100 and rising, sell if CCI > 100 and falling."""
+    c1 = ind.lag(cci)
+    return (cci < -100.0) & (cci > c1), (cci > 100.0) & (cci < c1), _defined(c1) & _defined(cci)
+
+
+def rule_adx(adx, plus_di, minus_di):
+    """Buy if ADX > 20 and +DI crosses over -DI, sell if ADX > 20 and +DI crosses under -DI."""
+    p1, m1 = ind.lag(plus_di), ind.lag(minus_di)
+    strong = adx > 20.0
+    buy = strong & _cross_over(plus_di, minus_di, p1, m1)
+    sell = strong & _cross_under(plus_di, minus_di, p1, m1)
+    defined = _defined(adx) & _defined(p1) & _defined(m1) & _defined(plus_di) & _defined(minus_di)
+    return buy, sell, defined
+
+
+def rule_ao(ao):
+    """Buy if AO crosses above 0 or saucer above 0 (ao_{t-2} > ao_{t-1} < ao_t, all > 0);
+    sell if AO crosses below 0 or saucer below 0 (mirror). Needs ao_t, ao_{t-1}, ao_{t-2}."""
+    a1, a2 = ind.lag(ao, 1), ind.lag(ao, 2)
+    defined = _defined(a2) & _defined(a1) & _defined(ao)
+    pos = (ao > 0.0) & (a1 > 0.0) & (a2 > 0.0)
+    neg = (ao < 0.0) & (a1 < 0.0) & (a2 < 0.0)
+    buy = ((a1 <= 0.0) & (ao > 0.0)) | (pos & (a2 > a1) & (a1 < ao))
+    sell = ((a1 >= 0.0) & (ao < 0.0)) | (neg & (a2 < a1) & (a1 > ao))
+    return buy & defined, sell & defined, defined
+
+
+def rule_mom(mom):
+    """Buy if momentum is rising, sell if falling."""
+    m1 = ind.lag(mom)
+    return mom > m1, mom < m1, _defined(m1) & _defined(mom)
+
+
+def rule_macd(macd, signal):
+    """Buy if MACD > signal, sell if MACD < signal."""
+    return macd > signal, macd < signal, _defined(macd) & _defined(signal)
+
+
+def rule_stoch_rsi(close, sma50, k, d):
+    """Buy if downtrend (close < SMA50) and K, D < 20 and K crosses over D;
+    sell if uptrend (close > SMA50) and K, D > 80 and K crosses under D."""
+    k1, d1 = ind.lag(k), ind.lag(d)
+    buy = (close < sma50) & (k < 20.0) & (d < 20.0) & _cross_over(k, d, k1, d1)
+    sell = (close > sma50) & (k > 80.0) & (d > 80.0) & _cross_under(k, d, k1, d1)
+    defined = _defined(sma50) & _defined(k1) & _defined(d1) & _defined(k) & _defined(d)
+    return buy, sell, defined
+
+
+def rule_willr(willr):
+    """Buy if %R < -80 and rising, sell if %R > -20 and falling."""
+    w1 = ind.lag(willr)
+    return (willr < -80.0) & (willr > w1), (willr > -20.0) & (willr < w1), _defined(w1) & _defined(willr)
+
+
+def rule_bbp(close, sma50, bull, bear):
+    """Buy if uptrend and bear power < 0 and rising; sell if downtrend and bull power > 0 and falling."""
+    bull1, bear1 = ind.lag(bull), ind.lag(bear)
+    buy = (close > sma50) & (bear < 0.0) & (bear > bear1)
+    sell = (close < sma50) & (bull > 0.0) & (bull < bull1)
+    defined = _defined(sma50) & _defined(bull1) & _defined(bear1) & _defined(bull) & _defined(bear)
+    return buy, sell, defined
+
+
+def rule_uo(uo):
+    """Buy if the ultimate oscillator > 70, sell if < 30."""
+    return uo > 70.0, uo < 30.0, _defined(uo)
+
+
+#: vote name -> rule; the inputs of each rule are listed in its signature
+RULES = {name: rule_ma for name in MA_VOTES[:-1]}
+RULES.update(
+    ichimoku=rule_ichimoku,
+    rsi=rule_rsi,
+    stoch=rule_stoch,
+    cci=rule_cci,
+    adx=rule_adx,
+    ao=rule_ao,
+    mom=rule_mom,
+    macd=rule_macd,
+    stoch_rsi=rule_stoch_rsi,
+    willr=rule_willr,
+    bbp=rule_bbp,
+    uo=rule_uo,
+)
+
+
+def vote(name: str, *inputs) -> np.ndarray:
+    """The vote array of rule ``name`` (a key of :data:`RULES`) on the given indicator arrays.
+
+    Inputs are 1-D or (T, N) arrays (time along axis 0). Returns float64 +1 / -1 / 0, NaN where
+    the rule is undefined.
+    """
+    buy, sell, defined = RULES[name](*(np.asarray(x, dtype=np.float64) for x in inputs))
+    d = buy.view(np.int8) - sell.view(np.int8)
+    return np.where(defined, d, np.nan)
+
+
+def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str, np.ndarray]:
     """All indicators, votes and ratings for one (T, B) block (pre-start rows are NaN)."""
     r: dict[str, np.ndarray] = {}
     c = close
-    lag = ind.lag
+    ma_group = _Group(c.shape, r, want_votes)
+    osc = _Group(c.shape, r, want_votes)
 
-    # --- moving averages -----------------------------------------------------------------------
+    # --- moving-average group ------------------------------------------------------------------
     sm = ind._sma_multi(c, MA_WINDOWS)
     for n in MA_WINDOWS:
         r[f"sma_{n}"] = sm[n]
         r[f"ema_{n}"] = ind._recursive(c, n, 2.0 / (n + 1.0), start)
     r["hma_9"] = ind._hma(c, 9)
     r["vwma_20"] = ind._vwma(c, volume, 20)
+    for name in MA_VOTES[:-1]:
+        # NaN MA (warm-up, zero-volume VWMA) does not vote
+        ma_group.add(name, *rule_ma(c, r[name]))
+
     hh = ind._rolling(high, (9, 14, 26, 52), np.maximum)
     ll = ind._rolling(low, (9, 14, 26, 52), np.minimum)
     conv, base, span_a, span_b = ind._ichimoku_from_extremes(hh, ll, 9, 26, 52)
     r["ichimoku_conversion"], r["ichimoku_base"] = conv, base
     r["ichimoku_span_a"], r["ichimoku_span_b"] = span_a, span_b
+    ma_group.add("ichimoku", *rule_ichimoku(c, conv, base, span_a, span_b))
 
-    for name in MA_VOTES[:-1]:
-        r["vote_" + name] = _ma_vote(c, r[name])
-    ichi_buy = (span_a > span_b) & (base > span_a) & (conv > base) & (c > conv)
-    ichi_sell = (span_a < span_b) & (base < span_a) & (conv < base) & (c < conv)
-    r["vote_ichimoku"] = _vote(ichi_buy, ichi_sell, span_b)  # span B has the longest warm-up
-
-    # --- oscillators ---------------------------------------------------------------------------
+    # --- oscillator group ----------------------------------------------------------------------
     sma50 = sm[50]
-    up_trend = c > sma50
-    down_trend = c < sma50
-
-    rsi = ind._rsi(c, 14, start)
-    rsi1 = lag(rsi)
-    r["rsi"] = rsi
-    r["vote_rsi"] = _rising_vote(rsi, rsi1, rsi < 30.0, rsi > 70.0)
+    r["rsi"] = rsi = ind._rsi(c, 14, start)
+    osc.add("rsi", *rule_rsi(rsi))
 
     k, d = ind._stoch_from_extremes(c, hh[14], ll[14], 3, 3)
-    k1, d1 = lag(k), lag(d)
     r["stoch_k"], r["stoch_d"] = k, d
-    r["vote_stoch"] = _vote(
-        (k < 20.0) & _cross_over(k, d, k1, d1), (k > 80.0) & _cross_under(k, d, k1, d1), k1 + d1
-    )
+    osc.add("stoch", *rule_stoch(k, d))
 
-    cci = ind._cci((high + low + c) / 3.0, 20)
-    r["cci"] = cci
-    r["vote_cci"] = _rising_vote(cci, lag(cci), cci < -100.0, cci > 100.0)
+    r["cci"] = cci = ind._cci((high + low + c) / 3.0, 20)
+    osc.add("cci", *rule_cci(cci))
 
     pdi, mdi, adx = ind._dmi(high, low, c, 14, 14, start)
-    pdi1, mdi1 = lag(pdi), lag(mdi)
     r["plus_di"], r["minus_di"], r["adx"] = pdi, mdi, adx
-    strong = adx > 20.0
-    r["vote_adx"] = _vote(
-        strong & _cross_over(pdi, mdi, pdi1, mdi1), strong & _cross_under(pdi, mdi, pdi1, mdi1), adx + pdi1 + mdi1
-    )
+    osc.add("adx", *rule_adx(adx, pdi, mdi))
 
-    ao = ind._ao((high + low) / 2.0, 5, 34)
-    ao1, ao2 = lag(ao, 1), lag(ao, 2)
-    r["ao"] = ao
-    pos = (ao > 0.0) & (ao1 > 0.0) & (ao2 > 0.0)
-    neg = (ao < 0.0) & (ao1 < 0.0) & (ao2 < 0.0)
-    ao_buy = ((ao1 <= 0.0) & (ao > 0.0)) | (pos & (ao2 > ao1) & (ao1 < ao))
-    ao_sell = ((ao1 >= 0.0) & (ao < 0.0)) | (neg & (ao2 < ao1) & (ao1 > ao))
-    r["vote_ao"] = _vote(ao_buy, ao_sell, ao2)
+    r["ao"] = ao = ind._ao((high + low) / 2.0, 5, 34)
+    osc.add("ao", *rule_ao(ao))
 
-    mom = ind._shift_op(c, c, 10, np.subtract)
-    r["mom"] = mom
-    r["vote_mom"] = np.sign(mom - lag(mom))
+    r["mom"] = mom = ind._shift_op(c, c, 10, np.subtract)
+    osc.add("mom", *rule_mom(mom))
 
     macd, sig, hist = ind._macd(c, 12, 26, 9, start)
     r["macd"], r["macd_signal"], r["macd_hist"] = macd, sig, hist
-    r["vote_macd"] = np.sign(hist)
+    osc.add("macd", *rule_macd(macd, sig))
 
     srk, srd = ind._stoch_rsi_from_rsi(rsi, 14, 3, 3)
-    srk1, srd1 = lag(srk), lag(srd)
     r["stoch_rsi_k"], r["stoch_rsi_d"] = srk, srd
-    r["vote_stoch_rsi"] = _vote(
-        down_trend & (srk < 20.0) & (srd < 20.0) & _cross_over(srk, srd, srk1, srd1),
-        up_trend & (srk > 80.0) & (srd > 80.0) & _cross_under(srk, srd, srk1, srd1),
-        sma50 + srk1 + srd1,
-    )
+    osc.add("stoch_rsi", *rule_stoch_rsi(c, sma50, srk, srd))
 
-    willr = ind._willr_from_extremes(c, hh[14], ll[14])
-    r["willr"] = willr
-    r["vote_willr"] = _rising_vote(willr, lag(willr), willr < -80.0, willr > -20.0)
+    r["willr"] = willr = ind._willr_from_extremes(c, hh[14], ll[14])
+    osc.add("willr", *rule_willr(willr))
 
     e13 = ind._recursive(c, 13, 2.0 / 14.0, start)
     bull, bear = high - e13, low - e13
-    bull1, bear1 = lag(bull), lag(bear)
     r["ema_13"], r["bull_power"], r["bear_power"] = e13, bull, bear
-    r["vote_bbp"] = _vote(
-        up_trend & (bear < 0.0) & (bear > bear1),
-        down_trend & (bull > 0.0) & (bull < bull1),
-        sma50 + bear1,
-    )
+    osc.add("bbp", *rule_bbp(c, sma50, bull, bear))
 
-    uo = ind._uo(high, low, c, 7, 14, 28)
-    r["uo"] = uo
-    r["vote_uo"] = _vote(uo > 70.0, uo < 30.0, uo)
+    r["uo"] = uo = ind._uo(high, low, c, 7, 14, 28)
+    osc.add("uo", *rule_uo(uo))
 
-    # --- groups --------------------------------------------------------------------------------
-    ma = _group_mean([r["vote_" + v] for v in MA_VOTES])
-    other = _group_mean([r["vote_" + v] for v in OSC_VOTES])
+    # --- ratings -------------------------------------------------------------------------------
+    ma = ma_group.mean()
+    other = osc.mean()
     r["recommend_ma"], r["recommend_other"] = ma, other
-    r["recommend_all"] = (ma + other) * 0.5
+    r["recommend_all"] = (ma + other) * 0.5  # NaN if either group has no vote
     return r
 
 
@@ -245,7 +346,7 @@ def compute_ratings(
     volume,
     *,
     keys: Iterable[str] | str | None = None,
-    block: int = 64,
+    block: int = 16,
 ) -> dict[str, np.ndarray]:
     """Technical ratings of every bar of every column of a (T, N) OHLCV panel (SPEC §1.5).
 
@@ -275,27 +376,29 @@ def compute_ratings(
     want = _resolve_keys(keys)
     T, N = c.shape
     start = ind.first_valid(c)
-    out = {k: np.empty((T, N), order="F") for k in want}
+    out = {k: np.empty((T, N)) for k in want}
+    want_votes = any(k.startswith("vote_") for k in want)
     block = max(int(block), 1)
-    rows = np.arange(T)[:, None]
     for j0 in range(0, N, block):  # blocks of symbols; everything inside is vectorized
         j1 = min(j0 + block, N)
         s = start[j0:j1]
-        pre = rows < s[None, :]
+        R = int(min(T, s.max(initial=0)))
+        pre = np.arange(R)[:, None] < s[None, :]  # rows before each column's first close
         arrs = []
         for name, x in (("high", h), ("low", l), ("close", c), ("volume", v)):
-            xb = np.array(x[:, j0:j1], dtype=np.float64, order="F")
-            np.copyto(xb, np.nan, where=pre)
-            bad = ~np.isfinite(xb) & ~pre
-            if bad.any():
-                t_bad, j_bad = np.nonzero(bad)
+            xb = np.array(x[:, j0:j1], dtype=np.float64, order="C")
+            np.copyto(xb[:R], np.nan, where=pre)
+            ok = np.isfinite(xb).sum(axis=0) == T - np.minimum(s, T)
+            if not ok.all():
+                j_bad = int(np.nonzero(~ok)[0][0])
+                t_bad = int(s[j_bad] + np.nonzero(~np.isfinite(xb[s[j_bad]:, j_bad]))[0][0])
                 raise ValueError(
-                    f"compute_ratings: {name} is not finite at row {t_bad[0]} of column {j0 + j_bad[0]} "
+                    f"compute_ratings: {name} is not finite at row {t_bad} of column {j0 + j_bad} "
                     "after that column's first close; remove missing bars (see ratings_panel) "
                     "instead of leaving NaN inside a series"
                 )
             arrs.append(xb)
-        res = _block(*arrs, s)
+        res = _block(*arrs, s, want_votes)
         for k in want:
             out[k][:, j0:j1] = res[k]
     return out
@@ -309,7 +412,7 @@ def ratings_panel(
     volume,
     *,
     keys: Iterable[str] | str | None = PANEL_DEFAULT_KEYS,
-    block: int = 64,
+    block: int = 16,
 ):
     """Ratings of an aligned OHLCV panel of DataFrames (index = UTC bar timestamps, columns = symbols).
 
@@ -375,11 +478,10 @@ def ratings_panel(
         return comp.reshape(Lc, N)
 
     res = compute_ratings(None, compact(H), compact(L), compact(C), compact(V), keys=want, block=block)
-    dst_flat_f = cidx * Lc + dest  # into F-ordered (Lc, N) results
     result = {}
     for k in want:
         full = np.full(T * N, np.nan)
-        full[src_flat] = np.asfortranarray(res[k]).reshape(-1, order="F")[dst_flat_f]
+        full[src_flat] = res[k].reshape(-1)[dst_flat_c]
         result[k] = pd.DataFrame(full.reshape(T, N), index=idx, columns=cols)
     return result
 
