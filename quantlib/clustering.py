@@ -1,0 +1,67 @@
+"""Correlation clusters shared by selection (§2.2), pre-optimization analysis (§2.4) and HRP.
+
+Distance d = sqrt(0.5 * (1 - rho)) with rho the Pearson correlation averaged over the trailing
+lookbacks that fit in the window (60/120/200 days by default; the whole window if none fits).
+Ward linkage on that distance, cut at `threshold`, at most `max_clusters` clusters.
+NaN policy: correlations are computed pairwise on the rows where both columns have data; a pair
+with no overlap (or a zero-variance column) gets rho = 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_LOOKBACKS = (60, 120, 200)
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Cluster labels (1..k, indexed by column name) and the Ward linkage matrix they came from."""
+
+    labels: pd.Series
+    linkage: np.ndarray
+    distance: pd.DataFrame
+
+    @property
+    def count(self) -> int:
+        return int(self.labels.nunique())
+
+
+def average_correlation(returns: pd.DataFrame, lookbacks: Sequence[int] = DEFAULT_LOOKBACKS) -> pd.DataFrame:
+    """Correlation matrix averaged over the trailing `lookbacks` that fit in `returns` (dates x assets)."""
+    n = len(returns)
+    fits = [lb for lb in lookbacks if lb <= n] or [n]
+    acc = np.zeros((returns.shape[1], returns.shape[1]))
+    for lb in fits:
+        rho = returns.iloc[-lb:].corr().to_numpy()
+        acc += np.nan_to_num(rho, nan=0.0)
+    rho = acc / len(fits)
+    np.fill_diagonal(rho, 1.0)
+    return pd.DataFrame(np.clip(rho, -1.0, 1.0), index=returns.columns, columns=returns.columns)
+
+
+def correlation_distance(rho: pd.DataFrame) -> pd.DataFrame:
+    """d = sqrt(0.5 * (1 - rho)), zero on the diagonal."""
+    d = np.sqrt(np.clip(0.5 * (1.0 - rho.to_numpy()), 0.0, None))
+    np.fill_diagonal(d, 0.0)
+    return pd.DataFrame(d, index=rho.index, columns=rho.columns)
+
+
+def ward_clusters(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: int = 25,
+                  lookbacks: Sequence[int] = DEFAULT_LOOKBACKS) -> Clusters:
+    """Ward clusters of the columns of `returns`, cut at distance `threshold` (<= `max_clusters`)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    cols = returns.columns
+    dist = correlation_distance(average_correlation(returns, lookbacks))
+    if len(cols) == 1:
+        return Clusters(pd.Series([1], index=cols, name="cluster"), np.empty((0, 4)), dist)
+    z = linkage(squareform(dist.to_numpy(), checks=False), method="ward")
+    labels = fcluster(z, t=threshold, criterion="distance")
+    if labels.max() > max_clusters:
+        labels = fcluster(z, t=max_clusters, criterion="maxclust")
+    return Clusters(pd.Series(labels.astype(int), index=cols, name="cluster"), z, dist)
