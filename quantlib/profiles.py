@@ -60,6 +60,49 @@ class DataConfig(Strict):
     lakehouse: str
 
 
+class SleeveConfig(Strict):
+    """Phase 2: which candidate lists a sleeve consumes and the window it studies (SPEC §2.1)."""
+
+    scanners: list[str]
+    data_run_id: str | None
+    benchmark: str
+    asset_class: Literal["crypto", "equities"]
+    lookback_days: int = Field(ge=30)
+    min_history_days: int = Field(ge=2)
+    min_assets_after_health: int = Field(ge=2)
+    train_days: int = Field(ge=20)
+
+
+class SelectionConfig(Strict):
+    """HTR natural selection (SPEC §2.2); field names match `quantlib.selection.SelectionParams`."""
+
+    top_n: int = Field(ge=1)
+    threshold: float = Field(gt=0)
+    max_clusters: int = Field(ge=1)
+    lookbacks: list[int] = Field(min_length=1)
+    min_assets: int = Field(ge=2)
+    max_assets: int = Field(ge=2)
+    entropy_max: float | None = Field(gt=0, le=1)
+    efficiency_min: float = Field(ge=0, le=1)
+    hurst_band: tuple[float, float]
+    hard_entropy_max: float = Field(gt=0, le=1)
+    window: int = Field(ge=10)
+    entropy_order: int = Field(ge=2, le=8)
+    entropy_delay: int = Field(ge=1)
+    weights: dict[str, float] | None
+    dominant_signal: str | None
+
+
+class OptimizerConfig(Strict):
+    """Optimization (SPEC §2.5): engine, risk profiles and caps."""
+
+    engine: Literal["native", "riskfolio"]
+    profiles: list[Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]] = Field(min_length=1)
+    atom_cap: float = Field(gt=0, le=1)
+    cluster_cap: float = Field(gt=0, le=1)
+    linkage: Literal["ward", "single", "complete", "average"]
+
+
 class FeatureFlags(Strict):
     directional_sign_test_gate_atomic: bool
     directional_sign_test_gate: bool
@@ -79,6 +122,9 @@ class Profile(Strict):
     data: DataConfig
     features: FeatureFlags
     book: BookConfig
+    sleeve: SleeveConfig
+    selection: SelectionConfig
+    optimizer: OptimizerConfig
 
 
 @dataclass(frozen=True)
@@ -185,11 +231,11 @@ def load_profile(name: str, profiles_dir: Path | None = None,
             )
         merged[section] = deep_merge(merged[section], values)
     profile = validate(merged, directory / f"{name}.yaml", chain)
-    for anchor in profile.data.anchors:
+    for key, symbol in [("data.anchors", a) for a in profile.data.anchors] + [("sleeve.benchmark", profile.sleeve.benchmark)]:
         try:
-            check_symbol(anchor)
+            check_symbol(symbol)
         except Exception as exc:
-            raise ProfileError(f"{directory / f'{name}.yaml'}: data.anchors: {exc}") from None
+            raise ProfileError(f"{directory / f'{name}.yaml'}: {key}: {exc}") from None
     return ResolvedProfile(profile=profile, chain=tuple(chain), overrides=overrides)
 
 
