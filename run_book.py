@@ -3,6 +3,7 @@
 
   python run_book.py demo                      # offline demo (simulated venues)
   python run_book.py data [--profile P]        # Phase 1: scan, ingest, metadata, features, backfill
+  python run_book.py sleeve PROFILE            # Phase 2: one sleeve (selection -> optimization -> audit)
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
@@ -21,7 +22,8 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return Path(args.runs_dir).resolve() if args.runs_dir else ROOT / "runs"
 
 
-def run_phase(phase: str, profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
+def run_phase(phase: str, profile: str, args: argparse.Namespace,
+              skip: dict[str, str] | None = None) -> tuple[bool, Path]:
     """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
     from quantlib.book import run_phase as execute
     from quantlib.profiles import load_profile
@@ -38,13 +40,23 @@ def run_phase(phase: str, profile: str, args: argparse.Namespace) -> tuple[bool,
         run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id)
         print(f"run {run.id} ({run.dir})")
     start = time.perf_counter()
-    ok = execute(run, phase)
+    ok = execute(run, phase, skip=skip)
     print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
     return ok, run.dir
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     ok, _ = run_phase("data", args.profile, args)
+    return 0 if ok else 1
+
+
+def cmd_sleeve(args: argparse.Namespace) -> int:
+    skip = {}
+    if args.skip_validation:
+        skip["validate"] = "--skip-validation"
+    if args.skip_analysis:
+        skip["post_analysis"] = "--skip-analysis"
+    ok, _ = run_phase("sleeve", args.profile, args, skip=skip)
     return 0 if ok else 1
 
 
@@ -90,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="demo", help="data profile in profiles/ (default: demo)")
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("sleeve", help="Phase 2: one sleeve's book (aggregate ... report)",
+                       description="Run one sleeve's book for PROFILE: aggregate with strict health, HTR selection, "
+                                   "synthesis and sign test, pre-optimization analysis, optimization, report and audit.")
+    p.add_argument("profile", metavar="PROFILE", help="sleeve profile in profiles/ (e.g. demo_crypto_long)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    p.add_argument("--skip-validation", action="store_true", help="skip the walk-forward validation backtest")
+    p.add_argument("--skip-analysis", action="store_true", help="skip the post-analysis charts")
+    p.set_defaults(func=cmd_sleeve)
 
     p = sub.add_parser("demo", help="the offline demo: data phase on the simulated venues",
                        description="Run the data phase on the simulated crypto and equities venues.")

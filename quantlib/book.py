@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import storage
 from .errors import StageError, WorkbookError
+from .profiles import Profile
 from .runs import INDEX, Run, utc_now
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -28,14 +29,21 @@ class Stage:
     outputs: tuple[str, ...]
     inputs: tuple[str, ...] = ()
     lakehouse_outputs: tuple[str, ...] = ()  # files in the shared lakehouse (hashes recorded)
-    optional: bool = False
+    optional: bool = False  # skipped by a CLI flag (--skip-validation / --skip-analysis)
     description: str = ""
+    gates: tuple[str, ...] = ()  # outputs that are JSON verdicts {passed, ...}, shown in INDEX.md
 
-    def expanded_outputs(self, scanners: list[str]) -> list[str]:
-        """Declared outputs with `{scanner}` expanded over the profile's scanners."""
+    def expanded_outputs(self, profile: Profile) -> list[str]:
+        """Declared outputs with `{scanner}` expanded over the data scanners and `{profile}` over the
+        optimizer's risk profiles."""
         out: list[str] = []
         for item in self.outputs:
-            out.extend(item.format(scanner=s) for s in scanners) if "{scanner}" in item else out.append(item)
+            if "{scanner}" in item:
+                out.extend(item.format(scanner=s) for s in profile.data.scanners)
+            elif "{profile}" in item:
+                out.extend(item.format(profile=p) for p in profile.optimizer.profiles)
+            else:
+                out.append(item)
         return out
 
 
@@ -58,6 +66,33 @@ REGISTRY: dict[str, tuple[Stage, ...]] = {
         Stage("backfill", "data/06_backfill.ipynb", ("artifacts/backfill_report.json",),
               lakehouse_outputs=("features_matrix.parquet",),
               description="point-in-time features matrix"),
+    ),
+    "sleeve": (
+        Stage("aggregate", "sleeve/01_aggregate.ipynb",
+              ("artifacts/returns.parquet", "artifacts/benchmark.parquet", "artifacts/candidates.parquet",
+               "artifacts/features.parquet", "artifacts/health.json", "artifacts/data_inputs.json"),
+              description="strict-health returns matrix from the lakehouse (the only stage that reads it)"),
+        Stage("select", "sleeve/02_select.ipynb", ("artifacts/selection.parquet", "artifacts/selection_audit.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/candidates.parquet", "artifacts/features.parquet"),
+              description="HTR natural selection"),
+        Stage("synthesize", "sleeve/03_synthesize.ipynb",
+              ("artifacts/atoms.parquet", "artifacts/synthetic_returns.parquet", "artifacts/sign_test_pre_opt.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/selection.parquet"),
+              gates=("artifacts/sign_test_pre_opt.json",), description="strategy atoms and the pre-opt sign test"),
+        Stage("pre_opt", "sleeve/04_pre_opt.ipynb",
+              ("artifacts/clusters.json", "artifacts/antifragility.parquet", "artifacts/regime.json"),
+              inputs=("artifacts/synthetic_returns.parquet",), description="clusters, antifragility, regime caps"),
+        Stage("optimize", "sleeve/05_optimize.ipynb",
+              ("artifacts/weights.parquet", "artifacts/flattened.parquet", "artifacts/sign_test.json",
+               "artifacts/optimization.json"),
+              inputs=("artifacts/synthetic_returns.parquet", "artifacts/atoms.parquet", "artifacts/clusters.json",
+                      "artifacts/regime.json"),
+              gates=("artifacts/sign_test.json",), description="risk profiles, Stable Sum Gate, flattening"),
+        Stage("report", "sleeve/06_report.ipynb",
+              ("artifacts/weights.csv", "artifacts/flattened.csv", "reports/tearsheet.md",
+               "reports/tearsheet_{profile}.html", "artifacts/audit.json"),
+              inputs=("artifacts/weights.parquet", "artifacts/flattened.parquet"),
+              gates=("artifacts/audit.json",), description="tearsheets, weight files and the atomic audit gate"),
     ),
 }
 
@@ -92,13 +127,21 @@ def stage_complete(run: Run, stage: Stage) -> bool:
     return True
 
 
-def run_phase(run: Run, phase: str, say: Callable[[str], None] = print) -> bool:
-    """Execute every stage of `phase` not yet complete; return True if the run passed."""
+def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: dict[str, str] | None = None) -> bool:
+    """Execute every stage of `phase` not yet complete; return True if the run passed.
+
+    `skip` maps optional stage names to the reason they are skipped (recorded, shown in INDEX.md).
+    """
     plan = stages(phase)
     profile = run.profile
+    skip = skip or {}
     rerun = False
     try:
         for index, stage in enumerate(plan, start=1):
+            if stage.optional and stage.name in skip:
+                run.stage(stage.name).update(status="skipped", reason=skip[stage.name])
+                say(f"[{index}/{len(plan)}] {stage.name}: skipped ({skip[stage.name]})")
+                continue
             if not rerun and stage_complete(run, stage):
                 say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
                 continue
@@ -156,7 +199,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     seconds = time.perf_counter() - start
     outputs = {}
     missing = []
-    for rel in stage.expanded_outputs(run.profile.data.scanners):
+    for rel in stage.expanded_outputs(run.profile):
         path = run.path(rel)
         if path.exists():
             outputs[rel] = storage.sha256_file(path)
@@ -169,6 +212,8 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
                   lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
                                      for rel in stage.lakehouse_outputs if (lake_root / rel).exists()})
+    if "artifacts/data_inputs.json" in outputs:  # what the stage read outside the run (lakehouse, data run)
+        run.record_read(storage.read_json(run.path("artifacts/data_inputs.json")))
     run.save()
     return seconds
 
@@ -245,13 +290,18 @@ def write_index(run: Run, phase: str) -> Path:
         lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
     if m.get("error"):
         lines += ["", f"> **FAIL:** {m['error']}"]
+    for label, key in (("Data run", "data_run"), ("Parent run", "parent_run")):
+        if m.get(key):
+            lines.append(f"- **{label}:** `{m[key]}`")
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
     for index, stage in enumerate(stages(phase), start=1):
         rec = m.get("stages", {}).get(stage.name, {})
         nb = rec.get("notebook")
         html = rec.get("html")
-        lines.append(f"| {index} | {stage.name} | {rec.get('status', 'pending')} | {rec.get('seconds', '')} | "
+        status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
+        lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
                      f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
+    lines += _gate_lines(run, phase)
     lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
     for stage in stages(phase):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -260,3 +310,21 @@ def write_index(run: Run, phase: str) -> Path:
         for rel, digest in rec.get("lakehouse_outputs", {}).items():
             lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
     return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+
+
+def _gate_lines(run: Run, phase: str) -> list[str]:
+    """Gate verdicts read from the gate artifacts the stages wrote (never assumed)."""
+    rows = []
+    for stage in stages(phase):
+        for rel in stage.gates:
+            path = run.dir / rel
+            if not path.exists():
+                rows.append(f"| {rel} | not run |")
+                continue
+            try:
+                passed = storage.read_json(path).get("passed")
+            except WorkbookError:
+                passed = None
+            verdict = "PASS" if passed is True else "FAIL" if passed is False else "UNREADABLE"
+            rows.append(f"| [{rel}]({rel}) | {verdict} |")
+    return ["", "## Gates", "", "| gate | verdict |", "|---|---|", *rows] if rows else []

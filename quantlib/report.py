@@ -60,3 +60,41 @@ def ratings_figure(snapshot):
     fig = px.histogram(long, x="value", color="rating", barmode="overlay", nbins=40,
                        title="Technical ratings: latest snapshot")
     return fig.update_layout(height=360)
+
+
+def write_figures_html(figures: list, path: str | Path, title: str) -> Path:
+    """One standalone HTML page holding several figures, plotly.js embedded once (works offline)."""
+    from . import storage
+
+    divs = [fig.to_html(include_plotlyjs=(i == 0), full_html=False) for i, fig in enumerate(figures)]
+    html = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+            f"<body><h1>{title}</h1>{''.join(divs)}</body></html>")
+    return storage.write_text(path, html)
+
+
+def selection_funnel_figure(audit: dict):
+    """Candidates remaining after each step of the HTR funnel."""
+    import plotly.express as px
+
+    funnel = audit.get("funnel", [])
+    fig = px.funnel(x=[s["remaining"] for s in funnel], y=[s["step"] for s in funnel],
+                    title=f"HTR funnel (stage reached: {audit.get('stage_reached')})")
+    return fig.update_layout(height=360)
+
+
+def antifragility_figure(stats):
+    """Antifragility score per atom, coloured by skew."""
+    import plotly.express as px
+
+    frame = stats.reset_index().sort_values("antifragility", ascending=False)
+    fig = px.bar(frame, x=frame.columns[0], y="antifragility", color="skew", title="Antifragility per atom (training window)")
+    return fig.update_layout(height=360, xaxis_tickangle=-45)
+
+
+def weights_by_profile_figure(weights):
+    """Atom weights of every risk profile side by side."""
+    import plotly.express as px
+
+    fig = px.bar(weights, x="atom_id", y="weight", color="profile", barmode="group",
+                 title="Optimizer weights per risk profile (synthetic-long atoms)")
+    return fig.update_layout(height=420, xaxis_tickangle=-45)

@@ -136,6 +136,12 @@ class Run:
     def stage(self, name: str) -> dict[str, Any]:
         return self.manifest["stages"].setdefault(name, {"status": "pending"})
 
+    def record_read(self, doc: dict) -> None:
+        """Record files a stage read outside the run (`{"data_run": id, "files": {label: sha256}}`)."""
+        self.manifest["inputs"].update(doc.get("files", {}))
+        if doc.get("data_run"):
+            self.manifest["data_run"] = doc["data_run"]
+
     def record_inputs(self, files: dict[str, Path]) -> None:
         for label, path in files.items():
             if Path(path).exists():

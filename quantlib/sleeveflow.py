@@ -85,7 +85,8 @@ def aggregate(ctx: StageContext) -> dict:
     candidates = read_candidates(data_run, cfg.scanners)
     lake = ctx.lake
     symbols = sorted(set(candidates["symbol"]))
-    panel = load_panel(lake, symbols + [cfg.benchmark], data.timeframe)
+    loaded = sorted(set(symbols) | {cfg.benchmark})
+    panel = load_panel(lake, loaded, data.timeframe)
     close = panel["close"]
     toxic = lake.excluded_symbols()
     common = dict(lookback_days=cfg.lookback_days, min_history_days=cfg.min_history_days,
@@ -123,7 +124,7 @@ def aggregate(ctx: StageContext) -> dict:
            "symbols": result.health.replace({np.nan: None}).to_dict(orient="records")}
     storage.write_json(ctx.path("artifacts/health.json"), doc)
     read = {f"lakehouse/{p.relative_to(lake.root)}": storage.sha256_file(p)
-            for p in [lake.ohlcv_path(s, data.timeframe) for s in symbols + [cfg.benchmark]]
+            for p in [lake.ohlcv_path(s, data.timeframe) for s in loaded]
             + [lake.symbols_path, lake.registry_path, lake.features_path] if p.exists()}
     read.update({f"{data_run.id}/export/{s}.json": storage.sha256_file(data_run.dir / "export" / f"{s}.json")
                  for s in cfg.scanners})
@@ -273,3 +274,52 @@ def optimize(ctx: StageContext) -> dict:
                         "atom_cap": state["atom_cap"], "profiles": infos})
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "optimize")
     return {"weights": weights, "flattened": flat, "sign_test": result, "info": infos}
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. report and the atomic audit gate
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SleeveReport:
+    stats: pd.DataFrame            # in-sample metrics per risk profile
+    portfolio: pd.DataFrame        # in-sample returns per risk profile
+    tables: dict[str, dict]        # per profile: weights, clusters
+    figures: dict[str, list]       # per profile: plotly figures
+    audit: dict
+
+
+def report(ctx: StageContext) -> SleeveReport:
+    """Tearsheet per risk profile, weight files, then the audit gate (its failure fails the run)."""
+    from . import tearsheet as ts
+    from .audit import audit_sleeve
+    from .book import stages
+    from .report import write_figures_html
+
+    art = lambda rel: storage.read_parquet(ctx.require(f"artifacts/{rel}"))  # noqa: E731
+    synthetic, weights, atoms, flat = art("synthetic_returns.parquet"), art("weights.parquet"), art("atoms.parquet"), \
+        art("flattened.parquet")
+    benchmark = art("benchmark.parquet")["benchmark"]
+    portfolio = ts.portfolio_returns(synthetic, weights)
+    stats = ts.in_sample_table(portfolio, annualization(ctx.profile.sleeve.asset_class))
+    tables, figures = {}, {}
+    for profile in ctx.profile.optimizer.profiles:
+        tables[profile] = t = ts.profile_tables(profile, synthetic, weights, atoms)
+        figures[profile] = [ts.weights_figure(t["weights"], profile), ts.clusters_figure(t["clusters"], profile),
+                            ts.risk_figure(t["weights"], profile),
+                            ts.equity_figure(portfolio[[profile]], benchmark, f"{profile}: in-sample equity and drawdown")]
+        write_figures_html(figures[profile], ctx.path(f"reports/tearsheet_{profile}.html"),
+                           f"{ctx.profile.name} · {profile} · run {ctx.run.id} (in-sample)")
+    storage.write_text(ctx.path("artifacts/weights.csv"), weights.to_csv(index=False))  # for spreadsheets
+    storage.write_text(ctx.path("artifacts/flattened.csv"), flat.to_csv(index=False))
+    names = [s.name for s in stages("sleeve")]
+    earlier = names[:names.index("report")]
+    audit = audit_sleeve(ctx.run, earlier)
+    storage.write_json(ctx.path("artifacts/audit.json"), audit)
+    window = (synthetic.index[0].date(), synthetic.index[-1].date())
+    storage.write_text(ctx.path("reports/tearsheet.md"),
+                       ts.markdown_summary(ctx.run.id, ctx.profile.name, stats, flat, audit, window))
+    if not audit["passed"]:
+        failed = [c for c in audit["checks"] if c["required"] and not c["passed"]]
+        raise GateError(f"report: audit gate failed ({', '.join(c['code'] for c in failed)}): {failed[0]['detail']}; "
+                        f"see {ctx.run.path('artifacts/audit.json')}")
+    return SleeveReport(stats, portfolio, tables, figures, audit)

@@ -115,7 +115,7 @@ def test_every_declared_output_exists_and_matches_its_hash(first):
     for stage in book.stages("data"):
         rec = run.manifest["stages"][stage.name]
         assert rec["status"] == "completed", (stage.name, rec)
-        declared = stage.expanded_outputs(run.profile.data.scanners)
+        declared = stage.expanded_outputs(run.profile)
         assert sorted(rec["outputs"]) == sorted(declared), stage.name
         for rel in declared:
             path = run.dir / rel
