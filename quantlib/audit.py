@@ -73,7 +73,7 @@ def check_sign_test(result: dict, code: str, required: bool) -> dict:
 
 
 def check_calendar(returns: pd.DataFrame, asset_class: str) -> dict:
-    weekend = int((pd.DatetimeIndex(returns.index).dayofweek >= 5).sum())
+    weekend = int((pd.DatetimeIndex(returns.index).day_of_week >= 5).sum())
     if asset_class == "crypto":
         return _check("CALENDAR", weekend > 0, f"{weekend} weekend rows (crypto trades 24x7)")
     return _check("CALENDAR", weekend == 0, f"{weekend} weekend rows (equities: must be 0, never zero-filled)")
