@@ -1,7 +1,17 @@
 """Shared fixtures: a small simulated venue with a fixed clock and a temporary lakehouse."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
+
+from quantlib import storage
+from quantlib.runs import Run
 
 from quantlib.lakehouse import Lakehouse
 from quantlib.profiles import load_profile
@@ -25,3 +35,58 @@ def data_cfg():
     """The base profile's data section with a shorter lookback (faster tests)."""
     profile = load_profile("demo", env={"FW_DATA__LOOKBACK_DAYS": "200", "FW_DATA__WORKERS": "4"}).profile
     return profile.data
+
+
+# ------------------------------------------------------------------ one shared offline data phase
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "run_book.py"
+OVERRIDES = {"FW_SOURCE__AS_OF": "2026-11-25T06:00:00Z", "FW_SOURCE__N_BASES": "25",
+             "FW_DATA__LOOKBACK_DAYS": "300"}
+
+
+@dataclass
+class DataRun:
+    result: subprocess.CompletedProcess
+    run: Run
+    lake: Path
+    lake_hashes: dict[str, str]  # lakehouse table -> sha256 right after this run
+
+
+@dataclass
+class Workspace:
+    runs_dir: Path
+    lake: Path
+    env: dict[str, str]
+
+    def book(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--runs-dir", str(self.runs_dir), *argv],
+                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=900)
+
+    def data_run(self) -> DataRun:
+        result = self.book("data", "--profile", "demo")
+        match = re.search(r"^run (\S+) \(", result.stdout, flags=re.M)
+        assert match, f"no run id in stdout:\n{result.stdout}\n{result.stderr}"
+        hashes = {p.name: storage.sha256_file(p) for p in self.lake.glob("*.parquet")}
+        return DataRun(result, Run.open(self.runs_dir, match.group(1)), self.lake, hashes)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Workspace:
+    base = tmp_path_factory.mktemp("data_phase")
+    lake = base / "lakehouse"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env.update(OVERRIDES, FW_DATA__LAKEHOUSE=str(lake))
+    return Workspace(base / "runs", lake, env)
+
+
+@pytest.fixture(scope="session")
+def first(workspace) -> DataRun:
+    return workspace.data_run()
+
+
+@pytest.fixture(scope="session")
+def second(workspace, first) -> DataRun:
+    """A second data run against the lakehouse the first one filled."""
+    return workspace.data_run()
+
+

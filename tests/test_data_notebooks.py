@@ -7,11 +7,7 @@ the lakehouse live in a session temp dir; nothing is written to the repository's
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,61 +16,11 @@ import pytest
 from quantlib import book, storage
 from quantlib.runs import Run
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "run_book.py"
-OVERRIDES = {"FW_SOURCE__AS_OF": "2026-11-25T06:00:00Z", "FW_SOURCE__N_BASES": "25",
-             "FW_DATA__LOOKBACK_DAYS": "300"}
 SCANNERS = ["binance_spot_base", "rating_all_long", "rating_all_short", "rating_ma_long", "rating_ma_short"]
 STAGES = ["universe", "ingest", "metadata", "features", "scan", "backfill"]
 EXCLUDED_BASES = {"USDC", "FDUSD", "TUSD", "DAI", "USDP", "PAXG", "XAUT"}
 SPIKE = "BINANCE:SPIKEUSDT"
 GAPPY = "BINANCE:GAPPYUSDT"
-
-
-@dataclass
-class DataRun:
-    result: subprocess.CompletedProcess
-    run: Run
-    lake: Path
-    lake_hashes: dict[str, str]  # lakehouse table -> sha256 right after this run
-
-
-@dataclass
-class Workspace:
-    runs_dir: Path
-    lake: Path
-    env: dict[str, str]
-
-    def book(self, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(SCRIPT), "--runs-dir", str(self.runs_dir), *argv],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=900)
-
-    def data_run(self) -> DataRun:
-        result = self.book("data", "--profile", "demo")
-        match = re.search(r"^run (\S+) \(", result.stdout, flags=re.M)
-        assert match, f"no run id in stdout:\n{result.stdout}\n{result.stderr}"
-        hashes = {p.name: storage.sha256_file(p) for p in self.lake.glob("*.parquet")}
-        return DataRun(result, Run.open(self.runs_dir, match.group(1)), self.lake, hashes)
-
-
-@pytest.fixture(scope="session")
-def workspace(tmp_path_factory) -> Workspace:
-    base = tmp_path_factory.mktemp("data_phase")
-    lake = base / "lakehouse"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
-    env.update(OVERRIDES, FW_DATA__LAKEHOUSE=str(lake))
-    return Workspace(base / "runs", lake, env)
-
-
-@pytest.fixture(scope="session")
-def first(workspace) -> DataRun:
-    return workspace.data_run()
-
-
-@pytest.fixture(scope="session")
-def second(workspace, first) -> DataRun:
-    """A second data run against the lakehouse the first one filled."""
-    return workspace.data_run()
 
 
 def read_json(path: Path) -> dict:
