@@ -189,7 +189,8 @@ def candidate_features(returns: pd.DataFrame, candidates: pd.DataFrame, annualiz
             r = np.empty(0)
         per_symbol[sym] = _symbol_features(r, annualization, params) if len(r) else {
             "n_obs": 0, **{k: math.nan for k in ("momentum", "volatility", "entropy", "efficiency", "hurst", "cvar")}}
-    feats = pd.DataFrame([per_symbol[s] for s in cands["symbol"]], index=cands.index)
+    feats = pd.DataFrame([per_symbol[s] for s in cands["symbol"]], index=cands.index,
+                         columns=["n_obs", "momentum", "volatility", "entropy", "efficiency", "hurst", "cvar"])
     feats["n_obs"] = feats["n_obs"].astype(int)
     out = pd.concat([cands[KEY + PASSTHROUGH], feats], axis=1)
     out["recommend_all"] = cands["recommend_all"]
@@ -270,9 +271,12 @@ def _by_alpha(frame: pd.DataFrame) -> pd.DataFrame:
 def _error_message(funnel: list[dict], vetoes: dict[str, int], stage: int, n: int) -> str:
     chain = " -> ".join(f"{f['step']}={f['remaining']}" for f in funnel)
     veto_txt = ", ".join(f"{k}={v}" for k, v in vetoes.items() if v) or "none"
+    hard = sum(vetoes.get(r, 0) for r in HARD_REASONS)
+    hard_txt = ("; hard vetoes (no returns, toxic, missing tick/lot size, entropy above the hard max) are never "
+                "relaxed: check the symbols' metadata and health" if hard else "")
     return (f"selection (HTR): only {n} asset(s) survive after relaxation stage {stage} (need >= 2); "
             f"funnel: {chain}; vetoes by reason: {veto_txt}; widen the scanner (more candidates) or lower "
-            "the thresholds (entropy_max, efficiency_min, hurst_band) in the profile's `selection:` section")
+            f"the thresholds (entropy_max, efficiency_min, hurst_band) in the profile's `selection:` section{hard_txt}")
 
 
 def select(returns: pd.DataFrame, candidates: pd.DataFrame, *, asset_class: str,
