@@ -8,6 +8,20 @@ Candidates are atoms keyed by (symbol, logic, direction); `direction` is a typed
 size, entropy above `hard_entropy_max`) apply at every stage (LESSONS L-S2); `hurst` is the raw
 R/S exponent and the random-walk band is applied to it (L-S3); SHORT candidates are ranked on
 negated momentum and ratings (L-S4); the audit records the funnel and vetoes (L-S5).
+
+Decisions where SPEC is silent:
+- alpha ranks are taken across every candidate that has returns (hard-vetoed ones included), so a
+  candidate's alpha does not change between relaxation stages; no returns -> alpha NaN.
+- percentile p = average rank / number of non-NaN values; constant features tie (no effect on order).
+- relaxation is monotone: a later stage keeps the earlier picks and fills each cluster's remaining
+  `top_n` slots; the `max_assets` cap keeps earlier stages first, then the best alpha.
+- stage 3 treats NaN efficiency/Hurst as spectral failures but needs a finite entropy <= hard max.
+- the `veto` column lists every reason at the strict (stage-1) thresholds; the audit's
+  `vetoes_by_reason` counts each candidate once, by its first reason in HARD_REASONS + SOFT_REASONS
+  order (so the funnel adds up), `veto_mentions` counts every reason.
+- CVaR and the other risk features are computed on the asset's returns for both directions.
+- with window 120 and order 5 there are at most 116 patterns, so normalized entropy is at most
+  log(116)/log(120) ~ 0.993: the 0.995/0.999 entropy thresholds cannot fire at the default window.
 """
 from __future__ import annotations
 
