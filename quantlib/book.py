@@ -136,6 +136,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     profile = run.profile
     skip = skip or {}
     rerun = False
+    kernel = SharedKernel()
     try:
         for index, stage in enumerate(plan, start=1):
             if stage.optional and stage.name in skip:
@@ -147,7 +148,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 continue
             rerun = True
             say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
-            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html)
+            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel)
             say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
         run.manifest["status"] = "PASS"
         run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
@@ -162,12 +163,56 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
         say(f"FAIL: {message}")
         return False
     finally:
+        kernel.close()
         run.manifest["finished_at"] = utc_now()
         run.save()
         write_index(run, phase)
 
 
-def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool) -> float:
+class SharedKernel:
+    """One IPython kernel for all the stages of one run: heavy imports are paid once, not per stage.
+
+    Before every notebook after the first the user namespace is reset (`%reset -f`), so a stage can
+    never read another stage's variables; imported modules stay cached. A failed stage closes the
+    kernel (a timed-out or crashed kernel is never reused) and ends the run.
+    """
+
+    def __init__(self) -> None:
+        self.km = None
+
+    def manager(self):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        if self.km is None:
+            # nbclient needs an async manager: with a blocking one, cell timeouts are not enforced
+            self.km = AsyncKernelManager(kernel_name="python3")
+            run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        else:
+            run_sync(self._reset)()
+        return self.km
+
+    async def _reset(self) -> None:
+        client = self.km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            await client.execute_interactive("get_ipython().run_line_magic('reset', '-f')", store_history=False,
+                                             timeout=60, output_hook=lambda msg: None)
+        finally:
+            client.stop_channels()
+
+    def close(self) -> None:
+        """Shut the kernel down (after the run, or after a failed stage)."""
+        from jupyter_core.utils import run_sync
+
+        if self.km is not None and self.km.has_kernel:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        self.km = None
+
+
+def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool,
+                  kernel: SharedKernel | None = None) -> float:
     """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -182,12 +227,17 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     try:
         pm.execute_notebook(str(source), str(target), parameters={"run_dir": str(run.dir.resolve())},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
-                            report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                            report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            km=kernel.manager() if kernel else None)
     except PapermillExecutionError as exc:
+        if kernel:
+            kernel.close()
         raise _fail(run, stage, record, start,
                     f"stage {stage.name} failed in {target} cell {exc.exec_count}: {exc.ename}: "
                     f"{_first_line(exc.evalue)}") from None
     except Exception as exc:  # timeouts and dead kernels are not marked in the notebook by papermill
+        if kernel:
+            kernel.close()
         cell = _running_cell(target)
         kind = "timed out" if "timeout" in type(exc).__name__.lower() else "aborted"
         raise _fail(run, stage, record, start,
