@@ -176,6 +176,7 @@ def _symbol_features(r: np.ndarray, annualization: int, params: SelectionParams)
         "efficiency": efficiency_ratio(w),
         "hurst": hurst_rs(r),
         "cvar": cvar_loss(r, 0.95),
+        "cvar_short": cvar_loss(-np.minimum(r, 1.0), 0.95),  # the loss tail of a short is the upside
     }
 
 
@@ -187,7 +188,8 @@ def candidate_features(returns: pd.DataFrame, candidates: pd.DataFrame, annualiz
     (momentum, volatility (ddof 1), Hurst, CVaR on all of them; entropy and efficiency on the last
     `params.window`). Columns: symbol, logic, direction, value_traded, tick_size, lot_size, toxic,
     n_obs, momentum, volatility, entropy, efficiency, hurst, recommend_all, recommend_ma, liquidity,
-    cvar (positive = loss). Raw values: no SHORT sign flip here. A symbol without a returns column
+    cvar (positive = loss of the position: for SHORT rows measured on -clip(r, upper=1)). Momentum and
+    ratings are raw: no SHORT sign flip here. A symbol without a returns column
     (or with no data) has n_obs = 0 and NaN return features.
     """
     cands = _validate_candidates(candidates)
@@ -202,9 +204,13 @@ def candidate_features(returns: pd.DataFrame, candidates: pd.DataFrame, annualiz
         else:
             r = np.empty(0)
         per_symbol[sym] = _symbol_features(r, annualization, params) if len(r) else {
-            "n_obs": 0, **{k: math.nan for k in ("momentum", "volatility", "entropy", "efficiency", "hurst", "cvar")}}
+            "n_obs": 0, **{k: math.nan for k in ("momentum", "volatility", "entropy", "efficiency", "hurst", "cvar",
+                                                 "cvar_short")}}
     feats = pd.DataFrame([per_symbol[s] for s in cands["symbol"]], index=cands.index,
-                         columns=["n_obs", "momentum", "volatility", "entropy", "efficiency", "hurst", "cvar"])
+                         columns=["n_obs", "momentum", "volatility", "entropy", "efficiency", "hurst", "cvar",
+                                  "cvar_short"])
+    # CVaR is the loss of the *position*: on the synthetic short stream -clip(r, upper=1) for SHORT rows
+    feats["cvar"] = feats["cvar"].where(cands["direction"] != "SHORT", feats.pop("cvar_short"))
     feats["n_obs"] = feats["n_obs"].astype(int)
     out = pd.concat([cands[KEY + PASSTHROUGH], feats], axis=1)
     out["recommend_all"] = cands["recommend_all"]

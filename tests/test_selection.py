@@ -104,6 +104,17 @@ def test_candidate_features_annualization_and_nan_prefix():
     assert f365.loc[2, "n_obs"] == 0 and np.isnan(f365.loc[2, ["momentum", "entropy", "hurst"]].astype(float)).all()
 
 
+def test_cvar_of_a_short_is_the_loss_of_the_position():
+    idx = pd.date_range("2025-01-01", periods=40, freq="D")
+    r = np.full(40, 0.001)
+    r[5], r[9] = 0.5, -0.2  # a +50 % day hurts the short; a -20 % day hurts the long
+    rets = pd.DataFrame({"X:A": r}, index=idx)
+    long = candidate_features(rets, _cands(["X:A"]), 365, SelectionParams()).loc[0, "cvar"]
+    short = candidate_features(rets, _cands(["X:A"], direction="SHORT"), 365, SelectionParams()).loc[0, "cvar"]
+    assert long == pytest.approx(cvar_loss(r)) and short == pytest.approx(cvar_loss(-np.minimum(r, 1.0)))
+    assert short > long > 0  # the short's worst tail (-50 %) is larger than the long's (-20 %)
+
+
 def test_candidates_contract_errors():
     rets = pd.DataFrame({"X:A": [0.01, 0.02]}, index=pd.date_range("2025-01-01", periods=2))
     with pytest.raises(ValueError, match="direction"):
