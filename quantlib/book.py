@@ -135,6 +135,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     plan = stages(phase)
     profile = run.profile
     skip = skip or {}
+    run.manifest["skipped"] = dict(skip)
     rerun = False
     kernel = SharedKernel()
     try:
@@ -340,6 +341,8 @@ def write_index(run: Run, phase: str) -> Path:
         lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
     if m.get("error"):
         lines += ["", f"> **FAIL:** {m['error']}"]
+    if m.get("skipped"):
+        lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
     for label, key in (("Data run", "data_run"), ("Parent run", "parent_run")):
         if m.get(key):
             lines.append(f"- **{label}:** `{m[key]}`")

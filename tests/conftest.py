@@ -58,16 +58,21 @@ class Workspace:
     lake: Path
     env: dict[str, str]
 
-    def book(self, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(SCRIPT), "--runs-dir", str(self.runs_dir), *argv],
-                              cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=900)
+    def book(self, *argv: str, env: dict[str, str] | None = None,
+             runs_dir: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--runs-dir", str(runs_dir or self.runs_dir), *argv],
+                              cwd=ROOT, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=900)
+
+    def run_of(self, result: subprocess.CompletedProcess, runs_dir: Path | None = None) -> Run:
+        """The run a `run_book.py` call created (its id is on the first `run ... (` line)."""
+        match = re.search(r"^run (\S+) \(", result.stdout, flags=re.M)
+        assert match, f"no run id in stdout:\n{result.stdout}\n{result.stderr}"
+        return Run.open(runs_dir or self.runs_dir, match.group(1))
 
     def data_run(self) -> DataRun:
         result = self.book("data", "--profile", "demo")
-        match = re.search(r"^run (\S+) \(", result.stdout, flags=re.M)
-        assert match, f"no run id in stdout:\n{result.stdout}\n{result.stderr}"
         hashes = {p.name: storage.sha256_file(p) for p in self.lake.glob("*.parquet")}
-        return DataRun(result, Run.open(self.runs_dir, match.group(1)), self.lake, hashes)
+        return DataRun(result, self.run_of(result), self.lake, hashes)
 
 
 @pytest.fixture(scope="session")
