@@ -82,6 +82,10 @@ class OptimizationError(GateError):
 class _AttemptFailed(OptimizationError):
     """One solve attempt failed (solver failure or Stable Sum Gate); `optimize_gated` retries once."""
 
+    def __init__(self, label: str, reason: str, fix: str):
+        super().__init__(f"{label}: {reason}; {fix}")
+        self.reason = reason
+
 
 class _SolverFailure(Exception):
     """Internal: a solver returned no usable solution."""
@@ -480,6 +484,7 @@ def _native_erc(cov: np.ndarray, max_iter: int = 100) -> np.ndarray:
         return 0.5 * float(v @ p @ v) - float(np.sum(np.log(v)))
 
     fx = f(x)
+    polished = 0
     for _ in range(max_iter):
         px = p @ x
         g = px - 1.0 / x
@@ -497,16 +502,18 @@ def _native_erc(cov: np.ndarray, max_iter: int = 100) -> np.ndarray:
         neg = dx > 0
         if neg.any():                         # stay strictly inside the positive orthant
             step = min(1.0, 0.99 * float(np.min(x[neg] / dx[neg])))
+        polish = lam2 < 1e-10                 # quadratic region: full steps (f is at round-off)
         while True:                           # Armijo backtracking
             x_new = x - step * dx
             f_new = f(x_new)
-            if f_new <= fx - 0.25 * step * lam2 or step < 1e-12:
+            if polish or f_new <= fx - 0.25 * step * lam2 or step < 1e-12:
                 break
             step *= 0.5
         x, fx = x_new, f_new
         if not np.all(np.isfinite(x)) or np.any(x <= 0):
             raise _SolverFailure("risk parity Newton left the positive orthant")
-        if lam2 < 1e-20:
+        polished += polish
+        if lam2 < 1e-20 or polished >= 2:
             break
     rc = x * (p @ x)
     if not np.all(np.isfinite(rc)) or rc.max() - rc.min() > 1e-9 * rc.mean():
@@ -857,19 +864,27 @@ def _rf_weights(out: Any, what: str) -> np.ndarray:
     return np.asarray(out, dtype=float).ravel()
 
 
-def _riskfolio_portfolio(pb: _Problem, constrained: bool) -> Any:
+def _riskfolio_portfolio(pb: _Problem, constrained: bool) -> tuple[Any, float]:
+    """riskfolio Portfolio on the problem's mean/covariance, rescaled to unit mean variance.
+
+    Rescaling returns by s (mu*s, cov*s^2, rf*s) leaves min-variance, max-Sharpe and risk-parity
+    weights unchanged, but daily-scale inputs (variances ~1e-4, excess means ~1e-5) make Clarabel
+    report feasible Sharpe problems as infeasible. Returns (portfolio, s).
+    """
     import riskfolio as rp
 
+    s = 1.0 / float(np.sqrt(np.mean(np.diag(pb.cov))))
     port = rp.Portfolio(returns=pb.returns)
-    port.mu = pd.DataFrame(pb.mu[None, :], columns=pb.atoms)
-    port.cov = pd.DataFrame(pb.cov, index=pb.atoms, columns=pb.atoms)
-    port.sol_params = {"CLARABEL": dict(RISKFOLIO_CLARABEL)}
+    port.mu = pd.DataFrame(pb.mu[None, :] * s, columns=pb.atoms)
+    port.cov = pd.DataFrame(pb.cov * (s * s), index=pb.atoms, columns=pb.atoms)
+    # riskfolio indexes sol_params by every solver it falls back to
+    port.sol_params = {name: (dict(RISKFOLIO_CLARABEL) if name == "CLARABEL" else {}) for name in port.solvers}
     if constrained:
         port.upperlng = pb.u
         if pb.gmat.shape[0]:
             port.ainequality = pb.gmat.copy()
             port.binequality = np.full((pb.gmat.shape[0], 1), pb.c)
-    return port
+    return port, s
 
 
 def _riskfolio_raw(pb: _Problem, method: str, linkage: str) -> np.ndarray:
@@ -884,17 +899,24 @@ def _riskfolio_raw(pb: _Problem, method: str, linkage: str) -> np.ndarray:
                                       custom_cov=pd.DataFrame(pb.cov, index=pb.atoms, columns=pb.atoms),
                                       linkage=linkage, leaf_order=HRP_OPTIMAL_LEAF_ORDER)
             elif method == "risk_parity":
-                port = _riskfolio_portfolio(pb, constrained=False)
-                out = port.rp_optimization(model="Classic", rm="MV", rf=pb.risk_free, b=None, hist=True)
+                port, scale = _riskfolio_portfolio(pb, constrained=False)
+                out = port.rp_optimization(model="Classic", rm="MV", rf=pb.risk_free * scale, b=None, hist=True)
             else:
-                port = _riskfolio_portfolio(pb, constrained=True)
+                port, scale = _riskfolio_portfolio(pb, constrained=True)
                 obj = "MinRisk" if method == "min_variance" else "Sharpe"
-                out = port.optimization(model="Classic", rm="MV", obj=obj, rf=pb.risk_free, hist=True)
+                out = port.optimization(model="Classic", rm="MV", obj=obj, rf=pb.risk_free * scale, hist=True)
         except _SolverFailure:
             raise
         except Exception as exc:  # riskfolio/cvxpy failures surface as assorted exceptions
             raise _SolverFailure(f"riskfolio {method} raised {type(exc).__name__}: {exc}") from exc
-    return _rf_weights(out, method)
+    raw = _rf_weights(out, method)
+    if method == "risk_parity":
+        # riskfolio returns whatever the solver stopped at; on a singular covariance that is not an
+        # ERC portfolio (the native Newton fails there instead), so verify the risk contributions
+        rc = raw * (pb.cov @ raw)
+        if not (np.all(np.isfinite(rc)) and rc.min() > 0 and rc.max() - rc.min() <= 1e-4 * rc.mean()):
+            raise _SolverFailure("riskfolio risk_parity returned unequal risk contributions")
+    return raw
 
 
 # --------------------------------------------------------------------------------------------
@@ -935,13 +957,12 @@ def _attempt_inner(returns: pd.DataFrame, method: str, engine: str, clusters: pd
     try:
         raw = _solve(pb, solve_method, engine, linkage)
     except (_SolverFailure, np.linalg.LinAlgError, ArithmeticError) as exc:
-        raise _AttemptFailed(
-            f"{label}: solver failed ({exc}); use optimize_gated (retries with more shrinkage) "
-            "or check the returns for collinear/degenerate atoms") from exc
+        raise _AttemptFailed(label, f"solver failed ({exc})",
+                             "use optimize_gated (retries with more shrinkage) or drop collinear atoms") from exc
     if raw is None or not stable_sum_gate(raw):
-        raise _AttemptFailed(
-            f"{label}: Stable Sum Gate failed (raw weights not finite, negative or summing to ~0); "
-            "use optimize_gated or increase shrinkage")
+        raise _AttemptFailed(label, "Stable Sum Gate failed (raw weights not finite, negative or summing "
+                             "to <= 1e-6)", "use optimize_gated (retries with more shrinkage) or drop "
+                             "collinear atoms")
     w = np.clip(np.asarray(raw, dtype=float).ravel(), 0.0, None)
     w = w / w.sum()
     if solve_method in ("hrp", "risk_parity", "equal_weight"):
@@ -990,19 +1011,21 @@ def optimize_gated(returns: pd.DataFrame, method: str, engine: str = "native", *
     opts: dict[str, Any] = {"clusters": None, "cluster_cap": 1.0, "atom_cap": 0.25, "linkage": "ward",
                             "risk_free": 0.0, "shrinkage": None}
     opts.update(kw)
-    errors: list[str] = []
+    reasons: list[str] = []
     for attempt, shrink in enumerate((opts["shrinkage"], RETRY_SHRINKAGE), start=1):
         try:
             weights, info = _attempt(returns, method, engine, opts["clusters"], opts["cluster_cap"],
                                      opts["atom_cap"], opts["linkage"], opts["risk_free"], shrink, label)
         except _AttemptFailed as exc:
-            errors.append(str(exc).split(": ", 1)[-1])
+            reasons.append(exc.reason)
             continue
         info.update(attempts=attempt, gate_passed=True, retried=attempt > 1)
         return weights, info
+    first = "Ledoit-Wolf" if opts["shrinkage"] is None else f"shrinkage={opts['shrinkage']}"
     raise OptimizationError(
-        f"{label}: Stable Sum Gate failed twice (Ledoit-Wolf, then shrinkage={RETRY_SHRINKAGE}): "
-        f"{errors[-1]}; drop collinear or degenerate atoms or choose another method/engine")
+        f"{label}: Stable Sum Gate failed on both attempts ({first}: {reasons[0]}; retry with "
+        f"shrinkage={RETRY_SHRINKAGE}: {reasons[1]}); drop collinear or degenerate atoms from the "
+        "training window or choose another method/engine")
 
 
 __all__ = ["METHODS", "ENGINES", "RETRY_SHRINKAGE", "Method", "Engine", "OptimizationError",
