@@ -1,0 +1,219 @@
+"""Post-analysis (SPEC §2.8): dendrogram order, cluster map, factor embedding, drift table, HTML plots."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantlib import clustering, postanalysis as pa
+
+
+def _two_blocks(n_days: int = 250, seed: int = 3) -> pd.DataFrame:
+    """Atoms a0..a3 driven by factor A, b0..b3 by an independent factor B; columns interleaved."""
+    rng = np.random.default_rng(seed)
+    fa, fb = rng.normal(0, 0.02, n_days), rng.normal(0, 0.02, n_days)
+    cols = {}
+    for i in range(4):
+        cols[f"a{i}"] = fa + rng.normal(0, 0.006, n_days)
+        cols[f"b{i}"] = fb + rng.normal(0, 0.006, n_days)
+    order = ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
+    idx = pd.date_range("2024-01-01", periods=n_days, freq="D")
+    return pd.DataFrame(cols, index=idx)[order]
+
+
+@pytest.fixture(scope="module")
+def blocks() -> pd.DataFrame:
+    return _two_blocks()
+
+
+# ----------------------------------------------------------------------------- dendrogram / cluster map
+def test_dendrogram_order_makes_correlated_blocks_contiguous(blocks):
+    order, labels = pa.dendrogram_order(blocks)
+    assert sorted(order) == sorted(blocks.columns)
+    groups = [name[0] for name in order]
+    # one switch between the blocks: aaaa bbbb or bbbb aaaa
+    assert sum(g1 != g2 for g1, g2 in zip(groups, groups[1:])) == 1
+    assert groups in (list("aaaabbbb"), list("bbbbaaaa"))
+    assert labels.nunique() == 2
+    assert labels[["a0", "a1", "a2", "a3"]].nunique() == 1 and labels[["b0", "b1", "b2", "b3"]].nunique() == 1
+    pd.testing.assert_series_equal(labels, clustering.ward_clusters(blocks).labels)
+
+
+def test_cluster_map_z_is_permuted_average_correlation(blocks):
+    fig = pa.cluster_map(blocks)
+    order, labels = pa.dendrogram_order(blocks)
+    rho = clustering.average_correlation(blocks)
+    heat = fig.data[0]
+    assert heat.type == "heatmap"
+    assert list(heat.x) == order and list(heat.y) == order
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), rho.loc[order, order].to_numpy(), atol=1e-12)
+    # it is a real permutation, not the input order
+    assert order != list(blocks.columns)
+    assert "Cluster map" in fig.layout.title.text
+    # one outline per cluster, covering the contiguous blocks [0,3] and [4,7]
+    rects = sorted((s.x0, s.x1) for s in fig.layout.shapes)
+    assert rects == [(-0.5, 3.5), (3.5, 7.5)]
+
+
+def test_cluster_map_and_factor_map_need_two_atoms(blocks):
+    one = blocks[["a0"]]
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        pa.cluster_map(one)
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        pa.factor_map(one, pd.Series([1], index=["a0"]))
+
+
+def test_nan_returns_are_rejected_naming_the_atom(blocks):
+    bad = blocks.copy()
+    bad.iloc[5, 2] = np.nan
+    for call in (lambda: pa.dendrogram_order(bad), lambda: pa.cluster_map(bad),
+                 lambda: pa.factor_embedding(bad, clustering.ward_clusters(blocks).labels)):
+        with pytest.raises(ValueError, match=r"NaN.*a1"):
+            call()
+
+
+# ----------------------------------------------------------------------------- factor embedding
+def _pairwise(xy: np.ndarray) -> np.ndarray:
+    return np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+
+
+def test_classical_mds_recovers_points_on_a_line():
+    pts = np.array([0.0, 1.0, 3.0, 7.0, 7.5])
+    d = np.abs(pts[:, None] - pts[None, :])
+    xy = pa.classical_mds(d)
+    np.testing.assert_allclose(_pairwise(xy), d, atol=1e-9)
+    np.testing.assert_allclose(xy[:, 1], 0.0, atol=1e-7)  # rank 1: second axis is empty
+    # centred, and the sign rule puts the largest-|x| point (7.5, i.e. +4.6 from the mean) on the + side
+    assert abs(xy[:, 0].sum()) < 1e-9
+    assert xy[:, 0].argmax() == 4 and xy[4, 0] > 0
+
+
+def test_classical_mds_recovers_a_2d_configuration():
+    pts = np.array([[0, 0], [3, 0], [0, 4], [3, 4], [1, 2], [-2, 1]], dtype=float)
+    d = _pairwise(pts)
+    xy = pa.classical_mds(d)
+    np.testing.assert_allclose(_pairwise(xy), d, atol=1e-9)
+    for k in range(2):  # sign convention
+        assert xy[np.argmax(np.abs(xy[:, k])), k] > 0
+
+
+def test_factor_embedding_is_deterministic_and_separates_blocks(blocks):
+    labels = clustering.ward_clusters(blocks).labels
+    emb = pa.factor_embedding(blocks, labels)
+    assert list(emb.columns) == ["x", "y", "cluster"]
+    assert list(emb.index) == list(blocks.columns)
+    assert emb["cluster"].to_dict() == labels.to_dict()
+    again = pa.factor_embedding(blocks.copy(), labels.copy())
+    pd.testing.assert_frame_equal(emb, again)
+    a, b = emb.loc[["a0", "a1", "a2", "a3"], "x"], emb.loc[["b0", "b1", "b2", "b3"], "x"]
+    assert (a.max() < b.min()) or (b.max() < a.min())
+    # it is MDS of the correlation distance: its first axis is the leading one
+    dist = clustering.correlation_distance(clustering.average_correlation(blocks)).to_numpy()
+    np.testing.assert_allclose(emb[["x", "y"]].to_numpy(), pa.classical_mds(dist), atol=1e-12)
+    assert emb["x"].var() > emb["y"].var()
+
+
+def test_factor_embedding_requires_a_label_per_atom(blocks):
+    with pytest.raises(ValueError, match="no cluster label.*b3"):
+        pa.factor_embedding(blocks, pd.Series(1, index=blocks.columns[:-1]))
+
+
+def test_factor_map_categorical_clusters_and_weight_sizes(blocks):
+    labels = clustering.ward_clusters(blocks).labels
+    weights = pd.Series({"a0": 0.4, "b0": 0.1, "a1": 0.2})
+    fig = pa.factor_map(blocks, labels, weights)
+    assert sorted(t.name for t in fig.data) == ["cluster 1", "cluster 2"]
+    sizes = {atom: s for t in fig.data for atom, s in zip(t.text, t.marker.size)}
+    assert sizes["a0"] > sizes["a1"] > sizes["b0"] > sizes["b3"]  # b3 has no weight: smallest marker
+    assert set(sizes) == set(blocks.columns)
+    assert len({t.marker.color for t in fig.data}) == 2
+
+
+# ----------------------------------------------------------------------------- drift
+def _history() -> pd.DataFrame:
+    t1, t2, t3 = pd.Timestamp("2025-01-01"), pd.Timestamp("2025-01-11"), pd.Timestamp("2025-01-21")
+    rows = [
+        (t1, "p", "A", 0.5, 1), (t1, "p", "B", 0.3, 1), (t1, "p", "C", 0.2, 2),
+        (t2, "p", "A", 0.4, 1), (t2, "p", "B", 0.2, 2), (t2, "p", "D", 0.4, 3),
+        (t3, "p", "B", 0.5, 2), (t3, "p", "D", 0.3, 1), (t3, "p", "E", 0.2, 1),
+        # a second profile, listed out of order: must not leak into "p"
+        (t2, "q", "A", 1.0, 1), (t1, "q", "A", 0.5, 1), (t1, "q", "Z", 0.5, 1),
+    ]
+    return pd.DataFrame(rows, columns=["rebalance", "profile", "atom_id", "weight", "cluster"])
+
+
+def test_drift_table_hand_computed():
+    table = pa.drift_table(_history())
+    assert list(table.columns) == list(pa.DRIFT_COLUMNS)
+    p = table[table["profile"] == "p"].reset_index(drop=True)
+    assert list(p["rebalance"]) == [pd.Timestamp("2025-01-01"), pd.Timestamp("2025-01-11"), pd.Timestamp("2025-01-21")]
+    assert list(p["n_atoms"]) == [3, 3, 3]
+    assert list(p["n_clusters"]) == [2, 3, 2]
+    # t2 vs t1: |0.4-0.5| + |0.2-0.3| + |0-0.2| + |0.4-0| = 0.8 -> 0.4; t3 vs t2: 0.4+0.3+0.1+0.2 = 1.0 -> 0.5
+    assert np.isnan(p.loc[0, "turnover"])
+    assert p.loc[1, "turnover"] == pytest.approx(0.4)
+    assert p.loc[2, "turnover"] == pytest.approx(0.5)
+    # entered: D at t2 (0.4); E at t3 (0.2)
+    assert np.isnan(p.loc[0, "weight_entered"])
+    assert p.loc[1, "weight_entered"] == pytest.approx(0.4)
+    assert p.loc[2, "weight_entered"] == pytest.approx(0.2)
+    # cluster changes among atoms held in both: t2 {A: 1->1, B: 1->2} = 1; t3 {B: 2->2, D: 3->1} = 1
+    assert pd.isna(p.loc[0, "cluster_changes"])
+    assert list(p["cluster_changes"].iloc[1:]) == [1, 1]
+    q = table[table["profile"] == "q"].reset_index(drop=True)
+    assert list(q["rebalance"]) == [pd.Timestamp("2025-01-01"), pd.Timestamp("2025-01-11")]
+    assert q.loc[1, "turnover"] == pytest.approx(0.5)  # |1-0.5| + |0-0.5| = 1 -> 0.5
+    assert q.loc[1, "weight_entered"] == 0.0
+
+
+def test_drift_table_rejects_bad_history():
+    h = _history()
+    with pytest.raises(ValueError, match="lacks column"):
+        pa.drift_table(h.drop(columns="cluster"))
+    with pytest.raises(ValueError, match="duplicate"):
+        pa.drift_table(pd.concat([h, h.iloc[:1]]))
+
+
+def test_drift_monitor_and_cluster_composition():
+    h = _history()
+    fig = pa.drift_monitor(h, "p")
+    areas = [t for t in fig.data if t.type == "scatter"]
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert sorted(t.name for t in areas) == ["A", "B", "C", "D", "E"]
+    assert all(t.stackgroup for t in areas)
+    d = next(t for t in areas if t.name == "D")
+    np.testing.assert_allclose(d.y, [0.0, 0.4, 0.3])
+    assert len(bars) == 1 and bars[0].yaxis == "y2"
+    np.testing.assert_allclose(np.asarray(bars[0].y, dtype=float), [np.nan, 0.4, 0.5])
+    comp = pa.cluster_composition(h, "p")
+    by = {t.name: list(t.y) for t in comp.data}
+    assert by == {"cluster 1": [0.8, 0.4, 0.5], "cluster 2": [0.2, 0.2, 0.5], "cluster 3": [0.0, 0.4, 0.0]}
+    assert comp.layout.barmode in ("stack", "relative")
+    with pytest.raises(ValueError, match="profile 'zz' not in history"):
+        pa.drift_monitor(h, "zz")
+
+
+# ----------------------------------------------------------------------------- output
+def test_write_plots_embeds_plotlyjs_without_cdn(tmp_path, blocks):
+    labels = clustering.ward_clusters(blocks).labels
+    figures = {"cluster_map": pa.cluster_map(blocks), "factor_map": pa.factor_map(blocks, labels)}
+    paths = pa.write_plots(figures, tmp_path / "plots")
+    assert set(paths) == {"cluster_map", "factor_map"}
+    for name, path in paths.items():
+        assert path == tmp_path / "plots" / f"{name}.html"
+        html = path.read_text(encoding="utf-8")
+        assert "Plotly.newPlot" in html
+        assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?:", html, re.I)
+        assert len(html) > 1_000_000  # the plotly.js bundle itself is inside
+    with pytest.raises(ValueError, match="invalid plot name"):
+        pa.write_plots({"../x": figures["cluster_map"]}, tmp_path)
+
+
+def test_import_is_light():
+    code = "import sys, quantlib.postanalysis; print(any(m.split('.')[0] in ('plotly', 'scipy') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
