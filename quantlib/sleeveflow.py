@@ -14,6 +14,7 @@ import pandas as pd
 
 from . import storage
 from .errors import DataError, GateError
+from .profiles import Profile
 from .runs import Run, list_runs, utc_now
 from .stage import StageContext
 from .synthesis import Direction
@@ -161,14 +162,17 @@ def features_asof(features: pd.DataFrame, when: pd.Timestamp) -> pd.DataFrame:
     return past.sort_values("ts").groupby("symbol", sort=True).tail(1).set_index("symbol")
 
 
-def training_window(returns: pd.DataFrame, train_days: int) -> pd.DataFrame:
+def training_window(returns: pd.DataFrame, train_days: int, end: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The last `train_days` rows of `returns` up to and including `end` (default: the last row)."""
+    if end is not None:
+        returns = returns.loc[returns.index <= end]
     return returns.iloc[-train_days:]
 
 
-def selection_params(ctx: StageContext):
+def selection_params(profile: Profile):
     from .selection import SelectionParams
 
-    cfg = ctx.profile.selection.model_dump()
+    cfg = profile.selection.model_dump()
     cfg["lookbacks"] = tuple(cfg["lookbacks"])
     cfg["hurst_band"] = tuple(cfg["hurst_band"])
     return SelectionParams(**cfg)
@@ -180,7 +184,7 @@ def select(ctx: StageContext):
     candidates = storage.read_parquet(ctx.require("artifacts/candidates.parquet"))
     features = storage.read_parquet(ctx.require("artifacts/features.parquet"))
     train = training_window(returns, ctx.profile.sleeve.train_days)
-    result = select_window(train, candidates, features, ctx.profile.sleeve.asset_class, selection_params(ctx))
+    result = select_window(train, candidates, features, ctx.profile.sleeve.asset_class, selection_params(ctx.profile))
     result.audit.update(run_id=ctx.run.id, train_start=train.index[0], train_end=train.index[-1])
     storage.write_parquet(ctx.path("artifacts/selection.parquet"), result.selection)
     storage.write_json(ctx.path("artifacts/selection_audit.json"), result.audit)
@@ -224,17 +228,25 @@ def synthesize(ctx: StageContext) -> dict:
 # ----------------------------------------------------------------------------------------------
 # 4. pre-optimization analysis
 # ----------------------------------------------------------------------------------------------
+def analyze_window(synthetic: pd.DataFrame, profile: Profile) -> tuple[dict, dict]:
+    """Atom clusters and the regime with the caps it implies (cluster cap, per-atom cap >= 1/n)."""
+    from .analysis import atom_clusters, regime, regime_cluster_cap
+
+    sel, opt = profile.selection, profile.optimizer
+    clusters = atom_clusters(synthetic, threshold=sel.threshold, max_clusters=sel.max_clusters)
+    state = regime(synthetic)
+    state["cluster_cap"] = regime_cluster_cap(state["label"], clusters["n_clusters"], opt.cluster_cap)
+    state["atom_cap"] = max(opt.atom_cap, 1.0 / synthetic.shape[1])
+    return clusters, state
+
+
 def pre_opt(ctx: StageContext) -> dict:
     """Clusters, antifragility, regime and the regime cluster cap, on the training window only."""
-    from .analysis import antifragility, atom_clusters, regime, regime_cluster_cap
+    from .analysis import antifragility
 
     synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
-    sel = ctx.profile.selection
-    clusters = atom_clusters(synthetic, threshold=sel.threshold, max_clusters=sel.max_clusters)
+    clusters, state = analyze_window(synthetic, ctx.profile)
     stats = antifragility(synthetic, annualization(ctx.profile.sleeve.asset_class))
-    state = regime(synthetic)
-    state["cluster_cap"] = regime_cluster_cap(state["label"], clusters["n_clusters"], ctx.profile.optimizer.cluster_cap)
-    state["atom_cap"] = max(ctx.profile.optimizer.atom_cap, 1.0 / synthetic.shape[1])
     storage.write_json(ctx.path("artifacts/clusters.json"), clusters)
     storage.write_parquet(ctx.path("artifacts/antifragility.parquet"), stats.rename_axis("atom_id"))
     storage.write_json(ctx.path("artifacts/regime.json"), state)
@@ -244,10 +256,26 @@ def pre_opt(ctx: StageContext) -> dict:
 # ----------------------------------------------------------------------------------------------
 # 5. optimize
 # ----------------------------------------------------------------------------------------------
+def optimize_window(synthetic: pd.DataFrame, clusters: dict, state: dict, profile: Profile,
+                    methods: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Weights (profile, atom_id, weight, cluster) of every risk profile, each through the Stable Sum Gate."""
+    from .optimize import optimize_gated
+
+    opt = profile.optimizer
+    labels = pd.Series(clusters["labels"]).reindex(synthetic.columns)
+    frames, infos = [], {}
+    for method in methods or opt.profiles:
+        w, info = optimize_gated(synthetic, method, opt.engine, profile_name=profile.name, clusters=labels,
+                                 cluster_cap=state["cluster_cap"], atom_cap=state["atom_cap"], linkage=opt.linkage)
+        frames.append(pd.DataFrame({"profile": method, "atom_id": w.index.astype(str), "weight": w.to_numpy(),
+                                    "cluster": labels.reindex(w.index).to_numpy().astype(int)}))
+        infos[method] = info
+    return pd.concat(frames, ignore_index=True), infos
+
+
 def optimize(ctx: StageContext) -> dict:
     """Every risk profile with the profile's engine, Stable Sum Gate, flattening, post-opt sign test."""
     from . import signtest
-    from .optimize import optimize_gated
     from .synthesis import flatten
 
     synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
@@ -255,15 +283,7 @@ def optimize(ctx: StageContext) -> dict:
     clusters = storage.read_json(ctx.require("artifacts/clusters.json"))
     state = storage.read_json(ctx.require("artifacts/regime.json"))
     opt = ctx.profile.optimizer
-    labels = pd.Series(clusters["labels"]).reindex(synthetic.columns)
-    frames, infos = [], {}
-    for method in opt.profiles:
-        w, info = optimize_gated(synthetic, method, opt.engine, profile_name=ctx.profile.name, clusters=labels,
-                                 cluster_cap=state["cluster_cap"], atom_cap=state["atom_cap"], linkage=opt.linkage)
-        frames.append(pd.DataFrame({"profile": method, "atom_id": w.index.astype(str), "weight": w.to_numpy(),
-                                    "cluster": labels.reindex(w.index).to_numpy().astype(int)}))
-        infos[method] = info
-    weights = pd.concat(frames, ignore_index=True)
+    weights, infos = optimize_window(synthetic, clusters, state, ctx.profile)
     flat = flatten(weights, atoms)
     result = signtest.post_opt(atoms, weights, flat)
     storage.write_parquet(ctx.path("artifacts/weights.parquet"), weights)
@@ -274,6 +294,35 @@ def optimize(ctx: StageContext) -> dict:
                         "atom_cap": state["atom_cap"], "profiles": infos})
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "optimize")
     return {"weights": weights, "flattened": flat, "sign_test": result, "info": infos}
+
+
+# ----------------------------------------------------------------------------------------------
+# one window, in memory: the chain the walk-forward backtest and the look-ahead audit replay
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class WindowDecision:
+    selection: object            # selection.SelectionResult
+    atoms: pd.DataFrame
+    synthetic: pd.DataFrame
+    clusters: dict
+    regime: dict
+    weights: pd.DataFrame        # profile, atom_id, weight, cluster
+
+
+def decide_window(returns: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, profile: Profile,
+                  end: pd.Timestamp, methods: list[str] | None = None) -> WindowDecision:
+    """Selection -> synthesis -> analysis -> optimization on the training window ending at `end` (the
+    same functions the production stages call, so the validated decisions are the produced ones).
+    Uses only rows of `returns` and `features` dated <= `end`."""
+    from .synthesis import build_atoms, synthetic_returns
+
+    train = training_window(returns, profile.sleeve.train_days, end)
+    result = select_window(train, candidates, features, profile.sleeve.asset_class, selection_params(profile))
+    atoms = build_atoms(result.selection)
+    synthetic = synthetic_returns(train, atoms)
+    clusters, state = analyze_window(synthetic, profile)
+    weights, _ = optimize_window(synthetic, clusters, state, profile, methods)
+    return WindowDecision(result, atoms, synthetic, clusters, state, weights)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import json
+
+import pandas as pd
+
 from quantlib import storage
 from quantlib.runs import Run
 
@@ -95,3 +99,22 @@ def second(workspace, first) -> DataRun:
     return workspace.data_run()
 
 
+# ------------------------------------------------------------------ two demo sleeves on that data
+SHORT_ENV = {"FW_SLEEVE__MIN_ASSETS_AFTER_HEALTH": "3"}  # the small test universe has few bearish names
+
+
+def art(run: Run, rel: str):
+    path = run.dir / rel
+    return json.loads(path.read_text()) if rel.endswith(".json") else pd.read_parquet(path)
+
+
+@pytest.fixture(scope="session")
+def long_sleeve(workspace, first):
+    result = workspace.book("sleeve", "demo_crypto_long", "--skip-validation", "--skip-analysis")
+    return result, workspace.run_of(result)
+
+
+@pytest.fixture(scope="session")
+def short_sleeve(workspace, first):
+    result = workspace.book("sleeve", "demo_crypto_short", "--skip-validation", env=SHORT_ENV)
+    return result, workspace.run_of(result)

@@ -6,34 +6,13 @@ healthy assets) and a resume.
 """
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
-import pandas as pd
-import pytest
 
+from conftest import art
 from quantlib import book, storage
 from quantlib.runs import Run
-
-SHORT_ENV = {"FW_SLEEVE__MIN_ASSETS_AFTER_HEALTH": "3"}  # the small test universe has few bearish names
-
-
-def art(run: Run, rel: str):
-    path = run.dir / rel
-    return json.loads(path.read_text()) if rel.endswith(".json") else pd.read_parquet(path)
-
-
-@pytest.fixture(scope="session")
-def long_sleeve(workspace, first):
-    result = workspace.book("sleeve", "demo_crypto_long", "--skip-validation", "--skip-analysis")
-    return result, workspace.run_of(result)
-
-
-@pytest.fixture(scope="session")
-def short_sleeve(workspace, first):
-    result = workspace.book("sleeve", "demo_crypto_short", "--skip-validation", env=SHORT_ENV)
-    return result, workspace.run_of(result)
 
 
 def test_long_sleeve_passes_and_index_names_profile_run_and_gates(long_sleeve, first):
