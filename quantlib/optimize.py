@@ -172,8 +172,9 @@ def _waterfill(v: np.ndarray, cap: np.ndarray) -> np.ndarray:
     """Clip v to cap and redistribute the excess proportionally among the uncapped entries, repeatedly."""
     v = v.astype(float).copy()
     fixed = np.zeros(len(v), dtype=bool)
+    limit = cap * (1.0 + 1e-14)          # ignore round-off excess (1/n * n may exceed 1 by an ulp)
     for _ in range(len(v) + 1):
-        over = (~fixed) & (v > cap)
+        over = (~fixed) & (v > limit)
         if not over.any():
             break
         excess = float(np.sum(v[over] - cap[over]))
@@ -200,7 +201,7 @@ def _apply_caps_array(w: np.ndarray, labels: np.ndarray | None, u: float, c: flo
     sizes = np.bincount(labels, minlength=k)
     tot = np.bincount(labels, weights=w, minlength=k)
     cap_k = np.minimum(c, sizes * u)
-    new_tot = _waterfill(tot, cap_k)
+    new_tot = tot if k == 1 else _waterfill(tot, cap_k)
     if not np.array_equal(new_tot, tot):
         scale = np.divide(new_tot, tot, out=np.zeros(k), where=tot > 0)
         w = w * scale[labels]
@@ -964,12 +965,12 @@ def _attempt_inner(returns: pd.DataFrame, method: str, engine: str, clusters: pd
                              "to <= 1e-6)", "use optimize_gated (retries with more shrinkage) or drop "
                              "collinear atoms")
     w = np.clip(np.asarray(raw, dtype=float).ravel(), 0.0, None)
-    w = w / w.sum()
-    if solve_method in ("hrp", "risk_parity", "equal_weight"):
-        w = _apply_caps_array(w, pb.labels, pb.u, pb.c)
-    else:
-        w = np.minimum(w, pb.u)
-        w = w / w.sum()
+    total = w.sum()
+    if abs(total - 1.0) > 1e-15:      # leave weights that already sum to 1 bit-exact (1/n stays 1/n)
+        w = w / total
+    # heuristic weights (hrp, risk_parity, equal_weight) get their caps here; for the constrained
+    # solvers this only repairs violations at solver tolerance (riskfolio: ~1e-9; native: none)
+    w = _apply_caps_array(w, pb.labels, pb.u, pb.c)
     weights = pd.Series(w, index=pb.atoms, name="weight")
     info = {"method": method, "engine": engine, "shrinkage": pb.shrinkage, "fallback": fallback,
             "atom_cap": pb.u, "cluster_cap": pb.c}
