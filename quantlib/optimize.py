@@ -162,10 +162,10 @@ def effective_caps(n_atoms: int, cluster_sizes: np.ndarray | None, cluster_cap: 
             rest = len(cap_k) - j
             cand = (1.0 - cap_k[:j].sum()) / rest
             if cand <= cap_k[j] + 1e-15:
-                c = max(c, cand)
+                c = max(c, float(cand))
                 break
         c = min(c, 1.0)
-    return u, c
+    return float(u), float(c)
 
 
 def _waterfill(v: np.ndarray, cap: np.ndarray) -> np.ndarray:
@@ -234,12 +234,17 @@ def _cluster_labels(atoms: pd.Index, clusters: pd.Series | None,
     """Cluster index 0..k-1 per atom (in `atoms` order) and cluster sizes, or (None, None)."""
     if clusters is None:
         return None, None
-    missing = [a for a in atoms if a not in clusters.index]
+    if clusters.index.has_duplicates:
+        dup = clusters.index[clusters.index.duplicated()].unique().tolist()
+        raise OptimizationError(f"{what}: atoms {dup[:10]} appear more than once in `clusters`; "
+                                "pass one cluster label per atom")
+    labels = clusters.reindex(atoms)
+    missing = atoms[labels.isna().to_numpy()].tolist()
     if missing:
         raise OptimizationError(
             f"{what}: atoms {missing[:10]} have no cluster id in `clusters`; "
             "pass a cluster label for every atom (or clusters=None)")
-    codes, _ = pd.factorize(clusters.reindex(atoms), sort=True)
+    codes, _ = pd.factorize(labels, sort=True)
     codes = codes.astype(np.intp)
     return codes, np.bincount(codes)
 

@@ -384,6 +384,10 @@ def test_degenerate_columns_are_named_not_dropped(synth):
         optimize(synth, "min_varience")
     with pytest.raises(OptimizationError, match="S24"):
         optimize(synth, "min_variance", clusters=pd.Series(1, index=synth.columns[:-1]))
+    labels = pd.Series(1.0, index=synth.columns)
+    labels["S07"] = np.nan
+    with pytest.raises(OptimizationError, match="S07"):
+        optimize(synth, "hrp", clusters=labels)
 
 
 def test_import_is_light():
