@@ -1,0 +1,334 @@
+"""Two independent simulators of a rebalanced long-only portfolio (SPEC §2.7): pure functions, no I/O.
+
+`simulate_reference` is a numpy model of vectorbt's order logic; `simulate_vectorbt` runs
+`vbt.Portfolio.from_orders(..., size_type="targetpercent", group_by=True, cash_sharing=True,
+call_seq="auto")`. Both return the same `SimResult`; they agree to ~1e-12 on the equity path
+(tests require 1e-6). vectorbt is imported lazily, only inside `simulate_vectorbt`.
+
+Inputs
+- `prices`: DataFrame dates x assets (strategy atoms), strictly positive where defined.
+- `targets`: DataFrame with the same index and columns: target weights on rebalance days
+  (>= 0, row sum <= 1, the rest is cash), all-NaN rows on other days. A row with at least one
+  non-NaN value is a rebalance day; NaN entries of a rebalance row mean target 0.
+  Orders execute at that day's close, the valuation price of the targets is the same close.
+- `fees`: cost as a fraction of traded notional (slippage + commission), paid on buys and sells.
+- `init_cash`: starting wealth (all cash).
+
+Conventions
+- Wealth and holdings carry across rebalances (never reset); between rebalances the share counts
+  are constant, so each asset's value is its value after the last rebalance times the cumulative
+  product of its price relatives (computed as shares x price, which needs no division).
+- Order logic (vectorbt's, read from `vectorbt/portfolio/nb.py`): on a rebalance day the portfolio
+  value V is cash + sum(shares x close) before trading; asset i's order is
+  `w_i * V / close_i - shares_i` shares. Orders run in ascending order of their value
+  `w_i * V - shares_i * close_i` (stable sort, `call_seq="auto"`): sells first (each receives
+  notional x (1 - fees)), then buys from the smallest to the largest, each limited by the cash left
+  (notional x (1 + fees) <= cash); once cash runs out the current buy is partially filled and
+  later buys are rejected. With fees and a fully invested target the largest buy is therefore a
+  little short of its target (vectorbt's behaviour; a naive simulator is ~7e-5 off).
+- Zero prices: a price <= `ZERO_PRICE` (1e-12, vectorbt's absolute tolerance, below which
+  vectorbt refuses to value an order) marks the asset dead from that day on: its price is 0 for
+  every later day, its position is worth 0, it cannot be traded (its target weight stays in cash)
+  and its weight is 0. A SHORT atom whose underlying gains >= 100 % in a day is such an asset.
+- Missing prices (NaN): the asset is valued at its last price and cannot be traded that day
+  (before its first price it is worth 0 and cannot be bought; the target weight stays in cash).
+- `equity`: value after each day's close including that day's trades (net of their fees).
+- `returns`: equity.pct_change, the first day relative to `init_cash`; once equity is 0 the
+  following returns are 0 (nothing left to lose), never NaN.
+- `weights`: held asset value / equity after trading each day (0 when equity is 0); the rest is cash.
+- `turnover` (L-B3): 0.5 x sum_i |w_after_i - w_before_i| on rebalance days, 0 elsewhere, where
+  w_before are the drifted weights just before trading (shares x close / value before trading) and
+  w_after the weights after trading (denominator: equity after fees). The first allocation from
+  the all-cash start therefore counts 0.5 x sum|w| (0.5 for a fully invested target).
+- `costs`: fees paid each day, in currency.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SimResult", "ZERO_PRICE", "simulate_reference", "simulate_vectorbt"]
+
+ZERO_PRICE = 1e-12
+"""Prices at or below this are 0: the asset is dead from that day on (see module docstring)."""
+
+# vectorbt's float tolerances (vectorbt/utils/math_.py), used where its order logic rounds.
+_REL_TOL = 1e-9
+_ABS_TOL = 1e-12
+_SUM_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Daily paths of one simulation (see the module docstring for each field's convention)."""
+
+    equity: pd.Series
+    returns: pd.Series
+    weights: pd.DataFrame
+    turnover: pd.Series
+    costs: pd.Series
+
+
+# --------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class _Inputs:
+    close: np.ndarray       # T x N, NaN = missing, 0 = dead (from the first price <= ZERO_PRICE on)
+    val: np.ndarray         # T x N valuation price: close forward-filled, 0 before the first price
+    tradeable: np.ndarray   # T x N bool: close finite and > 0
+    weights: np.ndarray     # T x N target weights, NaN on non-rebalance rows, NaN -> 0 on rebalance rows
+    rebalance: np.ndarray   # T bool
+    index: pd.Index
+    columns: pd.Index
+    fees: float
+    init_cash: float
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN down the rows of a 2-D array (vectorized)."""
+    mask = np.isnan(a)
+    if not mask.any():
+        return a.copy()
+    rows = np.where(~mask, np.arange(a.shape[0])[:, None], 0)
+    np.maximum.accumulate(rows, axis=0, out=rows)
+    out = a[rows, np.arange(a.shape[1])[None, :]]
+    return out
+
+
+def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash: float) -> _Inputs:
+    if not isinstance(prices, pd.DataFrame) or not isinstance(targets, pd.DataFrame):
+        raise TypeError("prices and targets must be pandas DataFrames (dates x assets)")
+    if not prices.index.equals(targets.index) or not prices.columns.equals(targets.columns):
+        raise ValueError("targets must have exactly the index (dates) and columns (assets) of prices")
+    if prices.columns.has_duplicates:
+        raise ValueError("prices has duplicate asset columns")
+    if not prices.index.is_monotonic_increasing:
+        raise ValueError("prices index must be sorted ascending by date")
+    fees = float(fees)
+    init_cash = float(init_cash)
+    if not np.isfinite(fees) or fees < 0 or fees >= 1:
+        raise ValueError(f"fees must be a fraction in [0, 1), got {fees!r}")
+    if not np.isfinite(init_cash) or init_cash <= 0:
+        raise ValueError(f"init_cash must be positive and finite, got {init_cash!r}")
+
+    close = prices.to_numpy(dtype=np.float64, copy=True)
+    if np.isinf(close).any():
+        raise ValueError("prices contain infinite values")
+    dead = np.logical_or.accumulate(close <= ZERO_PRICE, axis=0)  # NaN compares False
+    close[dead] = 0.0
+    val = _ffill(close)
+    val[np.isnan(val)] = 0.0
+    tradeable = np.isfinite(close) & (close > 0.0)
+
+    w = targets.to_numpy(dtype=np.float64, copy=True)
+    rebalance = ~np.isnan(w).all(axis=1)
+    w_reb = w[rebalance]
+    w_reb[np.isnan(w_reb)] = 0.0
+    if np.isinf(w_reb).any():
+        raise ValueError("targets contain infinite weights")
+    if (w_reb < -_SUM_TOL).any():
+        raise ValueError("targets must be >= 0 (long-only)")
+    if (w_reb.sum(axis=1) > 1.0 + _SUM_TOL).any():
+        bad = targets.index[rebalance][w_reb.sum(axis=1) > 1.0 + _SUM_TOL][0]
+        raise ValueError(f"target weights sum to more than 1 on {bad} (no leverage)")
+    w[rebalance] = np.clip(w_reb, 0.0, None)
+    return _Inputs(close, val, tradeable, w, rebalance, prices.index, prices.columns, fees, init_cash)
+
+
+def _result(inp: _Inputs, equity: np.ndarray, asset_value: np.ndarray, turnover: np.ndarray,
+            costs: np.ndarray) -> SimResult:
+    """Assemble a SimResult from daily arrays (shared by both simulators)."""
+    prev = np.concatenate(([inp.init_cash], equity[:-1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        returns = np.where(prev > 0, equity / prev - 1.0, 0.0)
+        weights = np.where(equity[:, None] > 0, asset_value / equity[:, None], 0.0)
+    idx, cols = inp.index, inp.columns
+    return SimResult(
+        equity=pd.Series(equity, index=idx, name="equity"),
+        returns=pd.Series(returns, index=idx, name="returns"),
+        weights=pd.DataFrame(weights, index=idx, columns=cols),
+        turnover=pd.Series(turnover, index=idx, name="turnover"),
+        costs=pd.Series(costs, index=idx, name="costs"),
+    )
+
+
+def _turnover(pos_before: np.ndarray, cash_before: np.ndarray, pos_after: np.ndarray,
+              cash_after: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """0.5 x sum|w_after - w_before| per row, from share counts and cash around the trades."""
+    av_before = pos_before * val
+    av_after = pos_after * val
+    v_before = cash_before + av_before.sum(axis=1)
+    v_after = cash_after + av_after.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wb = np.where(v_before[:, None] > 0, av_before / v_before[:, None], 0.0)
+        wa = np.where(v_after[:, None] > 0, av_after / v_after[:, None], 0.0)
+    return 0.5 * np.abs(wa - wb).sum(axis=1)
+
+
+# ------------------------------------------------------------------------------------ reference
+def _is_close(a, b):
+    """vectorbt's is_close_nb, vectorized (finite inputs)."""
+    return np.abs(a - b) <= np.maximum(_REL_TOL * np.maximum(np.abs(a), np.abs(b)), _ABS_TOL)
+
+
+def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, tradeable: np.ndarray,
+               fees: float) -> tuple[np.ndarray, float, float]:
+    """One rebalance at prices p (vectorbt's from_orders logic); returns new shares, cash, fees paid."""
+    value = cash + float(pos @ p)
+    if value <= 0 or _is_close(value, 0.0):
+        return pos, cash, 0.0          # vectorbt rejects target-percent orders at value <= 0
+    pos = pos.copy()
+    m = tradeable
+    size = np.zeros_like(pos)
+    size[m] = w[m] * value / p[m] - pos[m]
+    paid = 0.0
+
+    # sells first (their order among themselves does not matter: they only add cash)
+    sell = m & (size < 0) & ~_is_close(size, 0.0)
+    if sell.any():
+        s = -size[sell]
+        acq = s * p[sell]
+        fee = acq * fees
+        cash += float((acq - fee).sum())
+        paid += float(fee.sum())
+        old = pos[sell]
+        new = old - s
+        new[_is_close(np.abs(old), np.abs(s))] = 0.0
+        pos[sell] = new
+    if _is_close(cash, 0.0):
+        cash = 0.0
+
+    # buys in ascending order of order value, each limited by the cash left
+    buy = np.flatnonzero(m & (size > 0) & ~_is_close(size, 0.0))
+    if buy.size and cash > 0:
+        key = w[buy] * value - pos[buy] * p[buy]
+        buy = buy[np.argsort(key, kind="stable")]
+        s = size[buy]
+        req = s * p[buy]
+        need = req + req * fees
+        left = cash - np.concatenate(([0.0], np.cumsum(need)[:-1]))   # cash before each buy if all fill
+        emptied = _is_close(need, left)             # the fill uses (almost) all cash: cash becomes 0
+        full = emptied | (need < left)
+        no_cash = (left <= 0) | _is_close(left, 0.0) | np.concatenate(([False], emptied[:-1]))
+        stop = np.flatnonzero(~full | no_cash)
+        n_full = int(stop[0]) if stop.size else buy.size
+        if n_full:
+            pos[buy[:n_full]] += s[:n_full]
+            paid += float((req[:n_full] * fees).sum())
+            cash = 0.0 if emptied[n_full - 1] else float(left[n_full - 1] - need[n_full - 1])
+        if n_full < buy.size and not no_cash[n_full]:
+            j = buy[n_full]                         # partial fill with the cash left, then stop
+            max_req = cash / (1.0 + fees)
+            pos[j] += max_req / p[j]
+            paid += cash - max_req
+            cash = 0.0
+    return pos, cash, paid
+
+
+def simulate_reference(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
+                       init_cash: float = 1.0) -> SimResult:
+    """Numpy simulator of the rebalanced portfolio: a loop over rebalance days only (vectorized
+    across assets), holdings constant in shares between rebalances (vectorized over time)."""
+    inp = _prepare(prices, targets, fees, init_cash)
+    T, N = inp.close.shape
+    reb_days = np.flatnonzero(inp.rebalance)
+    K = reb_days.size
+    pos_tab = np.zeros((K + 1, N))          # row k+1: shares after rebalance k; row 0: start
+    cash_tab = np.empty(K + 1)
+    cash_tab[0] = inp.init_cash
+    paid = np.zeros(K)
+    pos, cash = pos_tab[0], inp.init_cash
+    for k, i in enumerate(reb_days):
+        pos, cash, paid[k] = _rebalance(pos, cash, inp.weights[i], inp.val[i], inp.tradeable[i], inp.fees)
+        pos_tab[k + 1] = pos
+        cash_tab[k + 1] = cash
+
+    seg = np.searchsorted(reb_days, np.arange(T), side="right")   # row of pos_tab held on each day
+    asset_value = pos_tab[seg] * inp.val
+    equity = cash_tab[seg] + asset_value.sum(axis=1)
+    costs = np.zeros(T)
+    costs[reb_days] = paid
+    turnover = np.zeros(T)
+    turnover[reb_days] = _turnover(pos_tab[:-1], cash_tab[:-1], pos_tab[1:], cash_tab[1:], inp.val[reb_days])
+    return _result(inp, equity, asset_value, turnover, costs)
+
+
+# ------------------------------------------------------------------------------------- vectorbt
+def _numba_cache_dir() -> str:
+    """A writable numba cache: <repo>/.numba_cache in a source checkout, else a temp dir."""
+    for cand in (Path(__file__).resolve().parents[1] / ".numba_cache",
+                 Path(tempfile.gettempdir()) / "quantlib-numba-cache"):
+        try:
+            cand.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(cand, os.W_OK):
+            return str(cand)
+    return tempfile.mkdtemp(prefix="quantlib-numba-")
+
+
+def _import_vectorbt():
+    """Import vectorbt lazily with a writable NUMBA_CACHE_DIR (set before numba is configured)."""
+    if "vectorbt" not in sys.modules and not os.environ.get("NUMBA_CACHE_DIR"):
+        os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
+        if "numba" in sys.modules:   # numba read its config already: make it see the cache dir
+            from numba.core import config as numba_config
+            numba_config.reload_config()
+    with warnings.catch_warnings():
+        _filter_vectorbt_warnings()
+        import vectorbt as vbt
+    return vbt
+
+
+def _filter_vectorbt_warnings() -> None:
+    """Silence vectorbt's known, harmless warnings (call inside warnings.catch_warnings())."""
+    pandas_dep = getattr(pd.errors, "Pandas4Warning", FutureWarning)
+    for cat in {pandas_dep, FutureWarning, DeprecationWarning}:
+        warnings.filterwarnings("ignore", message=r"The inplace keyword in DataFrame\.rename is deprecated",
+                                category=cat)
+    try:
+        from numba.core.errors import NumbaDeprecationWarning, NumbaPendingDeprecationWarning
+    except ImportError:  # pragma: no cover - numba always ships with vectorbt
+        return
+    for cat in (NumbaDeprecationWarning, NumbaPendingDeprecationWarning):
+        warnings.filterwarnings("ignore", message=r"(?s).*reflected list", category=cat)
+
+
+def simulate_vectorbt(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
+                      init_cash: float = 1.0) -> SimResult:
+    """The same portfolio simulated by vectorbt's `Portfolio.from_orders` (target percent,
+    one cash-sharing group, auto call sequence). Dead / missing prices are not traded (NaN size),
+    since vectorbt refuses orders at a price <= 0."""
+    inp = _prepare(prices, targets, fees, init_cash)
+    vbt = _import_vectorbt()
+    size = np.where(inp.rebalance[:, None] & inp.tradeable, inp.weights, np.nan)
+    close = pd.DataFrame(inp.close, index=inp.index, columns=inp.columns)
+    size_df = pd.DataFrame(size, index=inp.index, columns=inp.columns)
+    freq = "1D" if isinstance(inp.index, pd.DatetimeIndex) else None
+    with warnings.catch_warnings():
+        _filter_vectorbt_warnings()
+        pf = vbt.Portfolio.from_orders(
+            close=close, size=size_df, size_type="targetpercent", group_by=True, cash_sharing=True,
+            call_seq="auto", fees=inp.fees, freq=freq, init_cash=inp.init_cash,
+        )
+        equity = np.asarray(pf.value(), dtype=np.float64).reshape(-1)
+        asset_value = np.asarray(pf.asset_value(group_by=False), dtype=np.float64)
+        shares = np.asarray(pf.assets(), dtype=np.float64)
+        cash = np.asarray(pf.cash(), dtype=np.float64).reshape(-1)
+        records = pf.orders.values
+    T = equity.size
+    costs = np.zeros(T)
+    np.add.at(costs, records["idx"], records["fees"])
+    reb = np.flatnonzero(inp.rebalance)
+    shares_before = np.vstack([np.zeros((1, shares.shape[1])), shares[:-1]])
+    cash_before = np.concatenate(([inp.init_cash], cash[:-1]))
+    turnover = np.zeros(T)
+    turnover[reb] = _turnover(shares_before[reb], cash_before[reb], shares[reb], cash[reb], inp.val[reb])
+    asset_value = np.nan_to_num(asset_value, nan=0.0)
+    return _result(inp, equity, asset_value, turnover, costs)
