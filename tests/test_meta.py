@@ -1,0 +1,436 @@
+"""Meta-portfolio logic (quantlib.meta, SPEC §3): gates, aggregation, weights, walk-forward, flattening, report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantlib import meta
+from quantlib.errors import GateError
+from quantlib.meta import (REQUIRED_SECTIONS, REQUIRED_SLEEVE_ARTIFACTS, SleeveRef, aggregate_streams,
+                           completeness_gate, exposures, flatten_meta, load_books, load_streams,
+                           meta_weights, physical_cap_check, render_report, report_sections,
+                           sign_test_gate, walk_forward_meta)
+from quantlib.optimize import ledoit_wolf
+
+PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
+
+
+# ------------------------------------------------------------------------------ fake run dirs
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _dates(calendar: str, n: int, start: str = "2024-01-01") -> pd.DatetimeIndex:
+    idx = pd.date_range(start, periods=n, freq="D") if calendar == "crypto" else pd.bdate_range(start, periods=n)
+    return idx.rename("date")
+
+
+def make_sleeve(root: Path, sid: str, *, calendar: str = "crypto", n: int = 120, seed: int = 0,
+                status: str = "PASS", direction: str = "LONG", book: dict | None = None,
+                sign_pre: bool = True, sign_post: bool = True) -> SleeveRef:
+    run = root / sid
+    _write_json(run / "manifest.json", {"run_id": f"{sid}-20240101T000000-abcd", "profile": sid,
+                                        "status": status, "stages": {}})
+    for name, ok in (("sign_test_pre_opt.json", sign_pre), ("sign_test.json", sign_post)):
+        _write_json(run / "artifacts" / name, {
+            "passed": ok, "errors": 0 if ok else 1, "warnings": 0,
+            "findings": [] if ok else [{"level": "error", "code": "SHORT_NOT_NEGATIVE", "atom": "X/rsi/SHORT",
+                                        "message": "planted"}]})
+    _write_json(run / "artifacts" / "audit.json", {"passed": True, "checks": []})
+    book = book or {"BTC": 0.6, "ETH": 0.4}
+    sign = -1.0 if direction == "SHORT" else 1.0
+    rows = [{"profile": p, "symbol": s, "net_weight": sign * w, "gross_weight": w}
+            for p in PROFILES for s, w in book.items()]
+    pd.DataFrame(rows).to_parquet(run / "artifacts" / "flattened.parquet", index=False)
+    pd.DataFrame([{"atom_id": f"{s}/rsi/{direction}", "symbol": s, "logic": "rsi", "direction": direction}
+                  for s in book]).to_parquet(run / "artifacts" / "atoms.parquet", index=False)
+    rng = np.random.default_rng(seed)
+    idx = _dates(calendar, n)
+    stream = pd.DataFrame(rng.normal(0.0005, 0.01, (n, len(PROFILES))), index=idx, columns=list(PROFILES))
+    (run / "backtest").mkdir(parents=True, exist_ok=True)
+    stream.to_parquet(run / "backtest" / "returns.parquet")
+    return SleeveRef(sid, run)
+
+
+def _failed(gate: dict) -> set[tuple]:
+    return {(c["sleeve"], c["code"]) for c in gate["checks"] if not c["passed"]}
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return [make_sleeve(tmp_path, "crypto_long", seed=1),
+            make_sleeve(tmp_path, "crypto_short", seed=2, direction="SHORT")]
+
+
+# ------------------------------------------------------------------------------ completeness
+
+def test_completeness_passes_on_a_complete_pair(pair):
+    gate = completeness_gate(pair, "hrp")
+    assert gate["passed"] is True, _failed(gate)
+    codes = {(c["sleeve"], c["code"]) for c in gate["checks"]}
+    for sid in ("crypto_long", "crypto_short"):
+        assert {(sid, k) for k in ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "STREAM")} <= codes
+    assert (None, "SLEEVE_COUNT") in codes
+
+
+def test_completeness_no_run_dir(pair):
+    gate = completeness_gate([pair[0], SleeveRef("ghost", None)], "hrp")
+    assert gate["passed"] is False
+    assert ("ghost", "HAS_RUN") in _failed(gate)
+    assert all(s == "ghost" for s, _ in _failed(gate))
+
+
+def test_completeness_manifest_without_run_id(pair):
+    path = pair[1].run_dir / "manifest.json"
+    _write_json(path, {"profile": "x", "status": "PASS"})
+    gate = completeness_gate(pair, "hrp")
+    assert _failed(gate) == {("crypto_short", "HAS_RUN")}
+
+
+def test_completeness_run_status_fail(pair):
+    path = pair[1].run_dir / "manifest.json"
+    m = json.loads(path.read_text())
+    m["status"] = "FAIL"
+    _write_json(path, m)
+    gate = completeness_gate(pair, "hrp")
+    assert gate["passed"] is False
+    assert _failed(gate) == {("crypto_short", "RUN_PASSED")}
+
+
+@pytest.mark.parametrize("artifact", [a for a in REQUIRED_SLEEVE_ARTIFACTS])
+def test_completeness_each_missing_artifact(pair, artifact):
+    (pair[0].run_dir / artifact).unlink()
+    gate = completeness_gate(pair, "hrp")
+    assert gate["passed"] is False
+    assert ("crypto_long", "ARTIFACTS") in _failed(gate)
+    detail = next(c["detail"] for c in gate["checks"] if c["code"] == "ARTIFACTS" and c["sleeve"] == "crypto_long")
+    assert Path(artifact).name in detail
+    assert all(s == "crypto_long" for s, _ in _failed(gate))
+
+
+@pytest.mark.parametrize("artifact", ["artifacts/flattened.parquet", "backtest/returns.parquet",
+                                      "artifacts/sign_test.json"])
+def test_completeness_corrupt_file(pair, artifact):
+    (pair[1].run_dir / artifact).write_bytes(b"PAR1 this is not a parquet or json file")
+    gate = completeness_gate(pair, "hrp")   # must not raise
+    assert gate["passed"] is False
+    detail = next(c["detail"] for c in gate["checks"] if c["code"] == "ARTIFACTS" and c["sleeve"] == "crypto_short")
+    assert "corrupt" in detail and Path(artifact).name in detail
+
+
+def test_completeness_all_nan_stream(pair):
+    path = pair[0].run_dir / "backtest" / "returns.parquet"
+    frame = pd.read_parquet(path)
+    frame["hrp"] = np.nan
+    frame.to_parquet(path)
+    gate = completeness_gate(pair, "hrp")
+    assert _failed(gate) == {("crypto_long", "STREAM")}
+    assert completeness_gate(pair, "min_variance")["passed"] is True   # other profile still fine
+
+
+def test_completeness_missing_risk_profile_column(pair):
+    path = pair[0].run_dir / "backtest" / "returns.parquet"
+    pd.read_parquet(path).drop(columns=["risk_parity"]).to_parquet(path)
+    gate = completeness_gate(pair, "risk_parity")
+    assert _failed(gate) == {("crypto_long", "STREAM")}
+    assert completeness_gate(pair, "hrp")["passed"] is True
+
+
+def test_completeness_sleeve_count(pair):
+    one = completeness_gate(pair[:1], "hrp")
+    assert _failed(one) == {(None, "SLEEVE_COUNT")}
+    assert completeness_gate(pair[:1], "hrp", single_sleeve=True)["passed"] is True
+    assert _failed(completeness_gate(pair, "hrp", single_sleeve=True)) == {(None, "SLEEVE_COUNT")}
+    assert completeness_gate([], "hrp")["passed"] is False
+
+
+def test_completeness_nested_meta(tmp_path, pair):
+    run = tmp_path / "nested"
+    _write_json(run / "manifest.json", {"run_id": "nested-1", "status": "PASS"})
+    _write_json(run / "artifacts" / "meta_sign_test_gate.json", {"passed": True, "checks": []})
+    pd.DataFrame({"meta": [0.01, -0.02, np.nan]}, index=_dates("crypto", 3)).to_parquet(
+        run / "artifacts" / "meta_returns.parquet")
+    pd.DataFrame({"symbol": ["BTC"], "net_weight": [0.5], "gross_weight": [0.5]}).to_parquet(
+        run / "artifacts" / "meta_flattened.parquet", index=False)
+    nested = SleeveRef("nested", run, kind="meta")
+    assert completeness_gate([pair[0], nested], "hrp")["passed"] is True
+    assert list(load_streams([nested], "hrp")["nested"].dropna()) == [0.01, -0.02]
+    (run / "artifacts" / "meta_flattened.parquet").unlink()
+    assert ("nested", "ARTIFACTS") in _failed(completeness_gate([pair[0], nested], "hrp"))
+
+
+# ------------------------------------------------------------------------------ sign tests
+
+def test_sign_test_gate_passes_and_names_a_broken_sleeve(tmp_path, pair):
+    assert sign_test_gate(pair)["passed"] is True
+    broken = make_sleeve(tmp_path, "broken_short", direction="SHORT", sign_post=False)
+    gate = sign_test_gate(pair + [broken])
+    assert gate["passed"] is False
+    assert _failed(gate) == {("broken_short", "SIGN_TEST_POST")}
+    with pytest.raises(GateError, match="broken_short"):
+        meta.enforce_gate(gate, "sign-test")
+
+
+def test_sign_test_gate_missing_file_and_pre_opt(tmp_path, pair):
+    (pair[0].run_dir / "artifacts" / "sign_test_pre_opt.json").unlink()
+    pre = make_sleeve(tmp_path, "bad_pre", sign_pre=False)
+    gate = sign_test_gate([pair[0], pair[1], pre, SleeveRef("ghost", None)])
+    assert _failed(gate) == {("crypto_long", "SIGN_TEST_PRE"), ("bad_pre", "SIGN_TEST_PRE"),
+                             ("ghost", "SIGN_TEST_PRE"), ("ghost", "SIGN_TEST_POST")}
+
+
+def test_sign_test_gate_nested_meta(tmp_path, pair):
+    run = tmp_path / "nested"
+    _write_json(run / "artifacts" / "meta_sign_test_gate.json", {"passed": False, "checks": [
+        {"sleeve": "inner", "code": "SIGN_TEST_POST", "passed": False, "detail": "x"}]})
+    gate = sign_test_gate([pair[0], SleeveRef("nested", run, kind="meta")])
+    assert _failed(gate) == {("nested", "META_SIGN_TEST")}
+    assert "inner" in next(c["detail"] for c in gate["checks"] if c["sleeve"] == "nested")
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+def test_aggregate_crypto_with_equities_keeps_common_weekdays(tmp_path):
+    crypto = make_sleeve(tmp_path, "crypto", calendar="crypto", n=28, seed=3)      # 4 weeks, 7 days
+    equity = make_sleeve(tmp_path, "equity", calendar="equities", n=20, seed=4)    # 4 weeks, weekdays
+    streams = load_streams([crypto, equity], "hrp")
+    joined, rep = aggregate_streams(streams)
+    assert len(joined) == 20
+    assert (joined.index.day_of_week < 5).all()
+    assert rep["rows_per_sleeve"] == {"crypto": 28, "equity": 20}
+    assert rep["rows_joined"] == 20
+    assert rep["rows_dropped"] == {"crypto": 8, "equity": 0}
+    assert (rep["first"], rep["last"]) == ("2024-01-01", "2024-01-26")
+    # values are the sleeves' own returns, no zero-filled row anywhere
+    assert (joined != 0).all().all()
+    pd.testing.assert_series_equal(joined["crypto"], streams["crypto"].loc[joined.index], check_names=False,
+                                  check_freq=False)
+
+
+def test_aggregate_drops_nan_rows_never_fills():
+    idx = _dates("crypto", 5)
+    a = pd.Series([0.01, np.nan, 0.03, 0.04, 0.05], index=idx)
+    b = pd.Series([0.02, 0.02, np.nan, 0.02, 0.02], index=idx)
+    joined, rep = aggregate_streams({"a": a, "b": b})
+    assert list(joined.index) == [idx[0], idx[3], idx[4]]
+    assert rep["rows_per_sleeve"] == {"a": 4, "b": 4}
+    assert rep["rows_dropped"] == {"a": 1, "b": 1}
+    assert not joined.isna().any().any() and (joined != 0).all().all()
+
+
+def test_aggregate_empty_overlap_raises_naming_sleeves_and_ranges():
+    a = pd.Series(0.01, index=_dates("crypto", 10, "2024-01-01"))
+    b = pd.Series(0.01, index=_dates("equities", 10, "2024-06-03"))
+    with pytest.raises(GateError) as exc:
+        aggregate_streams({"early": a, "late": b})
+    msg = str(exc.value)
+    assert "early" in msg and "late" in msg and "2024-01-01" in msg and "2024-06-03" in msg
+
+
+# ------------------------------------------------------------------------------ weights
+
+def _frame(vols, n=300, seed=0, calendar="equities"):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.normal(0, 1, (n, len(vols))) * np.asarray(vols), index=_dates(calendar, n),
+                        columns=[f"s{i}" for i in range(len(vols))])
+
+
+def test_meta_weights_risk_parity_equal_risk_contributions():
+    r = _frame([0.01, 0.02, 0.03])
+    w = meta_weights(r, "risk_parity")
+    assert abs(w.sum() - 1) < 1e-12 and (w >= 0.05).all() and (w <= 0.95).all()
+    cov, _ = ledoit_wolf(r.to_numpy())
+    rc = w.to_numpy() * (cov @ w.to_numpy())
+    assert (rc.max() - rc.min()) / rc.mean() < 1e-6
+    assert w["s0"] > w["s1"] > w["s2"]            # lower vol -> more weight
+
+
+@pytest.mark.parametrize("method", ["hrp", "min_variance"])
+def test_meta_weights_bounds_bind_for_a_very_low_vol_sleeve(method):
+    r = _frame([0.00001, 0.01, 0.01])
+    w = meta_weights(r, method, min_weight=0.05, max_weight=0.95)
+    np.testing.assert_allclose(w.to_numpy(), [0.90, 0.05, 0.05], atol=1e-12)
+    assert abs(w.sum() - 1) < 1e-12
+
+
+def test_meta_weights_risk_parity_max_bound_binds():
+    r = _frame([0.0001, 0.01])
+    free = meta_weights(r, "risk_parity", 0.0, 1.0)
+    assert free["s0"] > 0.85
+    w = meta_weights(r, "risk_parity", 0.05, 0.8)
+    np.testing.assert_allclose(w.to_numpy(), [0.8, 0.2], atol=1e-12)
+
+
+def test_bound_weights_proportional_projection_and_infeasible():
+    w = meta.bound_weights(pd.Series([0.5, 0.3, 0.17, 0.03]), 0.05, 0.45)
+    assert abs(w.sum() - 1) < 1e-12 and w.min() >= 0.05 - 1e-12 and w.max() <= 0.45 + 1e-12
+    assert w[0] == pytest.approx(0.45) and w[3] == pytest.approx(0.05)
+    assert w[1] / w[2] == pytest.approx(0.3 / 0.17)          # free weights keep their ratio
+    with pytest.raises(ValueError, match="infeasible"):
+        meta_weights(_frame([0.01] * 3), min_weight=0.4)
+    with pytest.raises(ValueError, match="method"):
+        meta_weights(_frame([0.01] * 3), method="max_sharpe")
+
+
+def test_meta_weights_single_sleeve():
+    w = meta_weights(_frame([0.01]))
+    assert w.to_dict() == {"s0": 1.0}
+
+
+# ------------------------------------------------------------------------------ walk-forward
+
+def test_walk_forward_hand_check_equal_weights():
+    idx = _dates("equities", 7)
+    r = pd.DataFrame({"a": [0.01, -0.02, 0.03, 0.04, -0.01, 0.02, 0.05],
+                      "b": [0.00, 0.01, -0.01, 0.02, 0.03, -0.04, 0.01]}, index=idx)
+    stream, hist = walk_forward_meta(r, "risk_parity", 0.5, 0.5, train_days=3, test_days=2)
+    expected = 0.5 * (r["a"] + r["b"]).iloc[3:]
+    pd.testing.assert_series_equal(stream, expected.rename("meta"))
+    assert list(hist.index) == [idx[3], idx[5]]
+    assert (hist == 0.5).all().all()
+
+
+def test_walk_forward_uses_trailing_window_weights():
+    r = _frame([0.005, 0.01, 0.02], n=120, seed=5)
+    stream, hist = walk_forward_meta(r, "risk_parity", 0.05, 0.95, train_days=40, test_days=25)
+    assert len(stream) == 80 and stream.index[0] == r.index[40] and stream.name == "meta"
+    assert list(hist.index) == [r.index[t] for t in (40, 65, 90, 115)]
+    for k, t in enumerate((40, 65, 90, 115)):
+        w = meta_weights(r.iloc[t - 40:t], "risk_parity", 0.05, 0.95)
+        pd.testing.assert_series_equal(hist.iloc[k], w, check_names=False)
+        day = r.index[t]
+        assert stream[day] == pytest.approx(float(r.loc[day] @ w))
+
+
+def test_walk_forward_no_look_ahead():
+    r = _frame([0.005, 0.01, 0.02], n=150, seed=6)
+    stream, _ = walk_forward_meta(r, "risk_parity", 0.05, 0.95, train_days=50, test_days=10)
+    cut = r.index[87]
+    perturbed = r.copy()
+    later = perturbed.index > cut
+    perturbed.loc[later] = np.random.default_rng(9).normal(0, 0.2, (int(later.sum()), 3))
+    stream2, _ = walk_forward_meta(perturbed, "risk_parity", 0.05, 0.95, train_days=50, test_days=10)
+    pd.testing.assert_series_equal(stream.loc[:cut], stream2.loc[:cut])
+    assert not np.allclose(stream.loc[stream.index > cut], stream2.loc[stream2.index > cut])
+
+
+def test_walk_forward_too_short():
+    with pytest.raises(ValueError, match="train_days"):
+        walk_forward_meta(_frame([0.01, 0.02], n=30), "risk_parity", 0.05, 0.95, train_days=30, test_days=5)
+
+
+# ------------------------------------------------------------------------------ flattening
+
+def test_flatten_meta_conserves_net_and_keeps_short_signs():
+    books = {
+        "long": pd.DataFrame({"symbol": ["BTC", "ETH"], "net_weight": [0.6, 0.4]}),
+        "short": pd.DataFrame({"symbol": ["ETH", "DOGE"], "net_weight": [-0.5, -0.5]}),
+    }
+    w = pd.Series({"long": 0.4, "short": 0.6})
+    flat = flatten_meta(w, books).set_index("symbol")
+    assert list(flat.columns) == ["net_weight", "gross_weight", "contributors"]
+    total = sum(w[s] * books[s]["net_weight"].sum() for s in books)
+    assert flat["net_weight"].sum() == pytest.approx(total)              # = 0.4*1 - 0.6*1 = -0.2
+    assert flat.loc["DOGE", "net_weight"] == pytest.approx(-0.30)        # only in SHORT sleeve: negative
+    assert flat.loc["BTC", "net_weight"] == pytest.approx(0.24)
+    assert flat.loc["ETH", "net_weight"] == pytest.approx(0.16 - 0.30)   # long & short net out
+    assert flat.loc["ETH", "gross_weight"] == pytest.approx(0.16 + 0.30)
+    assert flat.loc["ETH", "contributors"] == "long:+0.1600, short:-0.3000"
+    exp = exposures(flat.reset_index())
+    assert exp["n_long"] == 1 and exp["n_short"] == 2
+    assert exp["long"] == pytest.approx(0.24) and exp["short"] == pytest.approx(-0.44)
+    assert exp["net"] == pytest.approx(-0.2) and exp["gross"] == pytest.approx(0.68)
+
+
+def test_flatten_meta_exact_offset_and_mismatch(tmp_path, pair):
+    books = {"a": pd.DataFrame({"symbol": ["X"], "net_weight": [0.5]}),
+             "b": pd.DataFrame({"symbol": ["X"], "net_weight": [-0.5]})}
+    flat = flatten_meta(pd.Series({"a": 0.5, "b": 0.5}), books)
+    assert flat.loc[0, "net_weight"] == pytest.approx(0.0) and flat.loc[0, "gross_weight"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no book"):
+        flatten_meta(pd.Series({"a": 0.5, "c": 0.5}), books)
+    # books read from run dirs: one risk profile, SHORT sleeve negative
+    loaded = load_books(pair, "hrp")
+    assert (loaded["crypto_short"]["net_weight"] < 0).all() and len(loaded["crypto_long"]) == 2
+    flat = flatten_meta(pd.Series({"crypto_long": 0.5, "crypto_short": 0.5}), loaded)
+    assert flat["net_weight"].abs().max() == pytest.approx(0.0)        # identical books, opposite signs
+
+
+def test_physical_cap_check():
+    flat = pd.DataFrame({"symbol": ["A", "B", "C"], "net_weight": [0.3, -0.5, 0.1]})
+    res = physical_cap_check(flat, 0.25)
+    assert res["passed"] is False and res["cap"] == 0.25
+    assert res["breaches"] == [{"symbol": "B", "net_weight": -0.5}, {"symbol": "A", "net_weight": 0.3}]
+    assert physical_cap_check(flat, 0.5)["passed"] is True
+
+
+# ------------------------------------------------------------------------------ report
+
+def _good_sections() -> dict:
+    return {name: {"passed": True, "body": f"content of {name}"} for name in REQUIRED_SECTIONS}
+
+
+def _header(md: str, name: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"## {name}"))
+
+
+def test_render_report_pass_and_every_section_labelled():
+    md, ok = render_report(_good_sections(), multi_sleeve=True, n_sleeves=2)
+    assert ok is True and "Status: PASS" in md and "Status: FAIL" not in md
+    for name in REQUIRED_SECTIONS:
+        assert _header(md, name).endswith("PASS")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "failed", "none", "one_sleeve"])
+def test_render_report_fail_cases(case):
+    sections = _good_sections()
+    n = 2
+    if case == "missing":
+        del sections["Sign tests"]
+    elif case == "empty":
+        sections["Sleeve completeness"]["body"] = "   \n"
+    elif case == "failed":
+        sections["Flattened book"]["passed"] = False
+    elif case == "none":
+        sections["Allocation"]["passed"] = None
+    else:
+        n = 1
+    md, ok = render_report(sections, multi_sleeve=True, n_sleeves=n)
+    assert ok is False and "Status: FAIL" in md and "Status: PASS" not in md
+    bad = {"missing": "Sign tests", "empty": "Sleeve completeness", "failed": "Flattened book",
+           "none": "Allocation"}.get(case)
+    for name in REQUIRED_SECTIONS:
+        line = _header(md, name)
+        assert line.endswith("FAIL" if name == bad else "PASS"), line
+    if case == "one_sleeve":
+        assert "1 sleeve" in md
+        assert render_report(sections, multi_sleeve=False, n_sleeves=1)[1] is True
+
+
+def test_report_sections_end_to_end(pair, tmp_path):
+    comp = completeness_gate(pair, "hrp")
+    signs = sign_test_gate(pair)
+    joined, agg = aggregate_streams(load_streams(pair, "hrp"))
+    w = meta_weights(joined)
+    oos, hist = walk_forward_meta(joined, "risk_parity", 0.05, 0.95, train_days=60, test_days=20)
+    flat = flatten_meta(w, load_books(pair, "hrp"))
+    sections = report_sections(completeness=comp, sign_tests=signs, weights=w,
+                               allocation={"method": "risk_parity", "min_weight": 0.05, "max_weight": 0.95},
+                               aggregation=agg, sleeve_returns=joined, oos=oos, weights_history=hist,
+                               flat=flat, cap_check=physical_cap_check(flat, 0.5))
+    assert set(sections) == set(REQUIRED_SECTIONS)
+    md, ok = render_report(sections, multi_sleeve=True, n_sleeves=2)
+    assert ok is True, md
+    assert "out-of-sample" in md.lower()
+    # a degraded run: gate failed, nothing downstream computed -> FAIL sections, FAIL report
+    bad = report_sections(completeness=completeness_gate(pair[:1], "hrp"), sign_tests=signs)
+    md, ok = render_report(bad, multi_sleeve=True, n_sleeves=1)
+    assert ok is False
+    assert _header(md, "Sleeve completeness").endswith("FAIL") and _header(md, "Sign tests").endswith("PASS")
+    assert _header(md, "Performance").endswith("FAIL")
