@@ -11,11 +11,13 @@ identity (exactly `sklearn.covariance.LedoitWolf(assume_centered=False)`), or a 
 
 Methods
 - `equal_weight`: 1/n, then caps.
-- `hrp`: Lopez de Prado HRP as riskfolio's ``HCPortfolio(model="HRP", codependence="pearson",
-  rm="MV")``: distance sqrt(0.5(1-rho)) of the Pearson correlation of the returns, scipy linkage
-  with the given method and optimal leaf ordering, bisection of the leaf order into halves,
-  inverse-variance cluster variance from the (shrunk) covariance. The native engine replicates it
-  to round-off.
+- `hrp`: Lopez de Prado (2016) HRP as riskfolio's ``HCPortfolio(model="HRP",
+  codependence="pearson", rm="MV", leaf_order=False)`` with the LW covariance as ``custom_cov``:
+  distance sqrt(0.5(1-rho)) of the Pearson correlation of the returns, scipy linkage with the given
+  method (always passed explicitly; riskfolio's default would be single), the plain leaf order of
+  the linkage (no optimal leaf ordering, as skfolio; see HRP_OPTIMAL_LEAF_ORDER), bisection of the
+  leaf order into halves, inverse-variance cluster variances from the shrunk covariance. The
+  native engine reproduces riskfolio (and skfolio) to round-off (~1e-17).
 - `min_variance`: min w'Sw subject to the constraints below.
 - `max_sharpe`: max (mu-rf)'w / sqrt(w'Sw) subject to the constraints below. If no feasible
   portfolio has a positive excess mean (e.g. no atom has mu > rf), both engines fall back to
@@ -36,9 +38,24 @@ value for which sum_c min(cap, n_c * atom_cap) >= 1 (so the problem is always fe
   (repeated). Feasible weights are returned unchanged. It is not a Euclidean projection: it keeps
   the relative weights of uncapped names, which is what capping a heuristic allocation should do.
 
-Engines: ``native`` (numpy/scipy; fast primal-dual active-set QP with an exact KKT check, an
-interior-point fallback, parametric search along the efficient frontier for max Sharpe, damped
-Newton for risk parity) and ``riskfolio`` (riskfolio-lib). Heavy libraries are imported lazily.
+Engines
+- ``native`` (numpy/scipy, BLAS limited to one thread around each call): min variance and the
+  max-Sharpe subproblems by a primal-dual active-set QP that stops only on an exact KKT point, with
+  a dense Mehrotra interior-point fallback for degenerate active sets; max Sharpe by a bracketed
+  parametric search along the constrained efficient frontier (exact tangency inside one active
+  set); risk parity by Newton's method on 1/2 x'Sx - sum(log x) to round-off; HRP as above.
+- ``riskfolio`` (riskfolio-lib): ``Portfolio.optimization(model="Classic", rm="MV",
+  obj="MinRisk"|"Sharpe")`` with ``upperlng`` = atom cap and ``ainequality``/``binequality`` = cluster
+  caps; ``rp_optimization(model="Classic", rm="MV", b=None)``; ``HCPortfolio`` for HRP.
+Differences between the engines, and why: riskfolio's convex solutions are Clarabel solutions at
+solver tolerance (tightened to 1e-10, `RISKFOLIO_CLARABEL`; ~1e-7 from the native KKT point, ERC
+risk contributions equal to ~1e-5 relative) while the native ones are exact to round-off; riskfolio
+is given mu and cov rescaled to unit mean variance (weights are scale invariant) because at daily
+scale Clarabel declares feasible Sharpe problems infeasible; a riskfolio ERC answer whose risk
+contributions are not equal (it returns one on a singular covariance, where the native Newton
+fails) is treated as a solver failure, so both engines then take the same gate retry. Solver output
+is finally passed through `apply_caps`, which for the constrained methods only repairs cap
+violations at solver tolerance.
 
 Stable Sum Gate (`stable_sum_gate`, `optimize_gated`): the raw solver output must be finite, >= 0
 and sum > 1e-6 before normalization; otherwise retry once with shrinkage `RETRY_SHRINKAGE`, then
