@@ -54,9 +54,9 @@ def main() -> None:
             kw = {"clusters": pd.Series(np.arange(n) % 8, index=rets.columns), "cluster_cap": 0.2,
                   "atom_cap": max(0.05, 1.0 / n)}
         for method in METHODS:
-            t_nat, w_nat = timed(lambda: optimize(rets, method, "native", **kw), args.reps)
             rf_reps = args.reps if n <= 200 else 2
-            t_rf, w_rf = timed(lambda: optimize(rets, method, "riskfolio", **kw), rf_reps)
+            t_nat, w_nat = timed(lambda r=rets, m=method, k=kw: optimize(r, m, "native", **k), args.reps)
+            t_rf, w_rf = timed(lambda r=rets, m=method, k=kw: optimize(r, m, "riskfolio", **k), rf_reps)
             diff = float(np.abs(w_nat - w_rf).max())
             print(f"{method:<13} {n:>5} {t_nat * 1e3:>10.2f} {t_rf * 1e3:>13.1f} {t_rf / t_nat:>8.1f} {diff:>10.1e}",
                   flush=True)

@@ -10,8 +10,17 @@ import pytest
 
 from quantlib import optimize as opt
 from quantlib.errors import GateError
-from quantlib.optimize import (ENGINES, METHODS, OptimizationError, apply_caps, effective_caps, ledoit_wolf,
-                               optimize, optimize_gated, stable_sum_gate)
+from quantlib.optimize import (
+    ENGINES,
+    METHODS,
+    OptimizationError,
+    apply_caps,
+    effective_caps,
+    ledoit_wolf,
+    optimize,
+    optimize_gated,
+    stable_sum_gate,
+)
 
 CONVEX = ("min_variance", "max_sharpe", "risk_parity")
 
