@@ -336,8 +336,10 @@ def aggregate_streams(streams: dict[str, pd.Series]) -> tuple[pd.DataFrame, dict
         cols[sid] = s.sort_index()
     rows_per = {sid: int(s.notna().sum()) for sid, s in cols.items()}
     nan_rows = {sid: int(s.isna().sum()) for sid, s in cols.items()}
-    joined = pd.concat([s.dropna().rename(sid) for sid, s in cols.items()], axis=1, join="inner").sort_index()
+    # inner join on dates = keep the dates where every sleeve has an observation (NaN rows dropped)
+    joined = pd.concat([s.rename(sid) for sid, s in cols.items()], axis=1, join="outer").sort_index()
     joined = joined.dropna(how="any")
+    joined.index.freq = None
     joined.index.name = "date"
     joined.columns.name = "sleeve"
     if joined.empty:
