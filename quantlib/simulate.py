@@ -79,11 +79,11 @@ class SimResult:
 # --------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class _Inputs:
-    close: np.ndarray       # T x N, NaN = missing, 0 = dead (from the first price <= ZERO_PRICE on)
-    val: np.ndarray         # T x N valuation price: close forward-filled, 0 before the first price
-    tradeable: np.ndarray   # T x N bool: close finite and > 0
-    weights: np.ndarray     # T x N target weights, NaN on non-rebalance rows, NaN -> 0 on rebalance rows
-    rebalance: np.ndarray   # T bool
+    close: np.ndarray       # T x N (may view the caller's data: never write), NaN = missing, 0 = dead (from the first price <= ZERO_PRICE on)
+    val: np.ndarray         # T x N (never write) valuation price: close forward-filled, 0 before the first price
+    reb_days: np.ndarray    # K row numbers of the rebalance days
+    weights: np.ndarray     # K x N target weights on rebalance days (NaN -> 0)
+    tradeable: np.ndarray   # K x N bool on rebalance days: close finite and > 0
     index: pd.Index
     columns: pd.Index
     fees: float
@@ -91,17 +91,16 @@ class _Inputs:
 
 
 def _ffill(a: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN down the rows of a 2-D array (vectorized)."""
+    """Forward-fill NaN down the rows of a 2-D array (vectorized); NaN before the first value stays."""
     mask = np.isnan(a)
-    if not mask.any():
-        return a.copy()
     rows = np.where(~mask, np.arange(a.shape[0])[:, None], 0)
     np.maximum.accumulate(rows, axis=0, out=rows)
-    out = a[rows, np.arange(a.shape[1])[None, :]]
-    return out
+    return a[rows, np.arange(a.shape[1])[None, :]]
 
 
 def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash: float) -> _Inputs:
+    """Validate the inputs and derive the arrays both simulators use (large arrays are only
+    copied when they must change: allocation dominates the reference simulator's run time)."""
     if not isinstance(prices, pd.DataFrame) or not isinstance(targets, pd.DataFrame):
         raise TypeError("prices and targets must be pandas DataFrames (dates x assets)")
     if not prices.index.equals(targets.index) or not prices.columns.equals(targets.columns):
@@ -110,6 +109,8 @@ def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash
         raise ValueError("prices has duplicate asset columns")
     if not prices.index.is_monotonic_increasing:
         raise ValueError("prices index must be sorted ascending by date")
+    if prices.shape[0] == 0 or prices.shape[1] == 0:
+        raise ValueError("prices is empty (no dates or no assets)")
     fees = float(fees)
     init_cash = float(init_cash)
     if not np.isfinite(fees) or fees < 0 or fees >= 1:
@@ -117,42 +118,54 @@ def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash
     if not np.isfinite(init_cash) or init_cash <= 0:
         raise ValueError(f"init_cash must be positive and finite, got {init_cash!r}")
 
-    close = prices.to_numpy(dtype=np.float64, copy=True)
+    close = prices.to_numpy(dtype=np.float64)
     if np.isinf(close).any():
         raise ValueError("prices contain infinite values")
-    dead = np.logical_or.accumulate(close <= ZERO_PRICE, axis=0)  # NaN compares False
-    close[dead] = 0.0
-    val = _ffill(close)
-    val[np.isnan(val)] = 0.0
-    tradeable = np.isfinite(close) & (close > 0.0)
+    low = close <= ZERO_PRICE                                  # NaN compares False
+    if low.any():                                              # dead from the first zero price on
+        close = close.copy()
+        close[np.logical_or.accumulate(low, axis=0)] = 0.0
+    missing = np.isnan(close)
+    if missing.any():
+        val = _ffill(close)
+        val[np.isnan(val)] = 0.0
+    else:
+        val = close
 
-    w = targets.to_numpy(dtype=np.float64, copy=True)
-    rebalance = ~np.isnan(w).all(axis=1)
-    w_reb = w[rebalance]
-    w_reb[np.isnan(w_reb)] = 0.0
-    if np.isinf(w_reb).any():
+    w_all = targets.to_numpy(dtype=np.float64)
+    reb_days = np.flatnonzero(~np.isnan(w_all).all(axis=1))
+    w = w_all[reb_days]                                        # a copy (fancy indexing)
+    w[np.isnan(w)] = 0.0
+    if np.isinf(w).any():
         raise ValueError("targets contain infinite weights")
-    if (w_reb < -_SUM_TOL).any():
+    if (w < -_SUM_TOL).any():
         raise ValueError("targets must be >= 0 (long-only)")
-    if (w_reb.sum(axis=1) > 1.0 + _SUM_TOL).any():
-        bad = targets.index[rebalance][w_reb.sum(axis=1) > 1.0 + _SUM_TOL][0]
-        raise ValueError(f"target weights sum to more than 1 on {bad} (no leverage)")
-    w[rebalance] = np.clip(w_reb, 0.0, None)
-    return _Inputs(close, val, tradeable, w, rebalance, prices.index, prices.columns, fees, init_cash)
+    over = w.sum(axis=1) > 1.0 + _SUM_TOL
+    if over.any():
+        raise ValueError(f"target weights sum to more than 1 on {targets.index[reb_days[over][0]]} (no leverage)")
+    np.clip(w, 0.0, None, out=w)
+    c = close[reb_days]
+    tradeable = np.isfinite(c) & (c > 0.0)
+    return _Inputs(close, val, reb_days, w, tradeable, prices.index, prices.columns, fees, init_cash)
 
 
 def _result(inp: _Inputs, equity: np.ndarray, asset_value: np.ndarray, turnover: np.ndarray,
             costs: np.ndarray) -> SimResult:
-    """Assemble a SimResult from daily arrays (shared by both simulators)."""
-    prev = np.concatenate(([inp.init_cash], equity[:-1]))
+    """Assemble a SimResult from daily arrays (shared by both simulators; asset_value is consumed)."""
+    prev = np.empty_like(equity)
+    prev[0] = inp.init_cash
+    prev[1:] = equity[:-1]
+    alive = equity > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         returns = np.where(prev > 0, equity / prev - 1.0, 0.0)
-        weights = np.where(equity[:, None] > 0, asset_value / equity[:, None], 0.0)
+        weights = np.divide(asset_value, equity[:, None], out=asset_value)
+    if not alive.all():
+        weights[~alive] = 0.0
     idx, cols = inp.index, inp.columns
     return SimResult(
         equity=pd.Series(equity, index=idx, name="equity"),
         returns=pd.Series(returns, index=idx, name="returns"),
-        weights=pd.DataFrame(weights, index=idx, columns=cols),
+        weights=pd.DataFrame(weights, index=idx, columns=cols, copy=False),
         turnover=pd.Series(turnover, index=idx, name="turnover"),
         costs=pd.Series(costs, index=idx, name="costs"),
     )
@@ -177,53 +190,59 @@ def _is_close(a, b):
     return np.abs(a - b) <= np.maximum(_REL_TOL * np.maximum(np.abs(a), np.abs(b)), _ABS_TOL)
 
 
-def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, tradeable: np.ndarray,
+def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, ps: np.ndarray,
                fees: float) -> tuple[np.ndarray, float, float]:
-    """One rebalance at prices p (vectorbt's from_orders logic); returns new shares, cash, fees paid."""
+    """One rebalance at close p (vectorbt's from_orders logic); returns new shares, cash, fees paid.
+
+    `w` is the target with 0 for untradeable assets, `ps` the close with 1 for untradeable assets
+    (their order size is forced to 0, never divided by a zero price)."""
     value = cash + float(pos @ p)
-    if value <= 0 or _is_close(value, 0.0):
+    if value <= _ABS_TOL:
         return pos, cash, 0.0          # vectorbt rejects target-percent orders at value <= 0
+    tv = w * value
+    size = tv / ps - pos
+    size[ps != p] = 0.0                # untradeable (dead or missing price): no order
+    sell = np.flatnonzero(size < -_ABS_TOL)   # |size| <= 1e-12 shares: vectorbt ignores the order
+    buy = np.flatnonzero(size > _ABS_TOL)
     pos = pos.copy()
-    m = tradeable
-    size = np.zeros_like(pos)
-    size[m] = w[m] * value / p[m] - pos[m]
     paid = 0.0
 
     # sells first (their order among themselves does not matter: they only add cash)
-    sell = m & (size < 0) & ~_is_close(size, 0.0)
-    if sell.any():
+    if sell.size:
+        old = pos[sell]
         s = -size[sell]
         acq = s * p[sell]
         fee = acq * fees
         cash += float((acq - fee).sum())
         paid += float(fee.sum())
-        old = pos[sell]
         new = old - s
-        new[_is_close(np.abs(old), np.abs(s))] = 0.0
+        new[_is_close(old, s)] = 0.0               # vectorbt's add_nb rounds a closed position to 0
         pos[sell] = new
-    if _is_close(cash, 0.0):
+    if cash <= _ABS_TOL:
         cash = 0.0
 
     # buys in ascending order of order value, each limited by the cash left
-    buy = np.flatnonzero(m & (size > 0) & ~_is_close(size, 0.0))
-    if buy.size and cash > 0:
-        key = w[buy] * value - pos[buy] * p[buy]
+    if buy.size and cash > 0.0:
+        key = tv[buy] - pos[buy] * p[buy]
         buy = buy[np.argsort(key, kind="stable")]
         s = size[buy]
         req = s * p[buy]
         need = req + req * fees
-        left = cash - np.concatenate(([0.0], np.cumsum(need)[:-1]))   # cash before each buy if all fill
-        emptied = _is_close(need, left)             # the fill uses (almost) all cash: cash becomes 0
-        full = emptied | (need < left)
-        no_cash = (left <= 0) | _is_close(left, 0.0) | np.concatenate(([False], emptied[:-1]))
-        stop = np.flatnonzero(~full | no_cash)
+        left = np.empty_like(need)                 # cash before each buy if all earlier ones fill
+        left[0] = cash
+        np.cumsum(need[:-1], out=left[1:])
+        left[1:] = cash - left[1:]
+        emptied = _is_close(need, left)            # the fill uses (almost) all cash: cash becomes 0
+        no_cash = left <= _ABS_TOL
+        no_cash[1:] |= emptied[:-1]
+        stop = np.flatnonzero(((need > left) & ~emptied) | no_cash)
         n_full = int(stop[0]) if stop.size else buy.size
         if n_full:
             pos[buy[:n_full]] += s[:n_full]
             paid += float((req[:n_full] * fees).sum())
             cash = 0.0 if emptied[n_full - 1] else float(left[n_full - 1] - need[n_full - 1])
         if n_full < buy.size and not no_cash[n_full]:
-            j = buy[n_full]                         # partial fill with the cash left, then stop
+            j = buy[n_full]                        # partial fill with the cash left, then stop
             max_req = cash / (1.0 + fees)
             pos[j] += max_req / p[j]
             paid += cash - max_req
@@ -237,25 +256,29 @@ def simulate_reference(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
     across assets), holdings constant in shares between rebalances (vectorized over time)."""
     inp = _prepare(prices, targets, fees, init_cash)
     T, N = inp.close.shape
-    reb_days = np.flatnonzero(inp.rebalance)
+    reb_days = inp.reb_days
     K = reb_days.size
-    pos_tab = np.zeros((K + 1, N))          # row k+1: shares after rebalance k; row 0: start
+    val_r = inp.val[reb_days]
+    w_r = np.where(inp.tradeable, inp.weights, 0.0)
+    ps_r = np.where(inp.tradeable, val_r, 1.0)
+    pos_tab = np.zeros((K + 1, N))          # row k+1: shares after rebalance k; row 0: the start
     cash_tab = np.empty(K + 1)
     cash_tab[0] = inp.init_cash
     paid = np.zeros(K)
     pos, cash = pos_tab[0], inp.init_cash
-    for k, i in enumerate(reb_days):
-        pos, cash, paid[k] = _rebalance(pos, cash, inp.weights[i], inp.val[i], inp.tradeable[i], inp.fees)
+    for k in range(K):
+        pos, cash, paid[k] = _rebalance(pos, cash, w_r[k], val_r[k], ps_r[k], inp.fees)
         pos_tab[k + 1] = pos
         cash_tab[k + 1] = cash
 
-    seg = np.searchsorted(reb_days, np.arange(T), side="right")   # row of pos_tab held on each day
-    asset_value = pos_tab[seg] * inp.val
-    equity = cash_tab[seg] + asset_value.sum(axis=1)
+    counts = np.diff(np.concatenate(([0], reb_days, [T])))     # days each row of pos_tab is held
+    asset_value = np.repeat(pos_tab, counts, axis=0)
+    asset_value *= inp.val
+    equity = np.repeat(cash_tab, counts) + asset_value.sum(axis=1)
     costs = np.zeros(T)
     costs[reb_days] = paid
     turnover = np.zeros(T)
-    turnover[reb_days] = _turnover(pos_tab[:-1], cash_tab[:-1], pos_tab[1:], cash_tab[1:], inp.val[reb_days])
+    turnover[reb_days] = _turnover(pos_tab[:-1], cash_tab[:-1], pos_tab[1:], cash_tab[1:], val_r)
     return _result(inp, equity, asset_value, turnover, costs)
 
 
@@ -303,19 +326,27 @@ def _filter_vectorbt_warnings() -> None:
 def simulate_vectorbt(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
                       init_cash: float = 1.0) -> SimResult:
     """The same portfolio simulated by vectorbt's `Portfolio.from_orders` (target percent,
-    one cash-sharing group, auto call sequence). Dead / missing prices are not traded (NaN size),
-    since vectorbt refuses orders at a price <= 0."""
+    one cash-sharing group, auto call sequence, long-only, `min_size=0`: vectorbt's default
+    minimum order of 1e-8 shares would skip small rebalancing trades at `init_cash=1`).
+    Dead / missing prices are not traded (NaN size), since vectorbt refuses orders at a price <= 0."""
     inp = _prepare(prices, targets, fees, init_cash)
     vbt = _import_vectorbt()
-    size = np.where(inp.rebalance[:, None] & inp.tradeable, inp.weights, np.nan)
+    reb = inp.reb_days
+    size = np.full(inp.close.shape, np.nan)
+    size[reb] = np.where(inp.tradeable, inp.weights, np.nan)
     close = pd.DataFrame(inp.close, index=inp.index, columns=inp.columns)
-    size_df = pd.DataFrame(size, index=inp.index, columns=inp.columns)
+    size_df = pd.DataFrame(size, index=inp.index, columns=inp.columns, copy=False)
     freq = "1D" if isinstance(inp.index, pd.DatetimeIndex) else None
     with warnings.catch_warnings():
         _filter_vectorbt_warnings()
         pf = vbt.Portfolio.from_orders(
             close=close, size=size_df, size_type="targetpercent", group_by=True, cash_sharing=True,
             call_seq="auto", fees=inp.fees, freq=freq, init_cash=inp.init_cash,
+            # pinned so that global vectorbt settings cannot change the model; min_size defaults to
+            # 1e-8 *shares*, which silently skips small orders at init_cash=1 (scale-dependent)
+            direction="longonly", min_size=0.0, max_size=np.inf, size_granularity=np.nan,
+            fixed_fees=0.0, slippage=0.0, reject_prob=0.0, lock_cash=False, allow_partial=True,
+            val_price=np.inf, ffill_val_price=True, update_value=False,
         )
         equity = np.asarray(pf.value(), dtype=np.float64).reshape(-1)
         asset_value = np.asarray(pf.asset_value(group_by=False), dtype=np.float64)
@@ -325,10 +356,10 @@ def simulate_vectorbt(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
     T = equity.size
     costs = np.zeros(T)
     np.add.at(costs, records["idx"], records["fees"])
-    reb = np.flatnonzero(inp.rebalance)
-    shares_before = np.vstack([np.zeros((1, shares.shape[1])), shares[:-1]])
-    cash_before = np.concatenate(([inp.init_cash], cash[:-1]))
+    prev = reb - 1                                  # the day before each rebalance (-1: the start)
+    shares_before = np.where((prev >= 0)[:, None], shares[np.maximum(prev, 0)], 0.0)
+    cash_before = np.where(prev >= 0, cash[np.maximum(prev, 0)], inp.init_cash)
     turnover = np.zeros(T)
-    turnover[reb] = _turnover(shares_before[reb], cash_before[reb], shares[reb], cash[reb], inp.val[reb])
+    turnover[reb] = _turnover(shares_before, cash_before, shares[reb], cash[reb], inp.val[reb])
     asset_value = np.nan_to_num(asset_value, nan=0.0)
     return _result(inp, equity, asset_value, turnover, costs)
