@@ -373,8 +373,9 @@ class _Problem:
             b = np.concatenate([b_vals, grp_h, lock_h])
             if homogeneous is not None:      # the scaled cap rows sum to zero: drop one
                 a, b = a[:-1], b[:-1]
-            g = np.vstack([-eye, cap_rows])
-            h = np.concatenate([np.zeros(n), cap_h])
+            free = ~self.locked              # locked atoms' bounds hold with equality: no rows
+            g = np.vstack([-eye[free], cap_rows[free]])
+            h = np.concatenate([np.zeros(int(free.sum())), cap_h[free]])
         else:
             a = np.vstack(a_rows)
             b = np.asarray(b_vals, dtype=float)
@@ -674,6 +675,15 @@ class _QP:
             s, k = state[0].copy(), state[1].copy()
         seen: set[bytes] = set()
         for _ in range(max_iter):
+            if self.g.shape[0] and k.any():
+                # an active cluster needs a free atom (else its row is degenerate): release its
+                # atoms (equality clusters) or deactivate it (it is re-added if violated)
+                stuck = k & ((self.g @ (s == 0)) == 0)
+                if stuck.any():
+                    if self.forced:
+                        s[(self.g[stuck].sum(axis=0) > 0) & ~lock] = 0
+                    else:
+                        k = k & ~stuck
             key = s.tobytes() + k.tobytes()
             if key in seen:
                 return None

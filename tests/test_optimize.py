@@ -187,6 +187,25 @@ def test_native_convex_is_exact_and_fallback_agrees(monkeypatch, method, seed):
     assert np.abs(active_set - interior).max() <= 1e-7
 
 
+@pytest.mark.parametrize("method", ["min_variance", "max_sharpe"])
+def test_forced_caps_with_locked_clusters(monkeypatch, method):
+    # 6 clusters, atom cap 0.05: the three small clusters (3, 3 and 1 atoms) can hold at most
+    # 0.35 together, so the cluster cap is raised to 0.65 / 3 and every atom of a small cluster
+    # is pinned at 0.05 -- the degenerate case both native solvers must handle
+    rets = factor_returns(30, days=600, seed=498)
+    cl = pd.Series(np.repeat([0, 1, 2, 3, 4, 5], [8, 3, 9, 3, 1, 6]), index=rets.columns)
+    kw = {"clusters": cl, "cluster_cap": 0.08, "atom_cap": 0.05}
+    pb = opt._Problem(rets, cl, 0.08, 0.05, 0.0, None, "test")
+    assert pb.forced and pb.c == pytest.approx(0.65 / 3, abs=1e-15)
+    w = optimize(rets, method, **kw)
+    np.testing.assert_allclose(w[cl.isin([1, 3, 4])], 0.05, atol=1e-12)
+    np.testing.assert_allclose(w.groupby(cl).sum()[[0, 2, 5]], 0.65 / 3, atol=1e-12)
+    assert np.abs(w.to_numpy() - _reference_qp(pb, method)).max() <= 1e-7
+    assert np.abs(w - optimize(rets, method, "riskfolio", **kw)).max() <= 1e-5
+    monkeypatch.setattr(opt._QP, "solve", lambda self, *a, **k: None)
+    assert np.abs(w - optimize(rets, method, **kw)).max() <= 1e-7
+
+
 # ----------------------------------------------------------------------------------- invariants
 
 @pytest.mark.parametrize("engine", ENGINES)
