@@ -2,7 +2,7 @@
 
 `simulate_reference` is a numpy model of vectorbt's order logic; `simulate_vectorbt` runs
 `vbt.Portfolio.from_orders(..., size_type="targetpercent", group_by=True, cash_sharing=True,
-call_seq="auto")`. Both return the same `SimResult`; they agree to ~1e-12 on the equity path
+call_seq="auto")`. Both return the same `SimResult`; they agree to ~1e-14 on the equity path
 (tests require 1e-6). vectorbt is imported lazily, only inside `simulate_vectorbt`.
 
 Inputs
@@ -39,7 +39,7 @@ Conventions
 - `turnover` (L-B3): 0.5 x sum_i |w_after_i - w_before_i| on rebalance days, 0 elsewhere, where
   w_before are the drifted weights just before trading (shares x close / value before trading) and
   w_after the weights after trading (denominator: equity after fees). The first allocation from
-  the all-cash start therefore counts 0.5 x sum|w| (0.5 for a fully invested target).
+  the all-cash start therefore counts 0.5 x sum|w| of the held weights (0.5 when fully invested).
 - `costs`: fees paid each day, in currency.
 """
 from __future__ import annotations
@@ -79,7 +79,8 @@ class SimResult:
 # --------------------------------------------------------------------------------------- inputs
 @dataclass(frozen=True)
 class _Inputs:
-    close: np.ndarray       # T x N (may view the caller's data: never write), NaN = missing, 0 = dead (from the first price <= ZERO_PRICE on)
+    close: np.ndarray       # T x N (may view the caller's data: never write), NaN = missing,
+                            # 0 = dead (from the first price <= ZERO_PRICE on)
     val: np.ndarray         # T x N (never write) valuation price: close forward-filled, 0 before the first price
     reb_days: np.ndarray    # K row numbers of the rebalance days
     weights: np.ndarray     # K x N target weights on rebalance days (NaN -> 0)
@@ -191,19 +192,19 @@ def _is_close(a, b):
 
 
 def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, ps: np.ndarray,
-               fees: float) -> tuple[np.ndarray, float, float]:
+               m: np.ndarray, fees: float) -> tuple[np.ndarray, float, float]:
     """One rebalance at close p (vectorbt's from_orders logic); returns new shares, cash, fees paid.
 
-    `w` is the target with 0 for untradeable assets, `ps` the close with 1 for untradeable assets
-    (their order size is forced to 0, never divided by a zero price)."""
+    `m` marks the tradeable assets; `w` is the target with 0 and `ps` the close with 1 for the
+    others (their order size is forced to 0, never divided by a zero price)."""
     value = cash + float(pos @ p)
     if value <= _ABS_TOL:
         return pos, cash, 0.0          # vectorbt rejects target-percent orders at value <= 0
     tv = w * value
     size = tv / ps - pos
-    size[ps != p] = 0.0                # untradeable (dead or missing price): no order
-    sell = np.flatnonzero(size < -_ABS_TOL)   # |size| <= 1e-12 shares: vectorbt ignores the order
-    buy = np.flatnonzero(size > _ABS_TOL)
+    size[~m] = 0.0                     # untradeable (dead or missing price): no order
+    sell = (size < -_ABS_TOL).nonzero()[0]    # |size| <= 1e-12 shares: vectorbt ignores the order
+    buy = (size > _ABS_TOL).nonzero()[0]
     pos = pos.copy()
     paid = 0.0
 
@@ -235,7 +236,7 @@ def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, ps: n
         emptied = _is_close(need, left)            # the fill uses (almost) all cash: cash becomes 0
         no_cash = left <= _ABS_TOL
         no_cash[1:] |= emptied[:-1]
-        stop = np.flatnonzero(((need > left) & ~emptied) | no_cash)
+        stop = (((need > left) & ~emptied) | no_cash).nonzero()[0]
         n_full = int(stop[0]) if stop.size else buy.size
         if n_full:
             pos[buy[:n_full]] += s[:n_full]
@@ -267,7 +268,7 @@ def simulate_reference(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
     paid = np.zeros(K)
     pos, cash = pos_tab[0], inp.init_cash
     for k in range(K):
-        pos, cash, paid[k] = _rebalance(pos, cash, w_r[k], val_r[k], ps_r[k], inp.fees)
+        pos, cash, paid[k] = _rebalance(pos, cash, w_r[k], val_r[k], ps_r[k], inp.tradeable[k], inp.fees)
         pos_tab[k + 1] = pos
         cash_tab[k + 1] = cash
 
