@@ -173,9 +173,9 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
 class SharedKernel:
     """One IPython kernel for all the stages of one run: heavy imports are paid once, not per stage.
 
-    Before every notebook after the first the user namespace is reset (`%reset -f`), so a stage can
-    never read another stage's variables; imported modules stay cached. A failed stage closes the
-    kernel (a timed-out or crashed kernel is never reused) and ends the run.
+    Each stage notebook runs with a `%reset -f` cell inserted before its parameters cell (see
+    `with_namespace_reset`), so a stage never sees another stage's variables; imported modules stay
+    cached. A failed stage closes the kernel (a timed-out or crashed kernel is never reused).
     """
 
     def __init__(self) -> None:
@@ -189,19 +189,7 @@ class SharedKernel:
             # nbclient needs an async manager: with a blocking one, cell timeouts are not enforced
             self.km = AsyncKernelManager(kernel_name="python3")
             run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"])
-        else:
-            run_sync(self._reset)()
         return self.km
-
-    async def _reset(self) -> None:
-        client = self.km.client()
-        client.start_channels()
-        try:
-            await client.wait_for_ready(timeout=60)
-            await client.execute_interactive("get_ipython().run_line_magic('reset', '-f')", store_history=False,
-                                             timeout=60, output_hook=lambda msg: None)
-        finally:
-            client.stop_channels()
 
     def close(self) -> None:
         """Shut the kernel down (after the run, or after a failed stage)."""
@@ -210,6 +198,22 @@ class SharedKernel:
         if self.km is not None and self.km.has_kernel:
             run_sync(self.km.shutdown_kernel)(now=True)
         self.km = None
+
+
+RESET_SOURCE = "%reset -f\n# the book runs every stage of a run in one kernel: each starts from an empty namespace"
+
+
+def with_namespace_reset(source: Path):
+    """The notebook with a `%reset -f` cell (tagged `book-reset`) before its parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(str(source), as_version=4)
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    at = next((i for i, t in enumerate(tags) if "parameters" in t), 0)
+    cell = nbformat.v4.new_code_cell(RESET_SOURCE)
+    cell.metadata["tags"] = ["book-reset"]
+    nb.cells.insert(at, cell)
+    return nb
 
 
 def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool,
@@ -226,7 +230,8 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     run.save()
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(source), str(target), parameters={"run_dir": str(run.dir.resolve())},
+        pm.execute_notebook(with_namespace_reset(source) if kernel else str(source), str(target),
+                            parameters={"run_dir": str(run.dir.resolve())},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
                             report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             km=kernel.manager() if kernel else None)
