@@ -112,22 +112,33 @@ class _SolverFailure(Exception):
 # Covariance
 # --------------------------------------------------------------------------------------------
 
-def _centered_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(centered data, biased sample covariance X'X/T) of a (T x n) array."""
-    xc = x - x.mean(axis=0)
-    return xc, (xc.T @ xc) / x.shape[0]
+def _sample_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(biased sample covariance, per-row sum of squared centered values) of a (T x n) array.
+
+    Computed as X'X/T - m m' without a centered copy of X (saves a T x n temporary); when a mean
+    is large against its standard deviation (cancellation) the centered formula is used instead.
+    """
+    t = x.shape[0]
+    m = x.mean(axis=0)
+    emp = x.T @ x
+    emp /= t
+    emp -= np.outer(m, m)
+    if np.any(m * m > np.diag(emp)):
+        xc = x - m
+        emp = (xc.T @ xc) / t
+        return emp, np.einsum("ij,ij->i", xc, xc)
+    return emp, np.einsum("ij,ij->i", x, x) - 2.0 * (x @ m) + m @ m
 
 
-def _lw_intensity(xc: np.ndarray, emp: np.ndarray) -> float:
+def _lw_intensity(emp: np.ndarray, rowsq: np.ndarray) -> float:
     """Ledoit-Wolf shrinkage intensity (sklearn's formula, non-blocked)."""
-    t, p = xc.shape
+    p, t = emp.shape[0], rowsq.shape[0]
     if p == 1:
         return 0.0
-    x2 = xc * xc
-    trace = x2.sum(axis=0) / t
+    trace = np.diag(emp)
     mu = trace.sum() / p
-    beta_ = float(np.sum(x2.sum(axis=1) ** 2))          # = sum((X2'X2))
-    delta_ = float(np.sum(emp * emp))                    # = sum((X'X)**2) / T**2
+    beta_ = float(rowsq @ rowsq)                       # = sum(X2'X2), X2 = centered X squared
+    delta_ = float(np.vdot(emp, emp))                  # = sum((X'X)**2) / T**2
     beta = 1.0 / (p * t) * (beta_ / t - delta_)
     delta = (delta_ - 2.0 * mu * trace.sum() + p * mu ** 2) / p
     beta = min(beta, delta)
@@ -151,8 +162,8 @@ def ledoit_wolf(returns: np.ndarray) -> tuple[np.ndarray, float]:
     x = np.asarray(returns, dtype=float)
     if x.ndim != 2:
         raise ValueError("ledoit_wolf expects a 2-D (dates x assets) array")
-    xc, emp = _centered_cov(x)
-    delta = _lw_intensity(xc, emp)
+    emp, rowsq = _sample_cov(x)
+    delta = _lw_intensity(emp, rowsq)
     return _shrink(emp, delta), delta
 
 
@@ -324,8 +335,8 @@ class _Problem:
             self.locked = np.isin(self.labels, small)
 
     def _estimate(self) -> None:
-        xc, emp = _centered_cov(self.x)
-        delta = _lw_intensity(xc, emp) if self._forced_shrinkage is None else self._forced_shrinkage
+        emp, rowsq = _sample_cov(self.x)
+        delta = _lw_intensity(emp, rowsq) if self._forced_shrinkage is None else self._forced_shrinkage
         self._cov, self._emp, self._shrinkage = _shrink(emp, delta), emp, delta
 
     @property

@@ -67,13 +67,14 @@ def _check_feasible(w: pd.Series, atom_cap: float, clusters: pd.Series | None = 
 
 # ------------------------------------------------------------------------------------ covariance
 
-@pytest.mark.parametrize("shape", [(500, 25), (60, 100), (30, 1), (1200, 3)])
+@pytest.mark.parametrize("shape", [(500, 25, 0.001), (60, 100, 0.0), (30, 1, 0.0), (1200, 3, 0.0),
+                                   (400, 8, 5.0)])     # means >> sd: the centered code path
 def test_ledoit_wolf_equals_sklearn(shape):
     from sklearn.covariance import LedoitWolf
 
-    t, n = shape
+    t, n, offset = shape
     rng = np.random.default_rng(t + n)
-    x = rng.normal(0, 0.01, (t, n)) @ rng.normal(0, 1, (n, n)) * 0.3 + 0.001
+    x = rng.normal(0, 0.01, (t, n)) @ rng.normal(0, 1, (n, n)) * 0.3 + offset
     cov, delta = ledoit_wolf(x)
     ref = LedoitWolf(assume_centered=False).fit(x)
     assert abs(delta - ref.shrinkage_) <= 1e-12
