@@ -1017,7 +1017,8 @@ def _attempt_inner(returns: pd.DataFrame, method: str, engine: str, clusters: pd
     try:
         raw = _solve(pb, solve_method, engine, linkage)
     except (_SolverFailure, np.linalg.LinAlgError, ArithmeticError) as exc:
-        raise _AttemptFailed(label, f"solver failed ({exc})",
+        reason = " ".join(str(exc).split())[:300]          # one line, bounded
+        raise _AttemptFailed(label, f"solver failed ({reason})",
                              "use optimize_gated (retries with more shrinkage) or drop collinear atoms") from exc
     if raw is None or not stable_sum_gate(raw):
         raise _AttemptFailed(label, "Stable Sum Gate failed (raw weights not finite, negative or summing "
