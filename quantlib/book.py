@@ -93,6 +93,19 @@ REGISTRY: dict[str, tuple[Stage, ...]] = {
                "reports/tearsheet_{profile}.html", "artifacts/audit.json"),
               inputs=("artifacts/weights.parquet", "artifacts/flattened.parquet"),
               gates=("artifacts/audit.json",), description="tearsheets, weight files and the atomic audit gate"),
+        Stage("validate", "sleeve/07_validate.ipynb",
+              ("backtest/returns.parquet", "backtest/benchmarks.parquet", "backtest/metrics.parquet",
+               "backtest/windows.parquet", "backtest/holdings.parquet", "backtest/turnover.parquet",
+               "backtest/costs.parquet", "backtest/parity.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/candidates.parquet", "artifacts/features.parquet",
+                      "artifacts/benchmark.parquet"),
+              optional=True, gates=("backtest/parity.json",),
+              description="walk-forward validation, reference and vectorbt simulators, benchmarks"),
+        Stage("post_analysis", "sleeve/08_post_analysis.ipynb",
+              ("plots/cluster_map.html", "plots/factor_map.html", "plots/drift_{profile}.html",
+               "artifacts/drift.parquet"),
+              inputs=("artifacts/synthetic_returns.parquet", "artifacts/weights.parquet", "artifacts/clusters.json"),
+              optional=True, description="cluster map, factor map, drift monitors"),
     ),
 }
 
@@ -407,6 +420,6 @@ def _gate_lines(run: Run, phase: str) -> list[str]:
                 passed = storage.read_json(path).get("passed")
             except WorkbookError:
                 passed = None
-            verdict = "PASS" if passed is True else "FAIL" if passed is False else "UNREADABLE"
+            verdict = "PASS" if passed is True else "FAIL" if passed is False else "not checked"
             rows.append(f"| [{rel}]({rel}) | {verdict} |")
     return ["", "## Gates", "", "| gate | verdict |", "|---|---|", *rows] if rows else []

@@ -103,6 +103,18 @@ class OptimizerConfig(Strict):
     linkage: Literal["ward", "single", "complete", "average"]
 
 
+class BacktestConfig(Strict):
+    """Walk-forward validation (SPEC §2.7); null values take the asset-class defaults."""
+
+    train_days: int | None = Field(ge=20)
+    test_days: int | None = Field(ge=1)
+    slippage_bp: float | None = Field(ge=0)
+    commission_bp: float | None = Field(ge=0)
+    simulators: list[Literal["reference", "vectorbt"]] = Field(min_length=1)
+    parity_tolerance: float = Field(gt=0)
+    rolling_sharpe_days: int = Field(ge=5)
+
+
 class FeatureFlags(Strict):
     directional_sign_test_gate_atomic: bool
     directional_sign_test_gate: bool
@@ -125,6 +137,7 @@ class Profile(Strict):
     sleeve: SleeveConfig
     selection: SelectionConfig
     optimizer: OptimizerConfig
+    backtest: BacktestConfig
 
 
 @dataclass(frozen=True)

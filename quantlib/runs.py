@@ -114,9 +114,17 @@ class Run:
 
     @property
     def resolved(self) -> ResolvedProfile:
-        doc = yaml.safe_load((self.dir / RESOLVED_PROFILE).read_text(encoding="utf-8"))
-        return ResolvedProfile(Profile.model_validate(doc["profile"]), tuple(doc["extends_chain"]),
-                               doc.get("env_overrides") or {})
+        from pydantic import ValidationError
+
+        path = self.dir / RESOLVED_PROFILE
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return ResolvedProfile(Profile.model_validate(doc["profile"]), tuple(doc["extends_chain"]),
+                                   doc.get("env_overrides") or {})
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: unreadable or from an older profile schema ({first}); "
+                            f"start a new run instead of resuming {self.dir.name}") from None
 
     @property
     def profile(self) -> Profile:

@@ -192,15 +192,17 @@ def select(ctx: StageContext):
 
 
 def select_window(train: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, asset_class: str, params):
-    """Selection for one training window: healthy candidates, point-in-time ratings at its last date."""
+    """Selection for one training window: healthy candidates with a return on every day of the window
+    (a later listing joins once it covers a whole window), point-in-time ratings at its last date."""
     from .selection import select as htr
 
+    complete = train.columns[train.notna().all()]  # strict health on this window: no missing return
     pool = candidates[candidates["health"].eq("OK") | candidates["toxic"]].copy()
-    pool = pool[pool["symbol"].isin(train.columns) | pool["toxic"]]
+    pool = pool[pool["symbol"].isin(complete) | pool["toxic"]]
     pit = features_asof(features, train.index[-1])
     for col in ("recommend_all", "recommend_ma"):
         pool[col] = pool["symbol"].map(pit[col]) if not pit.empty else np.nan
-    return htr(train[[c for c in train.columns if c in set(pool["symbol"])]], pool.reset_index(drop=True),
+    return htr(train[[c for c in complete if c in set(pool["symbol"])]], pool.reset_index(drop=True),
                asset_class=asset_class, params=params)
 
 
@@ -372,3 +374,65 @@ def report(ctx: StageContext) -> SleeveReport:
         raise GateError(f"report: audit gate failed ({', '.join(c['code'] for c in failed)}): {failed[0]['detail']}; "
                         f"see {ctx.run.path('artifacts/audit.json')}")
     return SleeveReport(stats, portfolio, tables, figures, audit)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. validation backtest (optional) and 8. post-analysis (optional)
+# ----------------------------------------------------------------------------------------------
+def validate(ctx: StageContext, progress: bool = True):
+    """Walk-forward validation on the run's own artifacts; writes backtest/*; parity gates the stage."""
+    from . import backtest
+
+    art = lambda rel: storage.read_parquet(ctx.require(f"artifacts/{rel}"))  # noqa: E731
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window")  # noqa: E731
+    wf = backtest.run(art("returns.parquet"), art("candidates.parquet"), art("features.parquet"),
+                      art("benchmark.parquet")["benchmark"], ctx.profile, progress=bar)
+    for name, frame in (("returns", wf.returns), ("benchmarks", wf.benchmarks), ("turnover", wf.turnover),
+                        ("costs", wf.costs)):
+        storage.write_parquet(ctx.path(f"backtest/{name}.parquet"), frame.rename_axis("date"))
+    storage.write_parquet(ctx.path("backtest/metrics.parquet"), wf.metrics.rename_axis("name"))
+    storage.write_parquet(ctx.path("backtest/windows.parquet"), wf.windows)
+    storage.write_parquet(ctx.path("backtest/holdings.parquet"), wf.holdings)
+    storage.write_json(ctx.path("backtest/parity.json"), {"run_id": ctx.run.id, **wf.parity})
+    if wf.parity["passed"] is False:
+        worst = max(wf.parity["profiles"].items(), key=lambda kv: kv[1]["final_rel_diff"])
+        raise backtest.BacktestError(f"validate: reference and vectorbt simulators disagree on {worst[0]} "
+                                     f"(final equity rel. diff {worst[1]['final_rel_diff']:.2e} > "
+                                     f"backtest.parity_tolerance={wf.parity['tolerance']})")
+    return wf
+
+
+def post_analysis(ctx: StageContext) -> dict:
+    """Cluster map, factor map and drift monitors (plotly, also standalone HTML under plots/)."""
+    from . import postanalysis as pa
+
+    synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
+    weights = storage.read_parquet(ctx.require("artifacts/weights.parquet"))
+    labels = pd.Series(storage.read_json(ctx.require("artifacts/clusters.json"))["labels"])
+    history = _rebalance_history(ctx, weights)
+    main = ctx.profile.optimizer.profiles[0]
+    figures = {"cluster_map": pa.cluster_map(synthetic, ctx.profile.selection.threshold, ctx.profile.selection.max_clusters),
+               "factor_map": pa.factor_map(synthetic, labels, weights[weights["profile"] == main].set_index("atom_id")["weight"])}
+    for profile in ctx.profile.optimizer.profiles:
+        figures[f"drift_{profile}"] = pa.drift_monitor(history, profile)
+        figures[f"clusters_{profile}"] = pa.cluster_composition(history, profile)
+    drift = pa.drift_table(history)
+    storage.write_parquet(ctx.path("artifacts/drift.parquet"), drift)
+    paths = pa.write_plots(figures, ctx.path("plots/x").parent)
+    return {"figures": figures, "drift": drift, "paths": paths, "history": history}
+
+
+def _rebalance_history(ctx: StageContext, weights: pd.DataFrame) -> pd.DataFrame:
+    """Weights across rebalances: the validation backtest's if it ran, plus the production weights."""
+    synthetic_end = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet")).index[-1]
+    production = weights.assign(rebalance=synthetic_end)[["rebalance", "profile", "atom_id", "weight", "cluster"]]
+    held = ctx.run.path("backtest/holdings.parquet")
+    if not held.exists():
+        return production
+    past = storage.read_parquet(held).rename(columns={"decision": "rebalance"})
+    past = past[past["rebalance"] < synthetic_end][["rebalance", "profile", "atom_id", "weight", "cluster"]]
+    return pd.concat([past, production], ignore_index=True)

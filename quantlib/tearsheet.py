@@ -105,3 +105,22 @@ def markdown_summary(run_id: str, profile_name: str, stats: pd.DataFrame, flatte
     for c in audit["checks"]:
         lines.append(f"| {c['code']} | {'PASS' if c['passed'] else 'FAIL'} | {'yes' if c['required'] else 'no'} | {c['detail']} |")
     return "\n".join(lines) + "\n"
+
+
+def rolling_sharpe_figure(returns: pd.DataFrame, window: int, annualization: int):
+    """Rolling annualized Sharpe ratio of each column (out-of-sample streams)."""
+    import plotly.express as px
+
+    roll = returns.rolling(window, min_periods=window)
+    sharpe = roll.mean() / roll.std(ddof=1) * np.sqrt(annualization)
+    fig = px.line(sharpe, title=f"Rolling {window}-day Sharpe (out of sample)")
+    return fig.update_layout(height=340, yaxis_title="Sharpe", legend_title_text="")
+
+
+def turnover_figure(turnover: pd.DataFrame):
+    """Turnover (½ Σ|Δw|) at each rebalance, per risk profile."""
+    import plotly.express as px
+
+    at_rebalance = turnover[(turnover > 0).any(axis=1)]
+    fig = px.bar(at_rebalance, barmode="group", title="Turnover per rebalance (½ Σ|Δw|)")
+    return fig.update_layout(height=340, yaxis_tickformat=".0%", legend_title_text="")

@@ -1,0 +1,221 @@
+"""Walk-forward validation backtest (SPEC §2.7): point-in-time decisions, two simulators, benchmarks.
+
+Timeline of window k: the decision date d_k is the last bar of the training window; eligibility
+comes from the features matrix at the last bar strictly before the first test bar (ts <= d_k), then
+`sleeveflow.decide_window` runs selection -> synthesis -> analysis -> optimization on the training
+rows <= d_k only. Orders execute at d_k's close and the book is held through the test window
+(d_k+1 ... d_k+test_days); the next decision date is d_k + test_days bars (step = test window).
+Wealth and holdings carry across windows (one simulation over the whole span, never reset).
+
+Assets of the simulation are strategy atoms priced by their synthetic stream (LONG: the raw price
+relative; SHORT: 1 - clip(r, upper=1), so a short loses at most 100 % and a +100 % day leaves it
+worthless) -- the same synthesis the optimizer saw (LESSONS L-X3).
+Costs: (slippage + commission) x traded notional. Benchmarks: the profile's market benchmark
+bought and held, and an equal weight of the eligible universe in the sleeve's direction, rebalanced
+on the same dates. Both simulated by the reference simulator with the same costs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import GateError
+from .metrics import metrics_table
+from .profiles import Profile
+from .synthesis import Direction, atom_id, synthetic_returns
+
+ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
+                        "equities": {"test_days": 21, "slippage_bp": 5.0, "commission_bp": 1.0}}
+
+
+class BacktestError(GateError):
+    """The walk-forward backtest cannot run (too little history, no eligible assets) or failed parity."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    train_days: int
+    test_days: int
+    fees: float  # fraction of traded notional (slippage + commission)
+    annualization: int
+    simulators: tuple[str, ...]
+    parity_tolerance: float
+
+
+def settings(profile: Profile) -> Settings:
+    """Resolve the profile's backtest section with the asset-class defaults."""
+    bt, cls = profile.backtest, profile.sleeve.asset_class
+    defaults = ASSET_CLASS_DEFAULTS[cls]
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    fees = (pick(bt.slippage_bp, "slippage_bp") + pick(bt.commission_bp, "commission_bp")) / 1e4
+    return Settings(train_days=bt.train_days or profile.sleeve.train_days, test_days=pick(bt.test_days, "test_days"),
+                    fees=fees, annualization=365 if cls == "crypto" else 252,
+                    simulators=tuple(bt.simulators), parity_tolerance=bt.parity_tolerance)
+
+
+@dataclass(frozen=True)
+class Window:
+    decision: pd.Timestamp   # last training bar: decide and trade at its close
+    start: pd.Timestamp      # first test bar
+    end: pd.Timestamp        # last test bar
+
+
+def windows(index: pd.DatetimeIndex, train_days: int, test_days: int, profile_name: str = "") -> list[Window]:
+    """Walk-forward windows over `index` (step = test window; the last one may be shorter)."""
+    if len(index) < train_days + 1:
+        raise BacktestError(f"validate: {len(index)} return rows cannot hold one window of backtest.train_days="
+                            f"{train_days} + 1 test bar (profile {profile_name}); lower backtest.train_days or "
+                            f"raise sleeve.lookback_days")
+    if len(index) < train_days + test_days:
+        raise BacktestError(f"validate: backtest.test_days={test_days} after backtest.train_days={train_days} needs "
+                            f"{train_days + test_days} return rows, the data has {len(index)} (profile {profile_name}); "
+                            f"lower backtest.test_days / backtest.train_days or raise sleeve.lookback_days")
+    out = []
+    for i in range(train_days, len(index), test_days):
+        out.append(Window(index[i - 1], index[i], index[min(i + test_days, len(index)) - 1]))
+    return out
+
+
+def eligible(candidates: pd.DataFrame, features: pd.DataFrame, before: pd.Timestamp) -> pd.DataFrame:
+    """Candidates eligible at a rebalance whose first test bar is `before`: the features row of the
+    last bar strictly before it (point-in-time), recommend_all > 0 for LONG, < 0 for SHORT; all of
+    them if fewer than 2 pass."""
+    past = features[features["ts"] < before]
+    latest = past.sort_values("ts").groupby("symbol").tail(1).set_index("symbol")["recommend_all"]
+    rating = candidates["symbol"].map(latest)
+    long = candidates["direction"] == Direction.LONG.value
+    ok = (long & (rating > 0)) | (~long & (rating < 0))
+    return candidates[ok] if int(ok.sum()) >= 2 else candidates
+
+
+@dataclass
+class WalkForward:
+    returns: pd.DataFrame      # date x risk profile: out-of-sample daily returns (reference simulator)
+    benchmarks: pd.DataFrame   # date x {market_benchmark, universe_equal_weight}
+    windows: pd.DataFrame      # one row per window: decision, start, end, eligible, selected, regime, stage
+    holdings: pd.DataFrame     # decision, profile, atom_id, symbol, direction, weight, cluster
+    turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
+    costs: pd.DataFrame        # date x risk profile, as a fraction of the previous equity
+    parity: dict               # reference vs vectorbt per profile
+    metrics: pd.DataFrame      # one row per risk profile and benchmark
+
+
+def run(returns: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, benchmark: pd.Series,
+        profile: Profile, progress: Callable | None = None, decide: Callable | None = None) -> WalkForward:
+    """The whole walk-forward validation of one sleeve (decisions, simulations, benchmarks, metrics)."""
+    from .sleeveflow import decide_window
+
+    decide = decide or decide_window
+    cfg = settings(profile)
+    plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
+    decisions, rows, universe = [], [], []
+    iterator = progress(plan) if progress else plan
+    for w in iterator:
+        pool = eligible(candidates[candidates["health"].eq("OK")], features, w.start)
+        if pool.empty:
+            raise BacktestError(f"validate: no eligible candidate at the rebalance after {w.decision.date()} "
+                                f"(profile {profile.name}); check the data run's candidate lists (sleeve.scanners)")
+        try:
+            d = decide(returns, pool, features, profile, w.decision)
+        except GateError as exc:
+            raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
+        decisions.append((w, d))
+        universe.append(pool.assign(decision=w.decision))
+        rows.append({"decision": w.decision, "start": w.start, "end": w.end, "eligible": len(pool),
+                     "selected": len(d.atoms), "regime": d.regime["label"],
+                     "stage_reached": d.selection.audit["stage_reached"]})
+    holdings = pd.concat([d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
+                          for w, d in decisions], ignore_index=True)
+    span = returns.loc[returns.index >= plan[0].decision]
+    atoms = holdings[["atom_id", "symbol", "logic", "direction"]].drop_duplicates("atom_id")
+    eligible_atoms = _eligible_atoms(pd.concat(universe, ignore_index=True))
+    all_atoms = pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
+    prices = synthetic_prices(span, all_atoms)
+    results, turnover, costs, parity = {}, {}, {}, {}
+    for method in profile.optimizer.profiles:
+        targets = _targets(holdings[holdings["profile"] == method], prices)
+        sims = {name: _simulate(name, prices, targets, cfg.fees) for name in cfg.simulators}
+        ref = sims.get("reference") or next(iter(sims.values()))
+        results[method], turnover[method] = ref.returns, ref.turnover
+        costs[method] = ref.costs / ref.equity.shift(1).fillna(1.0)
+        if "vectorbt" in sims and "reference" in sims:
+            parity[method] = _parity(sims["reference"], sims["vectorbt"])
+    benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees)
+    out = pd.DataFrame(results)
+    metrics = _metrics(out, benchmarks, pd.DataFrame(turnover), pd.DataFrame(costs), len(plan), cfg)
+    par = {"tolerance": cfg.parity_tolerance, "profiles": parity,
+           "passed": all(p["final_rel_diff"] <= cfg.parity_tolerance and p["max_return_diff"] <= cfg.parity_tolerance
+                         for p in parity.values()) if parity else None}
+    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), pd.DataFrame(rows), holdings,
+                       pd.DataFrame(turnover), pd.DataFrame(costs), par, metrics)
+
+
+def _eligible_atoms(pools: pd.DataFrame) -> pd.DataFrame:
+    atoms = pools[["symbol", "logic", "direction", "decision"]].copy()
+    atoms["atom_id"] = [atom_id(s, l, d) for s, l, d in zip(atoms["symbol"], atoms["logic"], atoms["direction"])]
+    return atoms
+
+
+def synthetic_prices(returns: pd.DataFrame, atoms: pd.DataFrame) -> pd.DataFrame:
+    """Dates x atom price paths: 1.0 on the first row (the first decision date) for symbols trading
+    that day, then compounded synthetic returns; NaN before a later listing (not tradable), and a
+    SHORT that loses 100 % stays at 0."""
+    atoms = atoms[["atom_id", "symbol", "logic", "direction"]]
+    growth = (1.0 + synthetic_returns(returns.iloc[1:], atoms)).cumprod()  # NaN rows stay NaN
+    trading = returns.iloc[0][atoms["symbol"].to_list()].notna().to_numpy()
+    first = pd.DataFrame([np.where(trading, 1.0, np.nan)], index=returns.index[:1], columns=growth.columns)
+    return pd.concat([first, growth])
+
+
+def _targets(holdings: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """Target-weight rows on decision dates (0 for atoms not held), NaN rows elsewhere."""
+    wide = holdings.pivot_table(index="decision", columns="atom_id", values="weight", aggfunc="sum")
+    targets = pd.DataFrame(np.nan, index=prices.index, columns=prices.columns)
+    targets.loc[wide.index] = 0.0
+    targets.loc[wide.index, wide.columns] = wide.fillna(0.0).to_numpy()
+    return targets
+
+
+def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: float):
+    from .simulate import simulate_reference, simulate_vectorbt
+
+    return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees)
+
+
+def _parity(ref, vbt) -> dict:
+    final_ref, final_vbt = float(ref.equity.iloc[-1]), float(vbt.equity.iloc[-1])
+    return {"final_equity_reference": final_ref, "final_equity_vectorbt": final_vbt,
+            "final_rel_diff": abs(final_ref - final_vbt) / max(abs(final_ref), 1e-300),
+            "max_return_diff": float(np.nanmax(np.abs(ref.returns.to_numpy() - vbt.returns.to_numpy())))}
+
+
+def _benchmarks(span: pd.DataFrame, benchmark: pd.Series, eligible_atoms: pd.DataFrame, prices: pd.DataFrame,
+                plan: list[Window], fees: float) -> pd.DataFrame:
+    from .simulate import simulate_reference
+
+    bench = benchmark.reindex(span.index)
+    market_price = pd.DataFrame({"market": np.concatenate([[1.0], np.cumprod(1.0 + bench.iloc[1:].fillna(0.0))])},
+                                index=span.index)
+    market_target = pd.DataFrame(np.nan, index=span.index, columns=["market"])
+    market_target.iloc[0] = 1.0
+    market = simulate_reference(market_price, market_target, fees).returns
+    targets = pd.DataFrame(np.nan, index=prices.index, columns=prices.columns)
+    for w in plan:
+        ids = eligible_atoms.loc[eligible_atoms["decision"] == w.decision, "atom_id"].unique()
+        targets.loc[w.decision] = 0.0
+        targets.loc[w.decision, ids] = 1.0 / len(ids)
+    equal = simulate_reference(prices, targets, fees).returns
+    return pd.DataFrame({"market_benchmark": market, "universe_equal_weight": equal})
+
+
+def _metrics(returns: pd.DataFrame, benchmarks: pd.DataFrame, turnover: pd.DataFrame, costs: pd.DataFrame,
+             n_rebalances: int, cfg: Settings) -> pd.DataFrame:
+    table = metrics_table(pd.concat([returns, benchmarks], axis=1), cfg.annualization)
+    years = len(returns) / cfg.annualization
+    table["turnover_per_rebalance"] = (turnover.sum() / n_rebalances).reindex(table.index)
+    table["turnover_annual"] = (turnover.sum() / years).reindex(table.index)
+    table["cost_drag"] = (costs.mean() * cfg.annualization).reindex(table.index)
+    return table
