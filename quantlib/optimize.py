@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import warnings
 from typing import Any, Literal
 
@@ -444,18 +445,27 @@ def _validate(returns: pd.DataFrame, method: str, engine: str, linkage: str, lab
 # --------------------------------------------------------------------------------------------
 
 _CONTROLLER: Any = None
+_CONTROLLER_MODULES = -1
 
 
 def _blas_single_thread() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread around a solve (DESIGN.md: multi-threaded OpenBLAS stalls small
-    solves on 2 cores; measured here: 200x200 Cholesky median 0.1 ms either way, but up to 110 ms
-    with 2 threads vs < 10 ms with 1 under load)."""
-    global _CONTROLLER
+    """Limit BLAS/OpenMP pools to one thread around a solve (DESIGN.md: multi-threaded OpenBLAS
+    stalls small solves on 2 cores; measured here with neighbours busy: min-variance + risk parity
+    at 200 atoms, median 5.9 ms / p90 6.4 ms with one thread vs 16 ms / 80-90 ms without).
+
+    numpy and scipy each load their own OpenBLAS (riskfolio's dependencies add more), and a
+    ThreadpoolController only sees libraries loaded when it is built (~0.8 ms), so it is rebuilt
+    whenever modules were imported since.
+    """
+    global _CONTROLLER, _CONTROLLER_MODULES
     try:
-        if _CONTROLLER is None:
-            from threadpoolctl import ThreadpoolController
+        import scipy.linalg.lapack  # noqa: F401  (load scipy's OpenBLAS before scanning)
+        from threadpoolctl import ThreadpoolController
+
+        if _CONTROLLER is None or _CONTROLLER_MODULES != len(sys.modules):
             _CONTROLLER = ThreadpoolController()
-        return _CONTROLLER.limit(limits=1, user_api="blas")
+            _CONTROLLER_MODULES = len(sys.modules)
+        return _CONTROLLER.limit(limits=1)
     except (ImportError, OSError, RuntimeError):  # pragma: no cover - threadpoolctl is optional
         return contextlib.nullcontext()
 
