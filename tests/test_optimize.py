@@ -419,6 +419,22 @@ def test_degenerate_columns_are_named_not_dropped(synth):
         optimize(synth, "hrp", clusters=labels)
 
 
+def test_solves_run_with_single_threaded_blas(synth, monkeypatch):
+    import scipy.linalg  # noqa: F401  (scipy ships its own OpenBLAS next to numpy's)
+    from threadpoolctl import threadpool_info
+
+    real, seen = opt._solve, []
+
+    def spy(*args):
+        seen.append({(p["filepath"], p["num_threads"]) for p in threadpool_info()})
+        return real(*args)
+
+    monkeypatch.setattr(opt, "_solve", spy)
+    optimize(synth, "min_variance")
+    assert seen and all(n == 1 for _, n in seen[0])
+    assert len({p for p, _ in seen[0]}) >= 2
+
+
 def test_import_is_light():
     code = ("import sys, quantlib.optimize; "
             "print(sorted(m for m in ('scipy', 'riskfolio', 'cvxpy', 'sklearn') if m in sys.modules))")
