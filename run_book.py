@@ -4,6 +4,7 @@
   python run_book.py demo                      # offline demo (simulated venues)
   python run_book.py data [--profile P]        # Phase 1: scan, ingest, metadata, features, backfill
   python run_book.py sleeve PROFILE            # Phase 2: one sleeve (selection -> optimization -> audit)
+  python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
@@ -70,6 +71,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(ok for ok, _ in results) else 1
 
 
+def cmd_audit_lookahead(args: argparse.Namespace) -> int:
+    from quantlib.lookahead import audit_run
+    from quantlib.runs import Run
+
+    run = Run.open(_runs_dir(args), args.run_id)
+    print(f"look-ahead audit of {run.id}: replaying its walk-forward decisions with the data after the cutoff perturbed ...")
+    result = audit_run(run, args.at, args.seed)
+    print(f"cutoff {result['cutoff']} · {result['windows_checked']} of {result['windows_total']} windows decided by then")
+    for check in result["checks"]:
+        print(f"  {'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {check['detail']}")
+    print(f"{'PASS' if result['passed'] else 'FAIL'} · {run.path('backtest/lookahead_audit.json')}")
+    return 0 if result["passed"] else 1
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from quantlib.runs import list_runs
 
@@ -116,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the data phase on the simulated crypto and equities venues.")
     p.add_argument("--profiles", nargs="+", default=["demo", "demo_equities"], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",
+                       description="Rerun RUN_ID's walk-forward decisions with every return and feature after a "
+                                   "cutoff perturbed and check that eligibility, selection, weights, trades and "
+                                   "returns up to the cutoff are unchanged.")
+    p.add_argument("run_id", metavar="RUN_ID", help="a sleeve run")
+    p.add_argument("--at", help="cutoff date (ISO; default: the middle window's decision date)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbation")
+    p.set_defaults(func=cmd_audit_lookahead)
 
     p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
     p.set_defaults(func=cmd_runs)

@@ -96,6 +96,7 @@ class WalkForward:
     returns: pd.DataFrame      # date x risk profile: out-of-sample daily returns (reference simulator)
     benchmarks: pd.DataFrame   # date x {market_benchmark, universe_equal_weight}
     windows: pd.DataFrame      # one row per window: decision, start, end, eligible, selected, regime, stage
+    eligibility: pd.DataFrame  # decision, symbol, logic, direction: the eligible pool of each window
     holdings: pd.DataFrame     # decision, profile, atom_id, symbol, direction, weight, cluster
     turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
     costs: pd.DataFrame        # date x risk profile, as a fraction of the previous equity
@@ -149,7 +150,8 @@ def run(returns: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame,
     par = {"tolerance": cfg.parity_tolerance, "profiles": parity,
            "passed": all(p["final_rel_diff"] <= cfg.parity_tolerance and p["max_return_diff"] <= cfg.parity_tolerance
                          for p in parity.values()) if parity else None}
-    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), pd.DataFrame(rows), holdings,
+    pools = pd.concat(universe, ignore_index=True)[["decision", "symbol", "logic", "direction"]]
+    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), pd.DataFrame(rows), pools, holdings,
                        pd.DataFrame(turnover), pd.DataFrame(costs), par, metrics)
 
 

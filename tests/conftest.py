@@ -110,11 +110,12 @@ def art(run: Run, rel: str):
 
 @pytest.fixture(scope="session")
 def long_sleeve(workspace, first):
-    result = workspace.book("sleeve", "demo_crypto_long", "--skip-validation", "--skip-analysis")
+    """The full sleeve book, validation and post-analysis included."""
+    result = workspace.book("sleeve", "demo_crypto_long")
     return result, workspace.run_of(result)
 
 
 @pytest.fixture(scope="session")
 def short_sleeve(workspace, first):
-    result = workspace.book("sleeve", "demo_crypto_short", "--skip-validation", env=SHORT_ENV)
+    result = workspace.book("sleeve", "demo_crypto_short", "--skip-validation", "--skip-analysis", env=SHORT_ENV)
     return result, workspace.run_of(result)

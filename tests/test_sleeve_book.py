@@ -22,10 +22,10 @@ def test_long_sleeve_passes_and_index_names_profile_run_and_gates(long_sleeve, f
     assert re.search(r"\*\*Status:\*\*\s*PASS\b", index)
     assert "`demo_crypto_long`" in index and f"**Run id:** `{run.id}`" in index
     assert f"**Data run:** `{first.run.id}`" in index
-    assert "validate (--skip-validation)" in index and "post_analysis (--skip-analysis)" in index
-    for gate in ("sign_test_pre_opt.json", "sign_test.json", "audit.json"):
-        assert re.search(rf"artifacts/{gate}\) \| PASS \|", index), gate
-    for stage in ("aggregate", "select", "synthesize", "pre_opt", "optimize", "report"):
+    for gate in ("artifacts/sign_test_pre_opt.json", "artifacts/sign_test.json", "artifacts/audit.json",
+                 "backtest/parity.json"):
+        assert re.search(rf"{gate}\) \| PASS \|", index), gate
+    for stage in ("aggregate", "select", "synthesize", "pre_opt", "optimize", "report", "validate", "post_analysis"):
         assert re.search(rf"\|\s*\d+\s*\|\s*{stage}\s*\|\s*completed\s*\|", index), stage
 
 
@@ -86,11 +86,15 @@ def test_short_sleeve_passes_with_the_atomic_gate_and_every_position_is_short(sh
     assert np.array_equal(syn[first_atom["atom_id"]].to_numpy(), expected)
     checks = {c["code"]: c for c in art(run, "artifacts/audit.json")["checks"]}
     assert checks["SIGN_TEST_PRE"]["required"] and checks["SIGN_TEST_POST"]["passed"]
+    index = (run.dir / "INDEX.md").read_text()
+    assert "validate (--skip-validation)" in index and "post_analysis (--skip-analysis)" in index
+    assert re.search(r"\|\s*7\s*\|\s*validate\s*\|\s*skipped \(--skip-validation\)", index)
+    assert not (run.dir / "backtest").exists()
 
 
 def test_resume_of_a_complete_sleeve_skips_every_stage(workspace, long_sleeve):
     _, run = long_sleeve
-    result = workspace.book("sleeve", "demo_crypto_long", "--run-id", run.id, "--skip-validation")
+    result = workspace.book("sleeve", "demo_crypto_long", "--run-id", run.id)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("complete, skipped (resume)") == len(book.stages("sleeve"))
 

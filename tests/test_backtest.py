@@ -1,0 +1,118 @@
+"""Walk-forward validation (SPEC §2.7): windows, point-in-time eligibility, synthetic prices, settings,
+the validated demo sleeve end to end, the look-ahead audit and the bad-input messages."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import art
+from quantlib import backtest, lookahead
+from quantlib.backtest import BacktestError, eligible, synthetic_prices, windows
+from quantlib.profiles import load_profile
+from quantlib.synthesis import build_atoms
+
+DAYS = pd.date_range("2026-01-01", periods=30, freq="D", tz="UTC")
+
+
+def test_windows_step_by_the_test_window_and_decide_on_the_last_training_bar():
+    plan = windows(DAYS, train_days=20, test_days=4)
+    assert [(w.decision, w.start, w.end) for w in plan] == [
+        (DAYS[19], DAYS[20], DAYS[23]), (DAYS[23], DAYS[24], DAYS[27]), (DAYS[27], DAYS[28], DAYS[29])]
+
+
+def test_windows_name_the_profile_key_when_the_data_is_too_short():
+    with pytest.raises(BacktestError, match=r"backtest\.train_days=40"):
+        windows(DAYS, train_days=40, test_days=4, profile_name="p")
+    with pytest.raises(BacktestError, match=r"backtest\.test_days=25"):
+        windows(DAYS, train_days=20, test_days=25, profile_name="p")
+
+
+def _features(rows):
+    return pd.DataFrame(rows, columns=["ts", "symbol", "recommend_all"]).assign(ts=lambda f: pd.to_datetime(f["ts"], utc=True))
+
+
+def test_eligibility_uses_the_last_bar_strictly_before_the_rebalance():
+    cands = pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r", "direction": "LONG"})
+    feats = _features([("2026-01-09", "X:A", 0.5), ("2026-01-10", "X:A", -0.5),   # flips ON the rebalance bar
+                       ("2026-01-09", "X:B", 0.2), ("2026-01-09", "X:C", -0.1)])
+    start = pd.Timestamp("2026-01-10", tz="UTC")
+    assert eligible(cands, feats, start)["symbol"].tolist() == ["X:A", "X:B"]  # A's same-bar value ignored
+    assert eligible(cands, feats, start + pd.Timedelta(days=1))["symbol"].tolist() == ["X:A", "X:B", "X:C"]  # < 2 pass
+
+
+def test_eligibility_is_direction_aware():
+    cands = pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r", "direction": "SHORT"})
+    feats = _features([("2026-01-09", "X:A", 0.5), ("2026-01-09", "X:B", -0.2), ("2026-01-09", "X:C", -0.1)])
+    assert eligible(cands, feats, pd.Timestamp("2026-01-10", tz="UTC"))["symbol"].tolist() == ["X:B", "X:C"]
+
+
+def test_synthetic_prices_compound_the_synthesis_and_a_short_can_lose_everything_once():
+    idx = DAYS[:5]
+    raw = pd.DataFrame({"X:A": [0.0, 0.1, -0.5, 0.2, 0.0], "X:B": [0.0, 0.1, 1.5, -0.5, 0.1],
+                        "X:C": [np.nan, np.nan, np.nan, 0.1, 0.1]}, index=idx)
+    atoms = build_atoms(pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r",
+                                      "direction": ["LONG", "SHORT", "LONG"]}))
+    prices = synthetic_prices(raw, atoms)
+    a, b, c = (prices[i] for i in atoms["atom_id"])
+    np.testing.assert_allclose(a, [1.0, 1.1, 0.55, 0.66, 0.66])
+    np.testing.assert_allclose(b, [1.0, 0.9, 0.0, 0.0, 0.0])  # +150 % day: the short is worth 0 and stays there
+    assert c.iloc[:3].isna().all() and c.iloc[3] == pytest.approx(1.1)  # not tradable before its listing
+
+
+def test_settings_take_the_asset_class_cost_and_window_defaults():
+    crypto = backtest.settings(load_profile("demo_crypto_long").profile)
+    assert (crypto.fees, crypto.test_days, crypto.train_days, crypto.annualization) == (pytest.approx(0.0014), 10, 252, 365)
+    eq = backtest.settings(load_profile("demo_crypto_long", env={"FW_SLEEVE__ASSET_CLASS": "equities"}).profile)
+    assert (eq.fees, eq.test_days, eq.annualization) == (pytest.approx(0.0006), 21, 252)
+
+
+# ------------------------------------------------------------------------------ the validated sleeve
+def test_validation_writes_oos_streams_for_every_profile_with_simulator_parity(long_sleeve):
+    result, run = long_sleeve
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    returns, metrics = art(run, "backtest/returns.parquet"), art(run, "backtest/metrics.parquet")
+    assert list(returns.columns) == run.profile.optimizer.profiles and returns.notna().all().all()
+    parity = art(run, "backtest/parity.json")
+    assert parity["passed"] and max(p["final_rel_diff"] for p in parity["profiles"].values()) <= 1e-6
+    assert {"market_benchmark", "universe_equal_weight", "hrp"} <= set(metrics.index)
+    assert {"cagr", "sharpe", "sortino", "max_drawdown", "calmar", "turnover_per_rebalance", "cost_drag",
+            "var95", "cvar95", "hit_rate"} <= set(metrics.columns)
+    w = art(run, "backtest/windows.parquet")
+    assert len(w) >= 2 and (w["start"] > w["decision"]).all()
+    assert (returns.index[0] == w["decision"].iloc[0]) and (returns.index[-1] == w["end"].iloc[-1])
+    # every window's weights are held until the next decision: one target set per decision and profile
+    holdings = art(run, "backtest/holdings.parquet")
+    sums = holdings.groupby(["decision", "profile"])["weight"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
+    for name in ("cluster_map", "factor_map", "drift_hrp"):
+        assert "Plotly.newPlot" in (run.dir / "plots" / f"{name}.html").read_text()
+
+
+def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve):
+    _, run = long_sleeve
+    result = workspace.book("audit-lookahead", run.id)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    doc = json.loads((run.dir / "backtest" / "lookahead_audit.json").read_text())
+    assert doc["passed"] and doc["windows_checked"] >= 1 and doc["perturbation_changed_later_decisions"]
+
+
+def test_the_lookahead_audit_catches_a_planted_same_bar_eligibility_bug(long_sleeve, monkeypatch):
+    _, run = long_sleeve
+    real = backtest.eligible
+    monkeypatch.setattr(backtest, "eligible", lambda c, f, before: real(c, f, before + pd.Timedelta(days=1)))
+    doc = lookahead.audit_run(run)
+    assert not doc["passed"]
+    assert not {c["check"]: c["passed"] for c in doc["checks"]}["eligibility"]
+
+
+@pytest.mark.parametrize("key,value,expected", [("FW_BACKTEST__TRAIN_DAYS", "5000", r"backtest\.train_days=5000"),
+                                                ("FW_BACKTEST__TEST_DAYS", "5000", r"backtest\.test_days=5000")])
+def test_impossible_windows_fail_validation_naming_the_key(workspace, first, key, value, expected):
+    result = workspace.book("sleeve", "demo_crypto_long", "--skip-analysis", env={key: value})
+    assert result.returncode == 1
+    index = (workspace.run_of(result).dir / "INDEX.md").read_text()
+    assert "stage validate failed" in index and re.search(expected, index)
