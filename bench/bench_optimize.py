@@ -36,32 +36,36 @@ def factor_returns(n_atoms: int, n_days: int = 1000, n_factors: int = 5, seed: i
 
 
 def _once(fn: Callable[[], pd.Series]) -> tuple[float, float, pd.Series]:
-    """One timed call with the garbage collector off (as timeit): riskfolio leaves large cvxpy
-    object graphs behind whose collection would otherwise land in whichever call comes next."""
-    gc.collect()
-    gc.disable()
-    try:
-        c0, t0 = time.process_time(), time.perf_counter()
-        out = fn()
-        return time.perf_counter() - t0, time.process_time() - c0, out
-    finally:
-        gc.enable()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def compare(native: Callable[[], pd.Series], riskfolio: Callable[[], pd.Series], reps: int,
             native_per_rep: int) -> dict:
-    """Interleaved timings (after one warm-up call each): medians of wall and CPU seconds."""
+    """Interleaved timings (after one warm-up call each): medians of wall and CPU seconds.
+
+    The garbage collector is off while timing (as in timeit) and run between repetitions,
+    followed by an untimed native call: riskfolio leaves large cvxpy object graphs behind whose
+    collection would otherwise land in the next call, and a full collection evicts the caches.
+    """
     w_nat, w_rf = native(), riskfolio()
     wall = {"native": [], "riskfolio": []}
     cpu = {"native": [], "riskfolio": []}
     for _ in range(reps):
-        for _ in range(native_per_rep):
-            t, c, w_nat = _once(native)
-            wall["native"].append(t)
-            cpu["native"].append(c)
-        t, c, w_rf = _once(riskfolio)
-        wall["riskfolio"].append(t)
-        cpu["riskfolio"].append(c)
+        gc.collect()
+        native()
+        gc.disable()
+        try:
+            for _ in range(native_per_rep):
+                t, c, w_nat = _once(native)
+                wall["native"].append(t)
+                cpu["native"].append(c)
+            t, c, w_rf = _once(riskfolio)
+            wall["riskfolio"].append(t)
+            cpu["riskfolio"].append(c)
+        finally:
+            gc.enable()
     med = {f"{k}_{e}": statistics.median(v[e]) for k, v in (("wall", wall), ("cpu", cpu)) for e in v}
     med["diff"] = float(np.abs(w_nat - w_rf).max())
     return med
