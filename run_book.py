@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Fractal Workbook orchestration CLI: runs a phase's stage notebooks with papermill into runs/<RUN_ID>/.
 
-  python run_book.py demo                      # offline demo (simulated venues)
+  python run_book.py demo                      # the whole workflow offline (simulated venues)
   python run_book.py data [--profile P]        # Phase 1: scan, ingest, metadata, features, backfill
   python run_book.py sleeve PROFILE            # Phase 2: one sleeve (selection -> optimization -> audit)
+  python run_book.py meta PROFILE              # Phase 3: sleeves in parallel on Ray -> fractal portfolio
+  python run_book.py baseline rating_all       # the Binance rating LONG/SHORT pair, audited
   python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
@@ -23,8 +25,8 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return Path(args.runs_dir).resolve() if args.runs_dir else ROOT / "runs"
 
 
-def run_phase(phase: str, profile: str, args: argparse.Namespace,
-              skip: dict[str, str] | None = None) -> tuple[bool, Path]:
+def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
+              extra: dict | None = None) -> tuple[bool, Path]:
     """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
     from quantlib.book import run_phase as execute
     from quantlib.profiles import load_profile
@@ -38,7 +40,7 @@ def run_phase(phase: str, profile: str, args: argparse.Namespace,
             print(f"note: resuming run {run_id} of profile {run.manifest['profile']}", file=sys.stderr)
         print(f"resuming run {run.id} ({run.dir})")
     else:
-        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id)
+        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id, extra=extra)
         print(f"run {run.id} ({run.dir})")
     start = time.perf_counter()
     ok = execute(run, phase, skip=skip)
@@ -61,13 +63,47 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
+    from quantlib.metaflow import check_meta_tree
+
+    check_meta_tree(profile)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
+    options = {"executor": args.executor, "ray_address": args.ray_address}
+    return run_phase("meta", profile, args, extra={"options": options})
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    ok, run_dir = run_meta(args.profile, args)
+    print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    return 0 if ok else 1
+
+
+BASELINES = {"rating_all": "meta_rating_all", "rating_ma": "meta_rating_ma"}
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    print(f"baseline {args.name}: the LONG and SHORT sleeves in parallel, each audited, then combined "
+          f"({BASELINES[args.name]})")
+    args.run_id = None
+    ok, run_dir = run_meta(BASELINES[args.name], args)
+    for index in sorted(run_dir.glob("sleeves/*/INDEX.md")):
+        print(f"  sleeve report: {index}")
+    print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    return 0 if ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("Fractal Workbook demo: data phase on the simulated crypto and equities venues (offline)")
+    print("Fractal Workbook demo (offline): data phase on the simulated crypto and equities venues, then a\n"
+          "meta portfolio of a crypto LONG, a crypto SHORT and an equities LONG sleeve, each validated walk-forward")
+    start = time.perf_counter()
     args.run_id = None
     results = [run_phase("data", profile, args) for profile in args.profiles]
-    print("\nReports:")
+    if all(ok for ok, _ in results):
+        results.append(run_meta(args.meta_profile, args))
+    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Reports:")
     for ok, run_dir in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / 'INDEX.md'}")
+    if len(results) > len(args.profiles):
+        print(f"\nThe fractal portfolio: {results[-1][1] / 'meta_portfolio_report.md'}")
     return 0 if all(ok for ok, _ in results) else 1
 
 
@@ -127,9 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-analysis", action="store_true", help="skip the post-analysis charts")
     p.set_defaults(func=cmd_sleeve)
 
-    p = sub.add_parser("demo", help="the offline demo: data phase on the simulated venues",
-                       description="Run the data phase on the simulated crypto and equities venues.")
+    def ray_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--executor", choices=["ray", "local"], default="ray",
+                       help="run the sleeves as Ray tasks (default) or one after another in this process")
+        p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one (runs and "
+                                             "lakehouse paths must then be on storage every node sees)")
+
+    p = sub.add_parser("meta", help="Phase 3: sleeves in parallel on Ray, gates, risk parity, flattening",
+                       description="Run the meta book of PROFILE: every sleeve's book (Ray tasks), the sign-test and "
+                                   "completeness gates, the meta allocation, flattening and the meta report.")
+    p.add_argument("profile", metavar="PROFILE", help="meta profile in profiles/ (e.g. demo_meta)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    ray_options(p)
+    p.set_defaults(func=cmd_meta)
+
+    p = sub.add_parser("baseline", help="the Binance rating baselines: a LONG/SHORT pair, in parallel, audited",
+                       description="Run the long and short sleeves of a rating baseline in parallel, audit both and "
+                                   "combine them (meta profiles meta_rating_all / meta_rating_ma).")
+    p.add_argument("name", choices=sorted(BASELINES), metavar="NAME", help="rating_all | rating_ma")
+    ray_options(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("demo", help="the whole workflow offline: data phase, then a three-sleeve meta portfolio",
+                       description="Data phase on the simulated crypto and equities venues, then the demo_meta "
+                                   "portfolio (crypto LONG + crypto SHORT + equities LONG sleeves, with validation).")
     p.add_argument("--profiles", nargs="+", default=["demo", "demo_equities"], help=argparse.SUPPRESS)
+    p.add_argument("--meta-profile", default="demo_meta", help=argparse.SUPPRESS)
+    ray_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",

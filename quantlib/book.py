@@ -107,6 +107,22 @@ REGISTRY: dict[str, tuple[Stage, ...]] = {
               inputs=("artifacts/synthetic_returns.parquet", "artifacts/weights.parquet", "artifacts/clusters.json"),
               optional=True, description="cluster map, factor map, drift monitors"),
     ),
+    "meta": (
+        Stage("sleeves", "meta/01_sleeves.ipynb", ("artifacts/sleeves.json",),
+              description="every unpinned sleeve's whole book, in parallel on Ray"),
+        Stage("gates", "meta/02_gates.ipynb", ("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
+              inputs=("artifacts/sleeves.json",),
+              gates=("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
+              description="sign-test and sleeve-completeness gates"),
+        Stage("allocate", "meta/03_allocate.ipynb",
+              ("artifacts/sleeve_returns.parquet", "artifacts/meta_weights.parquet",
+               "artifacts/meta_weights_history.parquet", "artifacts/meta_returns.parquet", "artifacts/aggregation.json"),
+              inputs=("artifacts/sleeves.json",), description="sleeves become assets; meta weights; out-of-sample stream"),
+        Stage("flatten", "meta/04_flatten.ipynb", ("artifacts/meta_flattened.parquet", "artifacts/exposures.json"),
+              inputs=("artifacts/meta_weights.parquet",), description="physical weights, exposures, cap check"),
+        Stage("report", "meta/05_report.ipynb", ("meta_portfolio_report.md", "artifacts/meta_report.json"),
+              gates=("artifacts/meta_report.json",), description="meta_portfolio_report.md with computed verdicts"),
+    ),
 }
 
 
@@ -117,6 +133,8 @@ WARM_IMPORTS = {
     "sleeve": "import pandas, scipy.stats, scipy.cluster.hierarchy, plotly.express, plotly.subplots, "
               "quantlib.sleeveflow, quantlib.selection, quantlib.analysis, quantlib.optimize, quantlib.tearsheet, "
               "quantlib.report, quantlib.stage",
+    "meta": "import pandas, plotly.express, quantlib.metaflow, quantlib.meta, quantlib.optimize, quantlib.tearsheet, "
+            "quantlib.report, quantlib.stage",
 }
 
 
@@ -385,9 +403,10 @@ def write_index(run: Run, phase: str) -> Path:
         lines += ["", f"> **FAIL:** {m['error']}"]
     if m.get("skipped"):
         lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
-    for label, key in (("Data run", "data_run"), ("Parent run", "parent_run")):
-        if m.get(key):
-            lines.append(f"- **{label}:** `{m[key]}`")
+    if m.get("data_run"):
+        lines.append(f"- **Data run:** `{m['data_run']}`")
+    if m.get("parent_run"):
+        lines.append(f"- **Parent run:** `{m['parent_run']}` ([INDEX.md](../../INDEX.md))")
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
     for index, stage in enumerate(stages(phase), start=1):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -396,7 +415,7 @@ def write_index(run: Run, phase: str) -> Path:
         status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
         lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
                      f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
-    lines += _gate_lines(run, phase)
+    lines += _gate_lines(run, phase) + _children_lines(run)
     lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
     for stage in stages(phase):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -405,6 +424,20 @@ def write_index(run: Run, phase: str) -> Path:
         for rel, digest in rec.get("lakehouse_outputs", {}).items():
             lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
     return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+
+
+def _children_lines(run: Run) -> list[str]:
+    """The sleeve runs of a meta run (runs/<META>/sleeves/<id>/), linked, with their status."""
+    rows = []
+    for manifest in sorted((run.dir / "sleeves").glob("*/manifest.json")):
+        try:
+            doc = storage.read_json(manifest)
+        except WorkbookError:
+            doc = {}
+        sid = manifest.parent.name
+        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | {doc.get('status', 'UNREADABLE')} | "
+                    f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
+    return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
 
 
 def _gate_lines(run: Run, phase: str) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ProfileError
 from .ids import check_name, check_symbol
@@ -115,6 +115,43 @@ class BacktestConfig(Strict):
     rolling_sharpe_days: int = Field(ge=5)
 
 
+class SleeveEntry(Strict):
+    """One sleeve of a meta profile: a sleeve profile (optionally pinned to a finished run) or a nested meta."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    profile: str | None = None
+    meta_profile: str | None = None
+    run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SleeveEntry":
+        if (self.profile is None) == (self.meta_profile is None):
+            raise ValueError(f"sleeve {self.id!r}: give exactly one of 'profile' or 'meta_profile'")
+        if self.run_id is not None and self.meta_profile is not None:
+            raise ValueError(f"sleeve {self.id!r}: 'run_id' pins a sleeve profile's run, not a meta_profile")
+        return self
+
+
+class AllocationConfig(Strict):
+    """Meta-optimization across sleeves (SPEC §3.5)."""
+
+    method: Literal["risk_parity", "hrp", "min_variance"]
+    min_weight: float = Field(ge=0, le=1)
+    max_weight: float = Field(gt=0, le=1)
+    risk_profile: Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]
+    train_days: int = Field(ge=10)
+    test_days: int = Field(ge=1)
+
+
+class MetaConfig(Strict):
+    """Phase 3: the sleeves of a meta portfolio (empty for data and sleeve profiles)."""
+
+    sleeves: list[SleeveEntry]
+    allocation: AllocationConfig
+    single_sleeve: bool
+    physical_cap: float = Field(gt=0, le=1)
+
+
 class FeatureFlags(Strict):
     directional_sign_test_gate_atomic: bool
     directional_sign_test_gate: bool
@@ -138,6 +175,7 @@ class Profile(Strict):
     selection: SelectionConfig
     optimizer: OptimizerConfig
     backtest: BacktestConfig
+    meta: MetaConfig
 
 
 @dataclass(frozen=True)
@@ -227,16 +265,17 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def load_profile(name: str, profiles_dir: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> ResolvedProfile:
-    """Resolve `name` (inheritance, env overrides) and validate it against the schema."""
+def load_profile(name: str, profiles_dir: Path | None = None, env: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> ResolvedProfile:
+    """Resolve `name` (inheritance, then `overrides` {section: {key: value}} -- e.g. a parent meta run's,
+    passed explicitly -- then `FW_*` env overrides) and validate it against the schema."""
     directory = profiles_dir or default_profiles_dir()
     docs, chain = load_yaml_chain(name, directory)
     merged: dict = {}
     for doc in docs:
         merged = deep_merge(merged, {k: v for k, v in doc.items() if k != "extends"})
     merged["name"] = name
-    overrides = env_overrides(env or {})
+    overrides = deep_merge(dict(overrides or {}), env_overrides(env or {}))
     for section, values in overrides.items():
         if not isinstance(merged.get(section), dict):
             raise ProfileError(

@@ -70,7 +70,8 @@ class Run:
     # construction
     @classmethod
     def create(cls, runs_dir: Path, resolved: ResolvedProfile, phase: str, workspace: Path,
-               run_id: str | None = None) -> "Run":
+               run_id: str | None = None, extra: dict[str, Any] | None = None) -> "Run":
+        """A new run directory; `extra` adds manifest fields (`runs_root`, `parent_run` of a meta's sleeve)."""
         run_id = check_run_id(run_id) if run_id else new_run_id(resolved.name)
         run_dir = Path(runs_dir) / run_id
         if run_dir.exists():
@@ -83,7 +84,7 @@ class Run:
             "created_at": utc_now(), "workspace": str(Path(workspace).resolve()),
             "git_revision": git_revision(Path(workspace)), "versions": package_versions(),
             "extends_chain": list(resolved.chain), "env_overrides": resolved.overrides,
-            "inputs": {}, "stages": {},
+            "inputs": {}, "stages": {}, **(extra or {}),
         }
         run = cls(run_dir, manifest)
         run.record_inputs(definition_files(resolved))
