@@ -221,7 +221,6 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
     kernel's working directory, which in JupyterLab is the notebook's folder).
     """
     import ipywidgets as w
-    from IPython.display import display
 
     runs_path = Path(runs_dir) if runs_dir else default_runs_dir()
     link_base = Path(link_base) if link_base else Path.cwd()
@@ -277,9 +276,8 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
         status.value = (f"running (pid {proc.pid}) · log {html.escape(str(proc.log_path))}" if code is None
                         else f"<b>{'PASS' if code == 0 else f'FAIL (exit {code})'}</b> · "
                              f"log {html.escape(str(proc.log_path))}")
-        log.clear_output(wait=True)
-        with log:
-            print(tail(proc.log_path, 40))
+        # set outputs directly: `with log:` does not capture output from the Timer's thread
+        log.outputs = ({"output_type": "stream", "name": "stdout", "text": tail(proc.log_path, 40)},)
         if code is not None:
             refresh_runs()
 
@@ -310,13 +308,16 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
 
     def refresh_runs(_=None) -> None:
         table = run_table(runs_path, link_base)
-        runs_out.clear_output(wait=True)
-        with runs_out:
-            display(table.drop(columns=["link"]).head(30)) if len(table) else print(f"no runs under {runs_path}")
+        shown = table.drop(columns=["link"]).head(30)
+        runs_out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"text/html": shown.to_html(index=False) if len(table) else
+                                      f"<i>no runs under {html.escape(str(runs_path))}</i>",
+                                      "text/plain": shown.to_string() if len(table) else f"no runs under {runs_path}"}},)
         previous = run_dd.value
         run_dd.options = [(f"{r.run_id} · {r.status}", r.run_id) for r in table.itertuples(index=False)]
-        if previous in table["run_id"].values:
-            run_dd.value = previous
+        ids = list(table["run_id"])
+        if ids:  # keep the picked run; else the newest (ipywidgets leaves the value empty otherwise)
+            run_dd.value = previous if previous in ids else ids[0]
         on_pick()
 
     def on_pick(_=None) -> None:
