@@ -233,6 +233,7 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
     profile_info = w.HTML()
     skip_validation = w.Checkbox(description="--skip-validation", value=False, indent=False)
     skip_analysis = w.Checkbox(description="--skip-analysis", value=False, indent=False)
+    local = w.Checkbox(description="--executor local", value=False, indent=False)  # meta: sleeves without Ray
     resume = w.Text(description="Resume", placeholder="run id (optional)", layout=w.Layout(width="480px"))
     command = w.HTML()
     run_btn = w.Button(description="Run", button_style="primary", icon="play")
@@ -249,6 +250,8 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
     def current_argv() -> list[str]:
         name = profile_dd.value
         flags = [cb.description for cb in (skip_validation, skip_analysis) if cb.value and not cb.disabled]
+        if local.value and not local.disabled:
+            flags += ["--executor", "local"]
         return command_for(info[name].kind, name, resume.value.strip() or None, flags)
 
     def on_profile(_=None) -> None:
@@ -257,6 +260,7 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
             return
         is_sleeve = row.kind == "sleeve"
         skip_validation.disabled = skip_analysis.disabled = not is_sleeve
+        local.disabled = row.kind != "meta"
         error = f"<br><span style='color:#b00'>{html.escape(row.error)}</span>" if row.error else ""
         profile_info.value = (f"<b>{html.escape(row.kind)}</b> · {html.escape(row.description)}<br>"
                               f"<small>extends: {html.escape(row.extends)}</small>{error}")
@@ -325,7 +329,7 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
                             else "<i>pick a run</i>")
 
     profile_dd.observe(on_profile, names="value")
-    for widget in (skip_validation, skip_analysis, resume):
+    for widget in (skip_validation, skip_analysis, local, resume):
         widget.observe(on_options, names="value")
     run_dd.observe(on_pick, names="value")
     run_btn.on_click(on_run)
@@ -337,7 +341,7 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
     return w.VBox([
         w.HTML("<h3>Fractal Workbook</h3>"),
         profile_dd, profile_info,
-        w.HBox([skip_validation, skip_analysis]), resume, command,
+        w.HBox([skip_validation, skip_analysis, local]), resume, command,
         w.HBox([run_btn, refresh_btn]), status, log,
         w.HTML("<h4>Runs</h4>"), runs_refresh, runs_out, run_dd, index_view,
     ])

@@ -65,6 +65,9 @@ def test_profile_table_lists_shipped_profiles_with_kinds():
     assert kinds["demo_crypto_long"] == "sleeve"  # its sleeve section comes from its parent's file
     assert kinds["demo_crypto_short"] == "sleeve"
     assert kinds["binance_spot_rating_ma_short"] == "sleeve"
+    for meta in ("demo_meta", "meta_rating_all", "meta_rating_ma"):  # shipped with the meta phase
+        if meta in kinds:
+            assert kinds[meta] == "meta"
     row = table.set_index("profile").loc["demo_crypto_long"]
     assert row["extends"] == "demo_crypto_long <- binance_spot_rating_all_long <- base"
     assert row["description"].startswith("Offline demo LONG sleeve")
@@ -174,7 +177,7 @@ def test_workbook_panel_builds_with_expected_widgets(runs_dir, tmp_path):
     buttons = {x.description: x for x in widgets if isinstance(x, w.Button)}
     assert set(buttons) == {"Run", "Refresh", "Refresh runs"}
     checks = {x.description: x for x in widgets if isinstance(x, w.Checkbox)}
-    assert set(checks) == {"--skip-validation", "--skip-analysis"}
+    assert set(checks) == {"--skip-validation", "--skip-analysis", "--executor local"}
     dropdowns = {x.description: x for x in widgets if isinstance(x, w.Dropdown)}
     profiles, runs = dropdowns["Profile"], dropdowns["Run"]
     values = [v for _, v in profiles.options]
@@ -194,7 +197,13 @@ def test_workbook_panel_builds_with_expected_widgets(runs_dir, tmp_path):
     assert any("python run_book.py sleeve demo_crypto_long --skip-validation</code>" in x.value for x in htmls)
     profiles.value = "demo"
     assert checks["--skip-validation"].disabled and checks["--skip-analysis"].disabled
+    assert checks["--executor local"].disabled
     assert any("python run_book.py data --profile demo</code>" in x.value for x in htmls)
+    if "demo_meta" in values:  # a meta profile takes the executor flag, not the sleeve flags
+        profiles.value = "demo_meta"
+        checks["--executor local"].value = True
+        assert checks["--skip-validation"].disabled and not checks["--executor local"].disabled
+        assert any("python run_book.py meta demo_meta --executor local</code>" in x.value for x in htmls)
     # a new run shows up after Refresh runs
     fake_run(runs_dir, "demo-20261126T000000-dddd", "demo", "data", "RUNNING", "2026-11-26T00:00:00+00:00", {})
     buttons["Refresh runs"].click()
