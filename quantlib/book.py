@@ -233,7 +233,11 @@ class SharedKernel:
             self.km = AsyncKernelManager(kernel_name="python3")
             run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"])
             if self.warm:  # queued in the kernel; the first stage's cells run after it
-                self.kc = self.km.client()
+                from jupyter_client import BlockingKernelClient
+
+                # a blocking client (its own threads, no event loop) so nbclient's async client is untouched
+                self.kc = BlockingKernelClient()
+                self.kc.load_connection_info(self.km.get_connection_info())
                 self.kc.start_channels()
                 self.kc.execute(self.warm, silent=True, store_history=False)
         return self.km
