@@ -48,8 +48,11 @@ class StageContext:
         """An input artifact that must exist (DataError names the stage that writes it)."""
         target = self.run.path(relative)
         if not target.exists():
+            resume = (f"python run_book.py data --profile {self.run.manifest['profile']} --run-id {self.run.id}"
+                      if self.phase == "data" else
+                      f"python run_book.py {self.phase} {self.run.manifest['profile']} --run-id {self.run.id}")
             raise DataError(f"stage {self.stage.name}: missing input {target}; run the earlier stages "
-                            f"of run {self.run.id} first (python run_book.py {self.phase} --run-id {self.run.id})")
+                            f"of run {self.run.id} first ({resume})")
         return target
 
 
