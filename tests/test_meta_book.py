@@ -1,0 +1,176 @@
+"""Phase 3 end to end (SPEC §3): `run_book.py demo` in reduced size (data on both venues, then the
+three-sleeve demo_meta on Ray), the same meta run sequentially (identical weights), pinned sleeves,
+nesting rules and the failure paths."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import OVERRIDES, ROOT, SCRIPT, SHORT_ENV, Workspace, art
+from quantlib.errors import ProfileError
+from quantlib.metaflow import check_meta_tree
+
+
+@pytest.fixture(scope="session")
+def demo_ws(tmp_path_factory) -> Workspace:
+    base = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    # a shorter training window leaves the weekday equities sleeve enough out-of-sample rows for the meta
+    env.update(OVERRIDES, **SHORT_ENV, FW_DATA__LAKEHOUSE=str(base / "lakehouse"), FW_SLEEVE__TRAIN_DAYS="120",
+               FW_SLEEVE__MIN_HISTORY_DAYS="120")
+    return Workspace(base / "runs", base / "lakehouse", env)
+
+
+@pytest.fixture(scope="session")
+def demo(demo_ws):
+    result = demo_ws.book("demo")
+    metas = [m for m in demo_ws.runs_dir.glob("*/manifest.json") if json.loads(m.read_text())["phase"] == "meta"]
+    assert len(metas) == 1, f"{result.stdout}\n{result.stderr}"
+    from quantlib.runs import Run
+    return result, Run.at(metas[0].parent)
+
+
+@pytest.fixture(scope="session")
+def meta_local(demo_ws, demo):
+    result = demo_ws.book("meta", "demo_meta", "--executor", "local")
+    return result, demo_ws.run_of(result)
+
+
+def test_demo_runs_the_whole_workflow_and_prints_the_report(demo):
+    result, run = demo
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert "meta_portfolio_report.md" in result.stdout and str(run.dir) in result.stdout
+    assert result.stdout.count("PASS  ") == 3  # two data runs and the meta run
+    report = (run.dir / "meta_portfolio_report.md").read_text()
+    assert "Status: PASS" in report
+    for section in ("Sleeve completeness", "Sign tests", "Allocation", "Sleeve correlations", "Performance",
+                    "Flattened book"):
+        assert re.search(rf"^## {section} — PASS$", report, flags=re.M), section
+
+
+def test_sleeves_ran_as_ray_tasks_in_the_meta_run_and_indexes_link_both_ways(demo):
+    _, run = demo
+    doc = art(run, "artifacts/sleeves.json")
+    assert doc["executor"] == "ray" and [s["id"] for s in doc["sleeves"]] == ["crypto_long", "crypto_short", "equities_long"]
+    index = (run.dir / "INDEX.md").read_text()
+    assert f"**Run id:** `{run.id}`" in index and "`demo_meta`" in index
+    for sleeve in doc["sleeves"]:
+        assert Path(sleeve["run_dir"]) == run.dir / "sleeves" / sleeve["id"] and sleeve["status"] == "PASS"
+        assert f"(sleeves/{sleeve['id']}/INDEX.md)" in index
+        child = (run.dir / "sleeves" / sleeve["id"] / "INDEX.md").read_text()
+        assert f"**Parent run:** `{run.id}`" in child and f"**Run id:** `{sleeve['id']}`" in child
+        assert "**Status:** PASS" in child
+    assert not list(Path.home().glob(".ray/auth_token"))  # Ray wrote nothing to the home directory
+
+
+def test_mixed_calendars_join_on_common_weekdays_without_zero_fill(demo):
+    _, run = demo
+    matrix = art(run, "artifacts/sleeve_returns.parquet")
+    agg = art(run, "artifacts/aggregation.json")
+    assert (matrix.index.day_of_week < 5).all()  # the equities sleeve trades weekdays only
+    assert agg["rows_dropped"]["crypto_long"] > 0 and agg["rows_dropped"]["equities_long"] == 0
+    assert not (matrix == 0).all(axis=1).any()
+
+
+def test_meta_weights_and_flattening_conserve_net_exposure_and_keep_short_signs(demo):
+    _, run = demo
+    weights = art(run, "artifacts/meta_weights.parquet")["weight"]
+    assert weights.sum() == pytest.approx(1.0) and weights.between(0.05 - 1e-12, 0.95 + 1e-12).all()
+    flat = art(run, "artifacts/meta_flattened.parquet").set_index("symbol")
+    risk = run.profile.meta.allocation.risk_profile
+    expected = 0.0
+    for sleeve, w in weights.items():
+        book = art(run, f"sleeves/{sleeve}/artifacts/flattened.parquet")
+        book = book[book["profile"] == risk]
+        expected += w * book["net_weight"].sum()
+        if sleeve == "crypto_short":
+            only_short = set(book["symbol"]) - {s for s in flat.index if "+" in flat.at[s, "contributors"]}
+            assert (flat.loc[sorted(only_short), "net_weight"] < 0).all()
+    assert flat["net_weight"].sum() == pytest.approx(expected, abs=1e-12)
+    assert art(run, "artifacts/meta_returns.parquet")["meta"].notna().sum() > 0
+
+
+def test_ray_and_sequential_runs_give_identical_weights(demo, meta_local):
+    (_, ray_run), (result, local_run) = demo, meta_local
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert art(local_run, "artifacts/sleeves.json")["executor"] == "local"
+    pd.testing.assert_frame_equal(art(ray_run, "artifacts/meta_weights.parquet"),
+                                  art(local_run, "artifacts/meta_weights.parquet"))
+    for sleeve in ("crypto_long", "crypto_short", "equities_long"):
+        pd.testing.assert_frame_equal(art(ray_run, f"sleeves/{sleeve}/artifacts/weights.parquet"),
+                                      art(local_run, f"sleeves/{sleeve}/artifacts/weights.parquet"))
+
+
+def test_a_pinned_sleeve_is_read_where_it_is_and_nothing_else_runs(workspace, long_sleeve):
+    _, sleeve = long_sleeve
+    pinned = f"[{{id: pinned, profile: demo_crypto_long, run_id: {sleeve.id}}}]"
+    result = workspace.book("meta", "demo_meta", "--executor", "local",
+                            env={"FW_META__SLEEVES": pinned, "FW_META__SINGLE_SLEEVE": "true"})
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    run = workspace.run_of(result)
+    doc = art(run, "artifacts/sleeves.json")["sleeves"]
+    assert doc == [{**doc[0], "run_dir": str(sleeve.dir), "pinned": True, "status": "PASS"}]
+    assert not (run.dir / "sleeves").exists()
+    assert art(run, "artifacts/meta_weights.parquet")["weight"].tolist() == [1.0]
+
+
+def test_a_pinned_run_that_does_not_exist_fails_the_meta(workspace, first, tmp_path):
+    result = workspace.book("meta", "demo_meta", "--executor", "local", runs_dir=tmp_path,
+                            env={"FW_META__SLEEVES": "[{id: a, profile: demo_crypto_long, run_id: nope-123}]",
+                                 "FW_META__SINGLE_SLEEVE": "true"})
+    assert result.returncode == 1
+    index = (workspace.run_of(result, runs_dir=tmp_path).dir / "INDEX.md").read_text()
+    assert "**Status:** FAIL" in index and "pinned run 'nope-123'" in index
+
+
+def test_a_failed_sleeve_fails_the_meta_naming_its_notebook_and_cell(workspace, first, tmp_path):
+    sleeves = "[{id: a, profile: demo_crypto_long}, {id: b, profile: demo_crypto_short}]"
+    result = workspace.book("meta", "demo_meta", "--executor", "local",
+                            env={"FW_META__SLEEVES": sleeves, "FW_SLEEVE__MIN_ASSETS_AFTER_HEALTH": "500"})
+    assert result.returncode == 1
+    run = workspace.run_of(result)
+    error = run.manifest["error"]
+    assert "sleeve 'a'" in error and re.search(r"01_aggregate\.ipynb cell \d+", error)
+    assert "**Status:** FAIL" in (run.dir / "INDEX.md").read_text()
+    assert not (run.dir / "meta_portfolio_report.md").exists()  # nothing downstream claims anything
+
+
+def test_an_unknown_sleeve_profile_is_rejected_before_any_run(workspace, tmp_path):
+    result = workspace.book("meta", "demo_meta", runs_dir=tmp_path,
+                            env={"FW_META__SLEEVES": "[{id: a, profile: no_such_profile}, {id: b, profile: demo}]"})
+    assert result.returncode == 2 and "no_such_profile" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def _meta_profiles(tmp_path: Path, metas: dict[str, list[str]]) -> Path:
+    from quantlib.profiles import default_profiles_dir
+
+    for name in ("base", "demo_crypto_long", "binance_spot_rating_all_long"):
+        (tmp_path / f"{name}.yaml").write_text((default_profiles_dir() / f"{name}.yaml").read_text())
+    for name, children in metas.items():
+        rows = "".join(f"    - {{id: s{i}, meta_profile: {c}}}\n" if c.startswith("m") else
+                       f"    - {{id: s{i}, profile: {c}}}\n" for i, c in enumerate(children))
+        (tmp_path / f"{name}.yaml").write_text(f"meta:\n  sleeves:\n{rows}")
+    return tmp_path
+
+
+def test_nested_metas_are_allowed_to_depth_three_and_cycles_are_rejected_with_the_chain(tmp_path):
+    leaf = ["demo_crypto_long", "demo_crypto_long"]
+    d = _meta_profiles(tmp_path, {"m1": leaf, "m2": ["m1", "demo_crypto_long"], "m3": ["m2", "demo_crypto_long"],
+                                  "m4": ["m3", "demo_crypto_long"], "ma": ["mb", "demo_crypto_long"],
+                                  "mb": ["ma", "demo_crypto_long"]})
+    assert check_meta_tree("m1", profiles_dir=d) == 1 and check_meta_tree("m3", profiles_dir=d) == 3
+    with pytest.raises(ProfileError, match="deeper than 3: m4 -> m3 -> m2 -> m1"):
+        check_meta_tree("m4", profiles_dir=d)
+    with pytest.raises(ProfileError, match="cyclic meta_profile in 'mb': ma -> mb -> ma"):
+        check_meta_tree("ma", profiles_dir=d)
+    with pytest.raises(ProfileError, match="not a meta profile"):
+        check_meta_tree("demo_crypto_long", profiles_dir=d)
