@@ -1,0 +1,79 @@
+"""Benchmark: the whole walk-forward validation of a demo sleeve with each optimizer engine.
+
+Makes an offline data run and a sleeve run (`--skip-validation`) in a temp workspace, then runs
+`backtest.run` in this process on that run's artifacts (~1 year of daily out-of-sample bars, 10-day
+steps, all five risk profiles) with `optimizer.engine` native and riskfolio, and reports wall time, the
+ratio, and where the time goes (selection, optimization, simulation incl. vectorbt, the rest).
+Usage: python bench/bench_validation.py [--profile demo_crypto_long]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def timed(table: dict, key: str, fn):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            table[key] += time.perf_counter() - start
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", default="demo_crypto_long")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, lake = Path(tmp) / "runs", Path(tmp) / "lake"
+        env = dict(os.environ, FW_DATA__LAKEHOUSE=str(lake), FW_SOURCE__AS_OF="2026-11-25T06:00:00Z")
+        for argv in (["data", "--profile", "demo"], ["sleeve", args.profile, "--skip-validation", "--skip-analysis"]):
+            subprocess.run([sys.executable, "run_book.py", "--runs-dir", str(runs), *argv], cwd=ROOT, env=env,
+                           check=True, capture_output=True)
+        sleeve = next(p.parent for p in runs.glob(f"{args.profile}-*/manifest.json"))
+        import pandas as pd
+
+        from quantlib import backtest, sleeveflow
+        from quantlib.profiles import load_profile
+
+        art = {n: pd.read_parquet(sleeve / "artifacts" / f"{n}.parquet")
+               for n in ("returns", "candidates", "features", "benchmark")}
+        results = {}
+        for engine in ("native", "riskfolio"):
+            profile = load_profile(args.profile, env={"FW_OPTIMIZER__ENGINE": engine}).profile
+            table: dict[str, float] = defaultdict(float)
+            originals = (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate)
+            sleeveflow.select_window = timed(table, "selection", originals[0])
+            sleeveflow.optimize_window = timed(table, "optimization", originals[1])
+            backtest._simulate = timed(table, "simulation", originals[2])
+            try:
+                if engine == "native":  # warm imports and vectorbt's numba cache outside the timing
+                    backtest.run(art["returns"], art["candidates"], art["features"], art["benchmark"]["benchmark"], profile)
+                    table.clear()
+                start = time.perf_counter()
+                wf = backtest.run(art["returns"], art["candidates"], art["features"], art["benchmark"]["benchmark"], profile)
+                wall = time.perf_counter() - start
+            finally:
+                sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate = originals
+            results[engine] = wall
+            rest = wall - sum(table.values())
+            print(f"{engine:<9} {wall:6.1f} s for {len(wf.windows)} windows x {len(profile.optimizer.profiles)} profiles "
+                  f"({len(wf.returns)} days): selection {table['selection']:.1f} s, optimization "
+                  f"{table['optimization']:.1f} s, simulation (reference + vectorbt) {table['simulation']:.1f} s, "
+                  f"other {rest:.1f} s")
+        print(f"riskfolio / native wall time: {results['riskfolio'] / results['native']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
