@@ -131,7 +131,8 @@ def _execute_ray(specs: list[dict], address: str | None, temp_dir: str | None, o
         if address:
             ray.init(address=address, configure_logging=False, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=temp_dir,
+            # address="local": always a fresh instance of this run's own (never another meta's cluster)
+            ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=temp_dir,
                      configure_logging=False, log_to_driver=False)
     except Exception as exc:
         raise WorkbookError(f"sleeves: cannot start Ray{f' at {address}' if address else ''} "
@@ -182,6 +183,10 @@ def run_sleeves(ctx: StageContext) -> list[dict]:
 
     temp = ray_temp_dir(ctx.run) if executor == "ray" and not address else None
     results = pinned + execute(specs, executor, address, temp, report)
+    if temp and all(r["status"] == "PASS" for r in results):
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)  # Ray's session logs are kept only when a sleeve failed
     doc = {"run_id": ctx.run.id, "executor": executor, "ray_address": address, "ray_temp_dir": temp,
            "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
     storage.write_json(ctx.path("artifacts/sleeves.json"), doc)
