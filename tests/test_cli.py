@@ -78,7 +78,7 @@ def make_run(runs_dir: Path, tmp_path: Path, status: str | None = None, phase: s
 def test_top_level_help_lists_every_command_and_runs_dir(capsys):
     code, out, _ = cli(capsys, "--help")
     assert code == 0
-    for command in ("data", "demo", "runs", "show"):
+    for command in ("data", "sleeve", "meta", "baseline", "demo", "audit-lookahead", "runs", "show"):
         assert f"\n    {command} " in out, out
     assert "--runs-dir" in out
     assert "Phase 1" in out and "list runs" in out and "INDEX.md" in out
@@ -86,7 +86,11 @@ def test_top_level_help_lists_every_command_and_runs_dir(capsys):
 
 @pytest.mark.parametrize("command, purpose", [
     ("data", ["data phase", "--profile", "--run-id", "resume"]),
-    ("demo", ["simulated", "data phase"]),
+    ("demo", ["simulated", "Data phase", "demo_meta", "--executor", "--ray-address"]),
+    ("sleeve", ["PROFILE", "--skip-validation", "--skip-analysis", "--run-id", "audit"]),
+    ("meta", ["PROFILE", "Ray", "--executor", "--ray-address", "completeness"]),
+    ("baseline", ["rating_all", "long and short", "audit"]),
+    ("audit-lookahead", ["RUN_ID", "--at", "perturbed"]),
     ("runs", ["List runs"]),
     ("show", ["INDEX.md", "RUN_ID"]),
 ])
