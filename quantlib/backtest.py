@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import GateError
 from .metrics import metrics_table
-from .profiles import Profile
+from .profiles import ANNUALIZATION, Profile
 from .synthesis import Direction, atom_id, synthetic_returns
 
 ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
@@ -52,7 +52,7 @@ def settings(profile: Profile) -> Settings:
     pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
     fees = (pick(bt.slippage_bp, "slippage_bp") + pick(bt.commission_bp, "commission_bp")) / 1e4
     return Settings(train_days=bt.train_days or profile.sleeve.train_days, test_days=pick(bt.test_days, "test_days"),
-                    fees=fees, annualization=365 if cls == "crypto" else 252,
+                    fees=fees, annualization=ANNUALIZATION[cls],
                     simulators=tuple(bt.simulators), parity_tolerance=bt.parity_tolerance)
 
 

@@ -399,8 +399,8 @@ def write_index(run: Run, phase: str) -> Path:
              f"- **Phase:** {phase}",
              f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
              f"- **Git revision:** `{m.get('git_revision', '')}`",
-             f"- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
-             f"[manifest.json](manifest.json)"]
+             "- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
+             "[manifest.json](manifest.json)"]
     if m.get("env_overrides"):
         lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
     if m.get("error"):

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 
 from . import storage
 from .errors import DataError, GateError, ProfileError, WorkbookError

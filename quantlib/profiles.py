@@ -21,6 +21,7 @@ from .errors import ProfileError
 from .ids import check_name, check_symbol
 
 BASE_PROFILE = "base"
+ANNUALIZATION = {"crypto": 365, "equities": 252}  # periods per year: 24x7 crypto, weekday equities
 ENV_PREFIX = "FW_"
 
 

@@ -1,6 +1,7 @@
 """Phase 2 stage functions: one sleeve's book (SPEC §2.1-2.6). The sleeve notebooks are thin wrappers.
 
-aggregate -> select -> synthesize -> pre_opt -> optimize -> report. Only `aggregate` reads the shared
+aggregate -> select -> synthesize -> pre_opt -> optimize -> report -> validate (optional) ->
+post_analysis (optional). Only `aggregate` reads the shared
 lakehouse and the data run: it copies what the sleeve needs into the run (and records the hashes of
 what it read); every later stage reads the run's own artifacts.
 """
@@ -14,10 +15,9 @@ import pandas as pd
 
 from . import storage
 from .errors import DataError, GateError
-from .profiles import Profile
+from .profiles import ANNUALIZATION, Profile
 from .runs import Run, list_runs, utc_now
 from .stage import StageContext
-from .synthesis import Direction
 
 CANDIDATE_FIELDS = ["symbol", "direction", "logic", "scanner", "value_traded", "recommend_all", "recommend_ma"]
 
@@ -27,7 +27,7 @@ class HealthError(GateError):
 
 
 def annualization(asset_class: str) -> int:
-    return 365 if asset_class == "crypto" else 252
+    return ANNUALIZATION[asset_class]
 
 
 # ----------------------------------------------------------------------------------------------

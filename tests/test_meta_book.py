@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import OVERRIDES, ROOT, SCRIPT, SHORT_ENV, Workspace, art
+from conftest import OVERRIDES, SHORT_ENV, Workspace, art
 from quantlib.errors import ProfileError
 from quantlib.metaflow import check_meta_tree
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import indicators as ind
 from quantlib import ratings as R
 
 NAN = np.nan
