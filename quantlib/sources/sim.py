@@ -212,8 +212,9 @@ class SimExchange(MarketDataSource):
         market = mu + _garch(market_rng, T, 1, 0.025 if crypto else 0.009)[:, 0]
 
         eps = np.empty((T, N))
-        for j, asset in enumerate(assets):
-            eps[:, j] = _garch(np.random.default_rng(asset.seed), T, 1, asset.vol)[:, 0]
+        for j, asset in enumerate(assets):  # each asset's own seeded innovations ...
+            eps[:, j] = _student_t(np.random.default_rng(asset.seed), T, 1)[:, 0]
+        eps = _garch_filter(eps, np.array([a.vol for a in assets]))  # ... one GARCH pass over all of them
         beta = np.array([a.beta for a in assets])
         drift = np.array([a.drift for a in assets])
         kinds = np.array([a.kind for a in assets])
@@ -334,14 +335,24 @@ def _replace(asset: _Asset, **changes) -> _Asset:
     return _Asset(**{**asset.__dict__, **changes})
 
 
-def _garch(rng: np.random.Generator, T: int, N: int, vol: float, alpha: float = 0.08,
-           beta: float = 0.9, df: float = 4.0) -> np.ndarray:
-    """GARCH(1,1) returns with unit-variance Student-t innovations and unconditional vol `vol`."""
-    z = rng.standard_t(df, size=(T, N)) / np.sqrt(df / (df - 2))
+def _student_t(rng: np.random.Generator, T: int, N: int, df: float = 4.0) -> np.ndarray:
+    """Unit-variance Student-t innovations (fat tails)."""
+    return rng.standard_t(df, size=(T, N)) / np.sqrt(df / (df - 2))
+
+
+def _garch_filter(z: np.ndarray, vol: np.ndarray | float, alpha: float = 0.08, beta: float = 0.9) -> np.ndarray:
+    """GARCH(1,1) returns from innovations `z` (T x N) with unconditional vol `vol` (per column)."""
+    vol = np.broadcast_to(np.asarray(vol, dtype=float), z.shape[1:])
     omega = vol ** 2 * (1 - alpha - beta)
-    out = np.empty((T, N))
-    var = np.full(N, vol ** 2)
-    for t in range(T):
+    out = np.empty_like(z)
+    var = vol ** 2
+    for t in range(z.shape[0]):
         out[t] = np.sqrt(var) * z[t]
         var = omega + alpha * out[t] ** 2 + beta * var
     return out
+
+
+def _garch(rng: np.random.Generator, T: int, N: int, vol: float, alpha: float = 0.08,
+           beta: float = 0.9, df: float = 4.0) -> np.ndarray:
+    """GARCH(1,1) returns with unit-variance Student-t innovations and unconditional vol `vol`."""
+    return _garch_filter(_student_t(rng, T, N, df), vol, alpha, beta)
