@@ -83,9 +83,9 @@ def refresh_metadata(ctx: StageContext) -> dict:
 
 
 def _usable_symbols(ctx: StageContext, symbols: list[str]) -> list[str]:
-    excluded = ctx.lake.excluded_symbols()
-    tf = ctx.profile.data.timeframe
-    return [s for s in symbols if s not in excluded and ctx.lake.ohlcv_path(s, tf).exists()]
+    lake, tf = ctx.lake, ctx.profile.data.timeframe
+    excluded = lake.excluded_symbols()
+    return [s for s in symbols if s not in excluded and lake.ohlcv_path(s, tf).exists()]
 
 
 def technicals(ctx: StageContext) -> pd.DataFrame:

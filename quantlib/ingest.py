@@ -85,13 +85,16 @@ def ingest_symbol(source: MarketDataSource, lake: Lakehouse, symbol: str, cfg: D
             return SymbolResult(symbol, "toxic", reason="registered toxic earlier; bars not fetched")
         bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[cfg.timeframe])
         now = source.now()
+        stored = lake.read_ohlcv_arrays(symbol, cfg.timeframe)  # fast path: pyarrow, no pandas per symbol
+        if stored is not None and len(stored["ts"]):
+            last = pd.Timestamp(int(stored["ts"][-1]), tz="UTC")
+            if last + bar >= now - pd.Timedelta(hours=cfg.freshness_hours):
+                tail = pd.DataFrame({k: stored[k][-cfg.flat_bars:] for k in ("close", "volume")})
+                return SymbolResult(symbol, "fresh", bars=len(stored["ts"]), last_bar=last,
+                                    flags=",".join(quality_flags(tail, cfg.flat_bars)))
         existing = lake.read_ohlcv(symbol, cfg.timeframe)
         if not existing.empty:
-            last = existing["ts"].iloc[-1]
-            if last + bar >= now - pd.Timedelta(hours=cfg.freshness_hours):
-                return SymbolResult(symbol, "fresh", bars=len(existing), last_bar=last,
-                                    flags=",".join(quality_flags(existing, cfg.flat_bars)))
-            since = last
+            since = existing["ts"].iloc[-1]
         else:
             since = (now - pd.Timedelta(days=cfg.lookback_days + 100)).floor("D")
         limiter.wait()

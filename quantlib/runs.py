@@ -9,6 +9,7 @@ import platform
 import secrets
 import subprocess
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -113,8 +114,9 @@ class Run:
     def workspace(self) -> Path:
         return Path(self.manifest["workspace"])
 
-    @property
+    @cached_property
     def resolved(self) -> ResolvedProfile:
+        """The run's resolved profile (parsed once: stages read it many times)."""
         from pydantic import ValidationError
 
         path = self.dir / RESOLVED_PROFILE
