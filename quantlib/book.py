@@ -179,6 +179,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     run.manifest["skipped"] = dict(skip)
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
+    exports = HtmlExports()
     try:
         for index, stage in enumerate(plan, start=1):
             if stage.optional and stage.name in skip:
@@ -190,7 +191,8 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 continue
             rerun = True
             say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
-            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel)
+            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel,
+                                    exports)
             say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
         run.manifest["status"] = "PASS"
         run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
@@ -206,6 +208,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
         return False
     finally:
         kernel.close()
+        exports.wait()
         run.manifest["finished_at"] = utc_now()
         run.save()
         write_index(run, phase)
@@ -275,7 +278,7 @@ def with_namespace_reset(source: Path):
 
 
 def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool,
-                  kernel: SharedKernel | None = None) -> float:
+                  kernel: SharedKernel | None = None, exports: "HtmlExports | None" = None) -> float:
     """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
     km = kernel.manager() if kernel else None  # start the kernel first: it boots while papermill imports
     import papermill as pm
@@ -310,7 +313,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
         if export_html and target.exists():
-            _export_html(target, record)
+            (exports.submit if exports else _export_html)(target, record)
     seconds = time.perf_counter() - start
     outputs = {}
     missing = []
@@ -333,12 +336,39 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     return seconds
 
 
-def _export_html(notebook: Path, record: dict) -> None:
+class HtmlExports:
+    """HTML exports in a background thread: nbconvert runs while the kernel computes the next stage.
+
+    The thread never touches the manifest: `wait` (called before the manifest and INDEX.md are
+    written for the last time) copies each result (`html` or `html_error`) into its stage record.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html-export")
+        self.pending: list = []
+
+    def submit(self, notebook: Path, record: dict) -> None:
+        self.pending.append((record, self.pool.submit(_html_result, notebook)))
+
+    def wait(self) -> None:
+        for record, future in self.pending:
+            record.update(future.result())
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+
+
+def _html_result(notebook: Path) -> dict:
     """Export the HTML report; a failed export is recorded, never masks the stage's own outcome."""
     try:
-        record["html"] = f"notebooks/{export_notebook_html(notebook).name}"
+        return {"html": f"notebooks/{export_notebook_html(notebook).name}"}
     except Exception as exc:
-        record["html_error"] = f"{type(exc).__name__}: {exc}"
+        return {"html_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _export_html(notebook: Path, record: dict) -> None:
+    record.update(_html_result(notebook))
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:
