@@ -298,7 +298,7 @@ def assert_parity(ours, ref, tol=1e-9, after=None):
     assert err.max() <= tol, f"max scaled error {err.max():.3e}"
 
 
-def _both(goog, ours_fn, ref_fn, names, tol=1e-9, after=None):
+def assert_both_agree(goog, ours_fn, ref_fn, names, tol=1e-9, after=None):
     """Check one column and the 2-column panel with a leading-NaN offset."""
     args = [goog[n] for n in names]
     assert_parity_any(ours_fn(*args), ref_fn(*args), tol, after)
@@ -317,24 +317,24 @@ def assert_parity_any(ours, ref, tol, after):
 
 @pytest.mark.parametrize("n", [10, 20, 30, 50, 100, 200])
 def test_sma_ema_vs_talib(goog, n):
-    _both(goog, lambda c: ind.sma(c, n), lambda c: talib.SMA(c, n), ["close"])
-    _both(goog, lambda c: ind.ema(c, n), lambda c: talib.EMA(c, n), ["close"])
+    assert_both_agree(goog, lambda c: ind.sma(c, n), lambda c: talib.SMA(c, n), ["close"])
+    assert_both_agree(goog, lambda c: ind.ema(c, n), lambda c: talib.EMA(c, n), ["close"])
 
 
 def test_wma_vs_talib(goog):
     for n in (3, 4, 9, 20):
-        _both(goog, lambda c: ind.wma(c, n), lambda c: talib.WMA(c, n), ["close"])
+        assert_both_agree(goog, lambda c: ind.wma(c, n), lambda c: talib.WMA(c, n), ["close"])
 
 
 def test_rsi_vs_talib(goog):
-    _both(goog, ind.rsi, lambda c: talib.RSI(c, 14), ["close"])
+    assert_both_agree(goog, ind.rsi, lambda c: talib.RSI(c, 14), ["close"])
 
 
 def test_stoch_vs_talib(goog):
     # TA-Lib emits %K only once %D exists (row 17); ours starts %K at row 15 as defined (14 + 3 - 2)
     ours_k, _ = ind.stoch(goog["high"], goog["low"], goog["close"])
     assert first_valid_row(ours_k) == 15
-    _both(
+    assert_both_agree(
         goog,
         lambda h, l, c: ind.stoch(h, l, c, 14, 3, 3),
         lambda h, l, c: talib.STOCH(h, l, c, 14, 3, 0, 3, 0),
@@ -342,7 +342,7 @@ def test_stoch_vs_talib(goog):
         after=slice(OFFSET + 17, None),
     )
     # %D has the same warm-up as TA-Lib
-    _both(
+    assert_both_agree(
         goog,
         lambda h, l, c: ind.stoch(h, l, c)[1],
         lambda h, l, c: talib.STOCH(h, l, c, 14, 3, 0, 3, 0)[1],
@@ -351,7 +351,7 @@ def test_stoch_vs_talib(goog):
 
 
 def test_cci_vs_talib(goog):
-    _both(goog, ind.cci, lambda h, l, c: talib.CCI(h, l, c, 20), ["high", "low", "close"])
+    assert_both_agree(goog, ind.cci, lambda h, l, c: talib.CCI(h, l, c, 20), ["high", "low", "close"])
 
 
 def test_dmi_vs_talib(goog):
@@ -369,9 +369,9 @@ def test_dmi_vs_talib(goog):
     # and they do differ right after the warm-up (so the decay argument is what makes them agree)
     assert abs(ours[2][27] - refs[2][27]) > 1e-3
     late = slice(OFFSET + 400, None)
-    _both(goog, ind.plus_di, lambda h, l, c: talib.PLUS_DI(h, l, c, 14), names, after=late)
-    _both(goog, ind.minus_di, lambda h, l, c: talib.MINUS_DI(h, l, c, 14), names, after=late)
-    _both(goog, ind.adx, lambda h, l, c: talib.ADX(h, l, c, 14), names, after=late)
+    assert_both_agree(goog, ind.plus_di, lambda h, l, c: talib.PLUS_DI(h, l, c, 14), names, after=late)
+    assert_both_agree(goog, ind.minus_di, lambda h, l, c: talib.MINUS_DI(h, l, c, 14), names, after=late)
+    assert_both_agree(goog, ind.adx, lambda h, l, c: talib.ADX(h, l, c, 14), names, after=late)
 
 
 def _dmi_tradingview_loop(h, l, c, n=14):
@@ -401,11 +401,11 @@ def _dmi_tradingview_loop(h, l, c, n=14):
 
 
 def test_dmi_vs_tradingview_loop_from_first_value(goog):
-    _both(goog, ind.dmi, _dmi_tradingview_loop, ["high", "low", "close"])
+    assert_both_agree(goog, ind.dmi, _dmi_tradingview_loop, ["high", "low", "close"])
 
 
 def test_momentum_vs_talib(goog):
-    _both(goog, ind.momentum, lambda c: talib.MOM(c, 10), ["close"])
+    assert_both_agree(goog, ind.momentum, lambda c: talib.MOM(c, 10), ["close"])
 
 
 def test_macd_vs_talib(goog):
@@ -418,8 +418,8 @@ def test_macd_vs_talib(goog):
         sig = talib.EMA(line, 9)
         return line, sig, line - sig
 
-    _both(goog, ind.macd, ref, ["close"])
-    _both(goog, ind.macd, lambda c: talib.MACD(c, 12, 26, 9), ["close"], after=slice(OFFSET + 300, None))
+    assert_both_agree(goog, ind.macd, ref, ["close"])
+    assert_both_agree(goog, ind.macd, lambda c: talib.MACD(c, 12, 26, 9), ["close"], after=slice(OFFSET + 300, None))
 
 
 def test_stoch_rsi_vs_talib(goog):
@@ -431,16 +431,16 @@ def test_stoch_rsi_vs_talib(goog):
 
     k, d = ind.stoch_rsi(goog["close"])
     assert first_valid_row(k) == 29 and first_valid_row(d) == 31
-    _both(goog, ind.stoch_rsi, ref, ["close"], after=slice(OFFSET + 31, None))
-    _both(goog, lambda c: ind.stoch_rsi(c)[1], lambda c: ref(c)[1], ["close"])
+    assert_both_agree(goog, ind.stoch_rsi, ref, ["close"], after=slice(OFFSET + 31, None))
+    assert_both_agree(goog, lambda c: ind.stoch_rsi(c)[1], lambda c: ref(c)[1], ["close"])
 
 
 def test_williams_r_vs_talib(goog):
-    _both(goog, ind.williams_r, lambda h, l, c: talib.WILLR(h, l, c, 14), ["high", "low", "close"])
+    assert_both_agree(goog, ind.williams_r, lambda h, l, c: talib.WILLR(h, l, c, 14), ["high", "low", "close"])
 
 
 def test_ultimate_oscillator_vs_talib(goog):
-    _both(goog, ind.ultimate_oscillator, lambda h, l, c: talib.ULTOSC(h, l, c, 7, 14, 28), ["high", "low", "close"])
+    assert_both_agree(goog, ind.ultimate_oscillator, lambda h, l, c: talib.ULTOSC(h, l, c, 7, 14, 28), ["high", "low", "close"])
 
 
 def test_ichimoku_vs_talib(goog):
@@ -448,10 +448,10 @@ def test_ichimoku_vs_talib(goog):
         conv, base, sb = talib.MIDPRICE(h, l, 9), talib.MIDPRICE(h, l, 26), talib.MIDPRICE(h, l, 52)
         return conv, base, (conv + base) / 2, sb
 
-    _both(goog, ind.ichimoku, ref, ["high", "low"])
+    assert_both_agree(goog, ind.ichimoku, ref, ["high", "low"])
     # and the rolling extremes themselves against talib.MAX / MIN
-    _both(goog, lambda h: ind.rolling_max(h, 52), lambda h: talib.MAX(h, 52), ["high"])
-    _both(goog, lambda l: ind.rolling_min(l, 26), lambda l: talib.MIN(l, 26), ["low"])
+    assert_both_agree(goog, lambda h: ind.rolling_max(h, 52), lambda h: talib.MAX(h, 52), ["high"])
+    assert_both_agree(goog, lambda l: ind.rolling_min(l, 26), lambda l: talib.MIN(l, 26), ["low"])
 
 
 # --- pandas references for what TA-Lib does not have --------------------------------------------
@@ -465,7 +465,7 @@ def test_hma_vs_pandas(goog):
         s = pd.Series(c)
         return (_pd_wma(2 * _pd_wma(s, 4) - _pd_wma(s, 9), 3)).to_numpy()
 
-    _both(goog, ind.hma, ref, ["close"])
+    assert_both_agree(goog, ind.hma, ref, ["close"])
 
 
 def test_vwma_vs_pandas(goog):
@@ -473,7 +473,7 @@ def test_vwma_vs_pandas(goog):
         cs, vs = pd.Series(c), pd.Series(v)
         return ((cs * vs).rolling(20).sum() / vs.rolling(20).sum()).to_numpy()
 
-    _both(goog, ind.vwma, ref, ["close", "volume"])
+    assert_both_agree(goog, ind.vwma, ref, ["close", "volume"])
 
 
 def test_awesome_oscillator_vs_pandas(goog):
@@ -481,7 +481,7 @@ def test_awesome_oscillator_vs_pandas(goog):
         m = pd.Series((h + l) / 2)
         return (m.rolling(5).mean() - m.rolling(34).mean()).to_numpy()
 
-    _both(goog, ind.awesome_oscillator, ref, ["high", "low"])
+    assert_both_agree(goog, ind.awesome_oscillator, ref, ["high", "low"])
 
 
 def test_bull_bear_power_vs_pandas(goog):
@@ -493,7 +493,7 @@ def test_bull_bear_power_vs_pandas(goog):
         e = seeded.ewm(alpha=2 / 14, adjust=False).mean().to_numpy()
         return h - e, l - e
 
-    _both(goog, ind.bull_bear_power, ref, ["high", "low", "close"])
+    assert_both_agree(goog, ind.bull_bear_power, ref, ["high", "low", "close"])
 
 
 def test_rolling_sum_no_cancellation_on_scale_change():
