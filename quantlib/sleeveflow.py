@@ -386,9 +386,12 @@ def validate(ctx: StageContext, progress: bool = True):
     art = lambda rel: storage.read_parquet(ctx.require(f"artifacts/{rel}"))  # noqa: E731
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        import sys
 
-        bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window")  # noqa: E731
+        from tqdm import tqdm  # the text bar: a widget bar would be saved as "0%" in the executed notebook
+
+        bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window", file=sys.stdout,  # noqa: E731
+                              mininterval=1.0)
     wf = backtest.run(art("returns.parquet"), art("candidates.parquet"), art("features.parquet"),
                       art("benchmark.parquet")["benchmark"], ctx.profile, progress=bar)
     for name, frame in (("returns", wf.returns), ("benchmarks", wf.benchmarks), ("turnover", wf.turnover),
