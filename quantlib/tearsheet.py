@@ -78,13 +78,22 @@ def equity_figure(portfolio: pd.DataFrame, benchmark: pd.Series | None = None, t
     series = dict(portfolio.items())
     if benchmark is not None:
         series["benchmark"] = benchmark.reindex(portfolio.index)
-    for name, r in series.items():
-        fig.add_trace(go.Scatter(x=r.index, y=wealth(r.dropna()), name=name, legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Scatter(x=r.index, y=drawdown(r.dropna()), name=name, legendgroup=name, showlegend=False),
-                      row=2, col=1)
+    palette = px_colors()
+    for i, (name, r) in enumerate(series.items()):
+        line = {"color": palette[i % len(palette)]}  # one colour per series in both panels
+        fig.add_trace(go.Scatter(x=r.index, y=wealth(r.dropna()), name=name, legendgroup=name, line=line),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=r.index, y=drawdown(r.dropna()), name=name, legendgroup=name, line=line,
+                                 showlegend=False), row=2, col=1)
     fig.update_yaxes(title_text="wealth", row=1, col=1)
     fig.update_yaxes(title_text="drawdown", tickformat=".0%", row=2, col=1)
     return fig.update_layout(height=520, title=title)
+
+
+def px_colors() -> list[str]:
+    import plotly.express as px
+
+    return list(px.colors.qualitative.Plotly)
 
 
 def markdown_summary(run_id: str, profile_name: str, stats: pd.DataFrame, flattened: pd.DataFrame,
