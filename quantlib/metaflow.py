@@ -160,14 +160,19 @@ def _execute_ray(specs: list[dict], address: str | None, temp_dir: str | None, o
 
 
 def ray_temp_dir(run: Run) -> str:
-    """A short run-specific temp dir for a local Ray instance (its socket paths must stay < 108 bytes)."""
+    """Ray's temp dir for a local instance: `<run>/ray` (its logs stay with the run), reached through a
+    short symlink `/tmp/fw-ray-<hash>` because Ray's socket paths must stay under 108 bytes."""
     import hashlib
     import tempfile
 
+    real = run.dir / "ray"
+    real.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1(str(run.dir.resolve()).encode()).hexdigest()[:8]
-    path = Path(tempfile.gettempdir()) / f"fw-ray-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
+    link = Path(tempfile.gettempdir()) / f"fw-ray-{digest}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(real.resolve(), target_is_directory=True)
+    return str(link)
 
 
 def run_sleeves(ctx: StageContext) -> list[dict]:
@@ -182,11 +187,10 @@ def run_sleeves(ctx: StageContext) -> list[dict]:
 
     temp = ray_temp_dir(ctx.run) if executor == "ray" and not address else None
     results = pinned + execute(specs, executor, address, temp, report)
-    if temp and all(r["status"] == "PASS" for r in results):
-        import shutil
-
-        shutil.rmtree(temp, ignore_errors=True)  # Ray's session logs are kept only when a sleeve failed
-    doc = {"run_id": ctx.run.id, "executor": executor, "ray_address": address, "ray_temp_dir": temp,
+    if temp:
+        Path(temp).unlink(missing_ok=True)  # the symlink only: Ray's logs stay under <run>/ray
+    doc = {"run_id": ctx.run.id, "executor": executor, "ray_address": address,
+           "ray_logs": "ray/" if temp else None,
            "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
     storage.write_json(ctx.path("artifacts/sleeves.json"), doc)
     failed = [r for r in results if r["status"] != "PASS"]

@@ -66,6 +66,7 @@ def test_sleeves_ran_as_ray_tasks_in_the_meta_run_and_indexes_link_both_ways(dem
         assert f"**Parent run:** `{run.id}`" in child and f"**Run id:** `{sleeve['id']}`" in child
         assert "**Status:** PASS" in child
     assert not list(Path.home().glob(".ray/auth_token"))  # Ray wrote nothing to the home directory
+    assert doc["ray_logs"] == "ray/" and list((run.dir / "ray").glob("session_*/logs"))  # its logs stay with the run
 
 
 def test_mixed_calendars_join_on_common_weekdays_without_zero_fill(demo):
