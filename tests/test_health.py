@@ -62,3 +62,52 @@ def test_late_listing_with_enough_history_is_kept_with_leading_nan():
 def test_empty_panel_is_an_error():
     with pytest.raises(ValueError, match="no bars"):
         assess(pd.DataFrame(dtype=float), ["X:A"], lookback_days=10, min_history_days=2, toxic_return=5.0)
+
+
+# ------------------------------------------------------------------ aggregate's inputs (bad input)
+def _data_run(tmp_path, exports: dict):
+    import json
+
+    from quantlib.runs import Run
+
+    run_dir = tmp_path / "runs" / "data-1"
+    (run_dir / "export").mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"run_id": "data-1", "profile": "demo", "phase": "data",
+                                                       "status": "PASS", "created_at": "2026-11-26T00:00:00"}))
+    for name, candidates in exports.items():
+        (run_dir / "export" / f"{name}.json").write_text(json.dumps({"scanner": name, "candidates": candidates}))
+    return Run.open(tmp_path / "runs", "data-1")
+
+
+def test_empty_candidate_lists_fail_with_the_scanner_and_the_fix(tmp_path):
+    from quantlib.errors import DataError
+    from quantlib.sleeveflow import locate_data_run, read_candidates
+
+    run = _data_run(tmp_path, {"rating_all_short": []})
+    assert locate_data_run(tmp_path / "runs", ["rating_all_short"], None).id == "data-1"
+    with pytest.raises(DataError, match=r"candidate lists \['rating_all_short'\] of data run data-1 are empty"):
+        read_candidates(run, ["rating_all_short"])
+    with pytest.raises(DataError, match=r"no passed data run .* exports \['rating_ma_long'\]"):
+        locate_data_run(tmp_path / "runs", ["rating_ma_long"], None)
+
+
+def test_candidates_union_scanners_and_reject_an_untyped_direction(tmp_path):
+    from quantlib.sleeveflow import read_candidates
+
+    row = {"symbol": "X:A", "direction": "LONG", "logic": "rating_all", "value_traded": 1e7,
+           "recommend_all": 0.2, "recommend_ma": 0.1}
+    run = _data_run(tmp_path, {"a": [row], "b": [row, {**row, "symbol": "X:B", "direction": "SHORT"}],
+                               "bad": [{**row, "direction": "short"}]})
+    got = read_candidates(run, ["a", "b"])
+    assert got[["symbol", "direction"]].values.tolist() == [["X:A", "LONG"], ["X:B", "SHORT"]]  # deduplicated
+    with pytest.raises(ValueError, match="invalid direction"):
+        read_candidates(run, ["bad"])
+
+
+def test_a_missing_features_matrix_names_the_backfill_stage(tmp_path):
+    from quantlib.errors import DataError
+    from quantlib.lakehouse import Lakehouse
+    from quantlib.sleeveflow import _features_for
+
+    with pytest.raises(DataError, match="features_matrix.parquet; run the data phase's backfill stage"):
+        _features_for(Lakehouse(tmp_path / "lake"), ["X:A"])
