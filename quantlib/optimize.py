@@ -837,12 +837,20 @@ def _ipm_qp(p: np.ndarray, q: np.ndarray, a: np.ndarray, b: np.ndarray, g: np.nd
     return best
 
 
-def _native_min_variance(pb: _Problem) -> np.ndarray:
-    n = pb.n
-    if n == 1:
+def _closed_form(pb: _Problem) -> np.ndarray | None:
+    """The answer of a convex profile when no solve is needed: one atom, or caps that force 1/n."""
+    if pb.n == 1:
         return np.ones(1)
-    if pb.u * n <= 1.0 + 1e-12:
-        return np.full(n, 1.0 / n)
+    if pb.u * pb.n <= 1.0 + 1e-12:
+        return np.full(pb.n, 1.0 / pb.n)
+    return None
+
+
+def _native_min_variance(pb: _Problem) -> np.ndarray:
+    fixed = _closed_form(pb)
+    if fixed is not None:
+        return fixed
+    n = pb.n
     p = pb.cov / np.mean(np.diag(pb.cov))
     res = pb.qp(p, np.zeros(n)).solve(0.0)
     if res is not None:
@@ -861,11 +869,10 @@ def _native_max_sharpe(pb: _Problem) -> np.ndarray:
     portfolio is the w(t*) with t* e'w = w'Pw. Within one active set the root is explicit, so a
     bracketed search over active sets finds the exact KKT point in a few QP solves.
     """
+    fixed = _closed_form(pb)
+    if fixed is not None:
+        return fixed
     n = pb.n
-    if n == 1:
-        return np.ones(1)
-    if pb.u * n <= 1.0 + 1e-12:
-        return np.full(n, 1.0 / n)
     p = pb.cov / np.mean(np.diag(pb.cov))
     e = pb.excess / np.abs(pb.excess).max()
     qp = pb.qp(p, e)
