@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _workspace import book, offline_env  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def data_run(runs: Path, lake: Path, bases: int | None) -> tuple[float, dict]:
-    env = dict(os.environ, FW_DATA__LAKEHOUSE=str(lake), FW_SOURCE__AS_OF="2026-11-25T06:00:00Z")
-    if bases:
-        env["FW_SOURCE__N_BASES"] = str(bases)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "run_book.py", "--runs-dir", str(runs), "data", "--profile", "demo"],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    manifest = max(runs.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    return wall, json.loads(manifest.read_text())
+    extra = {"FW_SOURCE__N_BASES": str(bases)} if bases else {}
+    return book(runs, offline_env(lake, **extra), "data", "--profile", "demo")
 
 
 def main() -> None:

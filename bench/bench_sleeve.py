@@ -9,26 +9,16 @@ Usage: python bench/bench_sleeve.py [--profile demo_crypto_long]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _workspace import ROOT, book, offline_env  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-
-
-def book(runs: Path, env: dict, *argv: str) -> tuple[float, dict]:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "run_book.py", "--runs-dir", str(runs), *argv], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    manifest = max(runs.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    return wall, json.loads(manifest.read_text())
 
 
 def replay(run_dir: Path, env: dict) -> dict[str, float]:
@@ -63,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs, lake = Path(tmp) / "runs", Path(tmp) / "lake"
-        env = dict(os.environ, FW_DATA__LAKEHOUSE=str(lake), FW_SOURCE__AS_OF="2026-11-25T06:00:00Z")
+        env = offline_env(lake)
         book(runs, env, "data", "--profile", "demo")
         wall, manifest = book(runs, env, "sleeve", args.profile, "--skip-validation")
         notebook = {name: rec["seconds"] for name, rec in manifest["stages"].items() if "seconds" in rec}

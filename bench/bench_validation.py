@@ -9,15 +9,14 @@ Usage: python bench/bench_validation.py [--profile demo_crypto_long]
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _workspace import ROOT, book, offline_env  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 
@@ -37,10 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         runs, lake = Path(tmp) / "runs", Path(tmp) / "lake"
-        env = dict(os.environ, FW_DATA__LAKEHOUSE=str(lake), FW_SOURCE__AS_OF="2026-11-25T06:00:00Z")
-        for argv in (["data", "--profile", "demo"], ["sleeve", args.profile, "--skip-validation", "--skip-analysis"]):
-            subprocess.run([sys.executable, "run_book.py", "--runs-dir", str(runs), *argv], cwd=ROOT, env=env,
-                           check=True, capture_output=True)
+        env = offline_env(lake)
+        book(runs, env, "data", "--profile", "demo")
+        book(runs, env, "sleeve", args.profile, "--skip-validation", "--skip-analysis")
         sleeve = next(p.parent for p in runs.glob(f"{args.profile}-*/manifest.json"))
         import pandas as pd
 
