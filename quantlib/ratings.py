@@ -127,10 +127,15 @@ def rule_ichimoku(close, conversion, base, span_a, span_b):
     return buy, sell, defined
 
 
+def _turning_outside(x, low: float, high: float):
+    """Buy if x < low and rising, sell if x > high and falling (needs x_t and x_{t-1})."""
+    x1 = ind.lag(x)
+    return (x < low) & (x > x1), (x > high) & (x < x1), _defined(x1) & _defined(x)
+
+
 def rule_rsi(rsi):
     """Buy if RSI < 30 and rising, sell if RSI > 70 and falling."""
-    rsi1 = ind.lag(rsi)
-    return (rsi < 30.0) & (rsi > rsi1), (rsi > 70.0) & (rsi < rsi1), _defined(rsi1) & _defined(rsi)
+    return _turning_outside(rsi, 30.0, 70.0)
 
 
 def rule_stoch(k, d):
@@ -143,8 +148,7 @@ def rule_stoch(k, d):
 
 def rule_cci(cci):
     """Buy if CCI < -100 and rising, sell if CCI > 100 and falling."""
-    c1 = ind.lag(cci)
-    return (cci < -100.0) & (cci > c1), (cci > 100.0) & (cci < c1), _defined(c1) & _defined(cci)
+    return _turning_outside(cci, -100.0, 100.0)
 
 
 def rule_adx(adx, plus_di, minus_di):
@@ -192,8 +196,7 @@ def rule_stoch_rsi(close, sma50, k, d):
 
 def rule_willr(willr):
     """Buy if %R < -80 and rising, sell if %R > -20 and falling."""
-    w1 = ind.lag(willr)
-    return (willr < -80.0) & (willr > w1), (willr > -20.0) & (willr < w1), _defined(w1) & _defined(willr)
+    return _turning_outside(willr, -80.0, -20.0)
 
 
 def rule_bbp(close, sma50, bull, bear):
