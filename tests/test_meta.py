@@ -196,32 +196,117 @@ def test_sign_test_gate_nested_meta(tmp_path, pair):
 
 # ------------------------------------------------------------------------------ aggregation
 
-def test_aggregate_crypto_with_equities_keeps_common_weekdays(tmp_path):
-    crypto = make_sleeve(tmp_path, "crypto", calendar="crypto", n=28, seed=3)      # 4 weeks, 7 days
-    equity = make_sleeve(tmp_path, "equity", calendar="equities", n=20, seed=4)    # 4 weeks, weekdays
+def _own_total(s: pd.Series, first: pd.Timestamp, last: pd.Timestamp) -> float:
+    """A stream's own compounded return over [first, last] (NaN = no observation)."""
+    return float(np.prod(1.0 + s.dropna().loc[first:last].to_numpy()) - 1.0)
+
+
+def test_aggregate_crypto_with_equities_folds_weekends_into_monday(tmp_path):
+    crypto = make_sleeve(tmp_path, "crypto", calendar="crypto", n=28, seed=3)      # Mon 1 .. Sun 28 Jan
+    equity = make_sleeve(tmp_path, "equity", calendar="equities", n=20, seed=4)    # Mon 1 .. Fri 26 Jan
     streams = load_streams([crypto, equity], "hrp")
     joined, rep = aggregate_streams(streams)
-    assert len(joined) == 20
-    assert (joined.index.day_of_week < 5).all()
+    assert len(joined) == 20 and (joined.index.day_of_week < 5).all()
     assert rep["rows_per_sleeve"] == {"crypto": 28, "equity": 20}
     assert rep["rows_joined"] == 20
-    assert rep["rows_dropped"] == {"crypto": 8, "equity": 0}
-    assert (rep["first"], rep["last"]) == ("2024-01-01", "2024-01-26")
-    # values are the sleeves' own returns, no zero-filled row anywhere
-    assert (joined != 0).all().all()
-    pd.testing.assert_series_equal(joined["crypto"], streams["crypto"].loc[joined.index], check_names=False,
-                                  check_freq=False)
+    assert rep["rows_folded"] == {"crypto": 6, "equity": 0}       # 3 weekends into 3 Mondays
+    assert rep["rows_pending"] == {"crypto": 2, "equity": 0}      # Sat 27, Sun 28: no later common date
+    assert rep["rows_excluded"] == {"crypto": 0, "equity": 0}
+    assert (rep["first"], rep["last"], rep["annualization"]) == ("2024-01-01", "2024-01-26", 252)
+    c = streams["crypto"]
+    assert rep["pending_return"]["crypto"] == pytest.approx((1 + c.iloc[-2]) * (1 + c.iloc[-1]) - 1, abs=1e-15)
+    # unfolded rows keep their values bit for bit; the equities column is its own stream
+    tuesdays = joined.index[joined.index.day_of_week == 1]
+    assert (joined.loc[tuesdays, "crypto"] == c.loc[tuesdays]).all()
+    pd.testing.assert_series_equal(joined["equity"], streams["equity"], check_names=False, check_freq=False)
+    assert joined.notna().all().all()
 
 
-def test_aggregate_drops_nan_rows_never_fills():
+def test_aggregate_conserves_each_streams_total_between_common_dates():
+    """Crypto (7-day, NaN gaps, starts earlier, ends later) + equities (weekdays, a holiday): over any
+    span (C_i, C_j] each joined column compounds to the stream's own total, to 1e-12."""
+    rng = np.random.default_rng(11)
+    cdates = pd.date_range("2024-06-01", "2024-09-15", freq="D")                 # starts on a Saturday
+    edates = pd.bdate_range("2024-06-03", "2024-09-06").drop(pd.Timestamp("2024-07-04"))  # a holiday
+    crypto = pd.Series(rng.normal(0.001, 0.04, len(cdates)), index=cdates)
+    crypto.iloc[[10, 40, 41]] = np.nan                                             # no observation
+    equity = pd.Series(rng.normal(0.0005, 0.01, len(edates)), index=edates)
+    streams = {"crypto": crypto, "equity": equity}
+    joined, rep = aggregate_streams(streams)
+    common = joined.index
+    assert pd.Timestamp("2024-07-04") not in common and not joined.isna().any().any()
+    for sid, s in streams.items():
+        own = s.dropna().loc[common[0]:]
+        own_wealth = np.cumprod(1.0 + own.to_numpy())[own.index.isin(common)]
+        np.testing.assert_allclose(np.cumprod(1.0 + joined[sid].to_numpy()), own_wealth, rtol=1e-12, atol=0)
+        assert rep["rows_per_sleeve"][sid] == (rep["rows_joined"] + rep["rows_folded"][sid]
+                                               + rep["rows_pending"][sid] + rep["rows_excluded"][sid])
+        assert _own_total(joined[sid], common[0], common[-1]) == pytest.approx(
+            _own_total(s, common[0], common[-1]), rel=1e-12)
+    assert rep["rows_excluded"] == {"crypto": 2, "equity": 0}                     # Sat 1, Sun 2 June
+    assert rep["rows_pending"] == {"crypto": 9, "equity": 0}                      # Sat 7 .. Sun 15 Sept
+    assert rep["rows_folded"]["equity"] == 3                                      # crypto NaN on 3 weekdays
+    assert rep["nan_rows"] == {"crypto": 3, "equity": 0}
+
+
+def test_aggregate_never_moves_a_return_earlier():
+    """The joined rows up to a date depend only on stream rows up to that date."""
+    rng = np.random.default_rng(12)
+    crypto = pd.Series(rng.normal(0, 0.03, 60), index=_dates("crypto", 60))
+    equity = pd.Series(rng.normal(0, 0.01, 40), index=_dates("equities", 40))
+    joined, _ = aggregate_streams({"crypto": crypto, "equity": equity})
+    cut = pd.Timestamp("2024-01-19")                                              # a Friday
+    later = crypto.copy()
+    later.loc[later.index > cut] += 0.5
+    joined2, _ = aggregate_streams({"crypto": later, "equity": equity})
+    pd.testing.assert_frame_equal(joined.loc[:cut], joined2.loc[:cut])
+    assert (joined2.loc[joined2.index > cut, "crypto"] != joined.loc[joined.index > cut, "crypto"]).all()
+
+
+def test_fold_hand_computed_weekend_holiday_pending_and_leading_rows():
+    # Sat 6 Jan .. Sun 21 Jan 2024 crypto; equities Mon 8 .. Fri 19 Jan with Wed 17 a holiday
+    days = pd.date_range("2024-01-06", "2024-01-21", freq="D")
+    crypto = pd.Series(np.arange(1, len(days) + 1) / 100.0, index=days)          # 0.01, 0.02, ...
+    common = pd.bdate_range("2024-01-08", "2024-01-19").drop(pd.Timestamp("2024-01-17"))
+    out, counts = meta.fold(crypto, common)
+    r = crypto.to_dict()
+    assert list(out.index) == list(common)
+    # leading Sat 6 / Sun 7 are before the first common date: excluded, not folded into Mon 8
+    assert out[pd.Timestamp("2024-01-08")] == r[pd.Timestamp("2024-01-08")]
+    # weekend Sat 13, Sun 14 folded into Mon 15
+    assert out[pd.Timestamp("2024-01-15")] == pytest.approx(
+        (1 + r[pd.Timestamp("2024-01-13")]) * (1 + r[pd.Timestamp("2024-01-14")]) * (1 + r[pd.Timestamp("2024-01-15")]) - 1,
+        abs=1e-15)
+    # the holiday Wed 17 folded into Thu 18
+    assert out[pd.Timestamp("2024-01-18")] == pytest.approx(
+        (1 + r[pd.Timestamp("2024-01-17")]) * (1 + r[pd.Timestamp("2024-01-18")]) - 1, abs=1e-15)
+    # trailing Sat 20, Sun 21 pending
+    assert counts == {"on_common": 9, "folded": 3, "pending": 2, "excluded": 2,
+                      "pending_return": pytest.approx(1.15 * 1.16 - 1, abs=1e-15),
+                      "excluded_return": pytest.approx(1.01 * 1.02 - 1, abs=1e-15)}
+
+
+def test_fold_nan_is_no_observation_and_a_common_date_without_rows_stays_nan():
+    idx = _dates("crypto", 4)
+    out, counts = meta.fold(pd.Series([0.01, np.nan, 0.03, 0.04], index=idx), idx[[0, 1, 3]])
+    assert np.isnan(out[idx[1]])                                   # nothing observed since idx[0]: no zero
+    assert out[idx[3]] == pytest.approx(1.03 * 1.04 - 1, abs=1e-15)
+    assert counts["folded"] == 1 and counts["on_common"] == 2
+    with pytest.raises(ValueError, match="no common dates"):
+        meta.fold(pd.Series([0.01], index=idx[:1]), pd.DatetimeIndex([]))
+
+
+def test_aggregate_nan_rows_are_not_common_dates_and_fold_forward():
     idx = _dates("crypto", 5)
     a = pd.Series([0.01, np.nan, 0.03, 0.04, 0.05], index=idx)
     b = pd.Series([0.02, 0.02, np.nan, 0.02, 0.02], index=idx)
     joined, rep = aggregate_streams({"a": a, "b": b})
-    assert list(joined.index) == [idx[0], idx[3], idx[4]]
-    assert rep["rows_per_sleeve"] == {"a": 4, "b": 4}
-    assert rep["rows_dropped"] == {"a": 1, "b": 1}
-    assert not joined.isna().any().any() and (joined != 0).all().all()
+    assert list(joined.index) == [idx[0], idx[3], idx[4]]         # a NaN date is not a common date
+    assert rep["rows_per_sleeve"] == {"a": 4, "b": 4} and rep["nan_rows"] == {"a": 1, "b": 1}
+    assert rep["rows_folded"] == {"a": 1, "b": 1}
+    assert joined.loc[idx[3], "a"] == pytest.approx(1.03 * 1.04 - 1, abs=1e-15)
+    assert joined.loc[idx[3], "b"] == pytest.approx(1.02 * 1.02 - 1, abs=1e-15)
+    assert joined.loc[idx[0]].tolist() == [0.01, 0.02] and joined.loc[idx[4]].tolist() == [0.05, 0.02]
 
 
 def test_aggregate_empty_overlap_raises_naming_sleeves_and_ranges():
@@ -231,6 +316,13 @@ def test_aggregate_empty_overlap_raises_naming_sleeves_and_ranges():
         aggregate_streams({"early": a, "late": b})
     msg = str(exc.value)
     assert "early" in msg and "late" in msg and "2024-01-01" in msg and "2024-06-03" in msg
+
+
+def test_annualization_of_the_joined_stream():
+    crypto = pd.Series(0.01, index=_dates("crypto", 21))
+    equity = pd.Series(0.01, index=_dates("equities", 15))
+    assert meta.infer_annualization(aggregate_streams({"c": crypto, "e": equity})[0].index) == 252
+    assert meta.infer_annualization(aggregate_streams({"c": crypto, "d": crypto * 2})[0].index) == 365
 
 
 # ------------------------------------------------------------------------------ weights
@@ -428,6 +520,9 @@ def test_report_sections_end_to_end(pair, tmp_path):
     md, ok = render_report(sections, multi_sleeve=True, n_sleeves=2)
     assert ok is True, md
     assert "out-of-sample" in md.lower()
+    allocation = sections["Allocation"]["body"]
+    assert "inner join" not in allocation.lower() and "dropped" not in allocation.lower()
+    assert "compounded into its next common date" in allocation and "| folded |" in allocation
     # a degraded run: gate failed, nothing downstream computed -> FAIL sections, FAIL report
     bad = report_sections(completeness=completeness_gate(pair[:1], "hrp"), sign_tests=signs)
     md, ok = render_report(bad, multi_sleeve=True, n_sleeves=1)
