@@ -74,7 +74,7 @@ def test_mixed_calendars_join_on_common_weekdays_without_zero_fill(demo):
     matrix = art(run, "artifacts/sleeve_returns.parquet")
     agg = art(run, "artifacts/aggregation.json")
     assert (matrix.index.day_of_week < 5).all()  # the equities sleeve trades weekdays only
-    assert agg["rows_dropped"]["crypto_long"] > 0 and agg["rows_dropped"]["equities_long"] == 0
+    assert agg["rows_folded"]["crypto_long"] > 0 and agg["rows_folded"]["equities_long"] == 0
     assert not (matrix == 0).all(axis=1).any()
 
 
