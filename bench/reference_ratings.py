@@ -1,5 +1,10 @@
 """Straightforward per-symbol pandas implementation of the Technical Ratings (SPEC §1.5).
 
+The rules are those of TradingView's built-in "Technical Ratings" script, transcribed bar by bar
+from its Pine source (``x[1]`` = ``x.shift()``): strict crossovers written out as in the script,
+trend = close vs EMA(50), ``cci(close, 20)``, the undisplaced Ichimoku rule, the ultimate
+oscillator undefined when a true-range sum is 0, recommend_all = mean of the defined groups.
+
 Written independently of ``quantlib.indicators`` / ``quantlib.ratings`` (pandas rolling windows,
 ``ewm`` for the seeded EMAs, ``rolling.apply`` for WMA and the CCI mean deviation, row-by-row
 Series logic for the votes) so that it can serve as a cross-check in ``tests/test_ratings.py``
@@ -81,17 +86,18 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     def mid(n):
         return (h.rolling(n).max() + l.rolling(n).min()) / 2
 
-    conv, base, sb = mid(9), mid(26), mid(52)
-    sa = (conv + base) / 2
-    out.update(ichimoku_conversion=conv, ichimoku_base=base, ichimoku_span_a=sa, ichimoku_span_b=sb)
+    conv, base, lead2 = mid(9), mid(26), mid(52)
+    lead1 = (conv + base) / 2
+    out.update(ichimoku_conversion=conv, ichimoku_base=base, ichimoku_lead1=lead1, ichimoku_lead2=lead2)
+    c1 = c.shift()
     votes_ma["ichimoku"] = _vote(
-        (sa > sb) & (base > sa) & (conv > base) & (c > conv),
-        (sa < sb) & (base < sa) & (conv < base) & (c < conv),
-        sb.notna(),
+        (lead1 > lead2) & (c > lead1) & (c < base) & (c1 < conv) & (c > conv),
+        (lead2 > lead1) & (c < lead2) & (c > base) & (c1 > conv) & (c < conv),
+        lead1.notna() & lead2.notna() & base.notna() & conv.notna() & c1.notna(),
     )
 
-    sma50 = out["sma_50"]
-    up, down = c > sma50, c < sma50
+    ema50 = out["ema_50"]  # PriceAvg of the script
+    up, down = c > ema50, c < ema50
 
     # RSI (TradingView formula)
     ch = c.diff()
@@ -108,13 +114,14 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     out["stoch_k"], out["stoch_d"] = k, dd
     k1, d1 = k.shift(), dd.shift()
     votes_osc["stoch"] = _vote(
-        (k < 20) & (k1 <= d1) & (k > dd), (k > 80) & (k1 >= d1) & (k < dd), d1.notna()
+        (k < 20) & (dd < 20) & (k > dd) & (k1 < d1),
+        (k > 80) & (dd > 80) & (k < dd) & (k1 > d1),
+        k.notna() & dd.notna() & k1.notna() & d1.notna(),
     )
 
-    # CCI 20
-    tp = (h + l + c) / 3
-    md = tp.rolling(20).apply(lambda a: float(np.mean(np.abs(a - a.mean()))), raw=True)
-    cci = _ratio(tp - tp.rolling(20).mean(), 0.015 * md)
+    # CCI 20 of close (the script's cci(close, 20))
+    md = c.rolling(20).apply(lambda a: float(np.mean(np.abs(a - a.mean()))), raw=True)
+    cci = _ratio(c - c.rolling(20).mean(), 0.015 * md)
     out["cci"] = cci
     votes_osc["cci"] = _vote((cci < -100) & (cci > cci.shift()), (cci > 100) & (cci < cci.shift()), cci.shift().notna())
 
@@ -131,7 +138,9 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     out.update(plus_di=pdi, minus_di=mdi, adx=adx)
     p1, m1 = pdi.shift(), mdi.shift()
     votes_osc["adx"] = _vote(
-        (adx > 20) & (p1 <= m1) & (pdi > mdi), (adx > 20) & (p1 >= m1) & (pdi < mdi), adx.notna()
+        (adx > 20) & (p1 < m1) & (pdi > mdi),
+        (adx > 20) & (p1 > m1) & (pdi < mdi),
+        adx.notna() & p1.notna() & m1.notna() & pdi.notna() & mdi.notna(),
     )
 
     # Awesome oscillator
@@ -139,10 +148,11 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     ao = hl2.rolling(5).mean() - hl2.rolling(34).mean()
     a1, a2 = ao.shift(1), ao.shift(2)
     out["ao"] = ao
+    # ta.crossover(ao, 0): ao > 0 and ao[1] <= 0 (Pine's definition); a saucer needs ao[2]
     votes_osc["ao"] = _vote(
-        ((a1 <= 0) & (ao > 0)) | ((a2 > a1) & (a1 < ao) & (a2 > 0) & (a1 > 0) & (ao > 0)),
-        ((a1 >= 0) & (ao < 0)) | ((a2 < a1) & (a1 > ao) & (a2 < 0) & (a1 < 0) & (ao < 0)),
-        a2.notna(),
+        ((ao > 0) & (a1 <= 0)) | ((ao > 0) & (a1 > 0) & (ao > a1) & (a2 > a1)),
+        ((ao < 0) & (a1 >= 0)) | ((ao < 0) & (a1 < 0) & (ao < a1) & (a2 < a1)),
+        ao.notna() & a1.notna(),
     )
 
     # Momentum 10
@@ -162,9 +172,9 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     out["stoch_rsi_k"], out["stoch_rsi_d"] = sk, sd
     sk1, sd1 = sk.shift(), sd.shift()
     votes_osc["stoch_rsi"] = _vote(
-        down & (sk < 20) & (sd < 20) & (sk1 <= sd1) & (sk > sd),
-        up & (sk > 80) & (sd > 80) & (sk1 >= sd1) & (sk < sd),
-        sma50.notna() & sd1.notna(),
+        down & (sk < 20) & (sd < 20) & (sk > sd) & (sk1 < sd1),
+        up & (sk > 80) & (sd > 80) & (sk < sd) & (sk1 > sd1),
+        ema50.notna() & sk.notna() & sd.notna() & sk1.notna() & sd1.notna(),
     )
 
     # Williams %R 14
@@ -180,7 +190,7 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     votes_osc["bbp"] = _vote(
         up & (bear < 0) & (bear > bear.shift()),
         down & (bull > 0) & (bull < bull.shift()),
-        sma50.notna() & bear.shift().notna(),
+        ema50.notna() & bear.shift().notna() & bull.shift().notna(),
     )
 
     # Ultimate oscillator 7, 14, 28
@@ -188,10 +198,13 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     th = pd.concat([h, pc], axis=1).max(axis=1, skipna=False)
     bp, trr = c - tl, th - tl
 
-    def avg(n):
-        return _ratio(bp.rolling(n).sum(), trr.rolling(n).sum())
+    sums = {n: (bp.rolling(n).sum(), trr.rolling(n).sum()) for n in (7, 14, 28)}
+    flat = pd.concat([sums[n][1] == 0 for n in sums], axis=1).any(axis=1)  # script: UO = na
 
-    uo = 100 * (4 * avg(7) + 2 * avg(14) + avg(28)) / 7
+    def avg(n):
+        return _ratio(*sums[n])
+
+    uo = (100 * (4 * avg(7) + 2 * avg(14) + avg(28)) / 7).mask(flat)
     out["uo"] = uo
     votes_osc["uo"] = _vote(uo > 70, uo < 30, uo.notna())
 
@@ -200,7 +213,8 @@ def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     vo = pd.DataFrame(votes_osc)
     out["recommend_ma"] = vm.mean(axis=1, skipna=True)
     out["recommend_other"] = vo.mean(axis=1, skipna=True)
-    out["recommend_all"] = (out["recommend_ma"] + out["recommend_other"]) / 2
+    # the script's ratingTotal: mean of the group ratings that are defined
+    out["recommend_all"] = pd.concat([out["recommend_ma"], out["recommend_other"]], axis=1).mean(axis=1, skipna=True)
     for name, s in {**votes_ma, **votes_osc}.items():
         out["vote_" + name] = s
     return pd.DataFrame(out, index=df.index)

@@ -14,8 +14,9 @@ NaN policy (the same for every function)
   The warm-up length of each function is stated in its docstring as "first value at start + k".
 * Ratios with a zero denominator (flat high == low range, no movement at all) follow TA-Lib and
   return 0 instead of NaN, so an indicator never becomes NaN after its warm-up; exceptions are
-  :func:`vwma` (NaN when the volume over the window is zero) and :func:`rsi` (TradingView: 100
-  when there was no loss, 0 when there was no gain, 100 when neither).
+  :func:`vwma` (NaN when the volume over the window is zero), :func:`ultimate_oscillator` (NaN
+  when a true-range sum is zero, as in TradingView's Technical Ratings script) and :func:`rsi`
+  (TradingView: 100 when there was no loss, 0 when there was no gain, 100 when neither).
 
 Point-in-time: the value at row ``t`` uses rows ``<= t`` only (trailing windows, causal recursions).
 
@@ -51,6 +52,7 @@ __all__ = [
     "vwma",
     "rsi",
     "stoch",
+    "typical_price",
     "cci",
     "dmi",
     "adx",
@@ -225,6 +227,11 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray, scale: float = 1.0) -> np.ndar
     return out
 
 
+def _nan_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den == 0 (the ratio is undefined there, e.g. no volume or no range)."""
+    return np.divide(num, den, out=np.full_like(num, _NAN), where=den != 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # windows
 # ----------------------------------------------------------------------------------------------
@@ -322,8 +329,7 @@ def hma(x, n: int = 9):
 def _vwma(close: np.ndarray, volume: np.ndarray, n: int) -> np.ndarray:
     num = _rolling(close * volume, [n], np.add)[n]
     den = _rolling(volume, [n], np.add)[n]
-    out = np.divide(num, den, out=np.full_like(num, _NAN), where=den != 0)
-    return out
+    return _nan_ratio(num, den)
 
 
 @_panel
@@ -386,28 +392,37 @@ def stoch(high, low, close, k: int = 14, smooth_k: int = 3, d: int = 3):
     return _stoch_from_extremes(close, hh, ll, smooth_k, d)
 
 
-def _cci(tp: np.ndarray, n: int) -> np.ndarray:
-    m = _sma_multi(tp, [n])[n]
-    T = tp.shape[0]
-    md = np.abs(tp - m)
-    tmp = np.empty_like(tp)
+def _cci(src: np.ndarray, n: int) -> np.ndarray:
+    m = _sma_multi(src, [n])[n]
+    T = src.shape[0]
+    md = np.abs(src - m)
+    tmp = np.empty_like(src)
     for i in range(1, n):  # loop over the window lags (the mean deviation needs the current mean)
         if i >= T:
             break
-        np.subtract(tp[: T - i], m[i:], out=tmp[i:])
+        np.subtract(src[: T - i], m[i:], out=tmp[i:])
         np.abs(tmp[i:], out=tmp[i:])
         md[i:] += tmp[i:]
     md /= n  # rows < n-1 are NaN through m
-    return _safe_ratio(tp - m, md, 1.0 / 0.015)
+    return _safe_ratio(src - m, md, 1.0 / 0.015)
 
 
 @_panel
-def cci(high, low, close, n: int = 20):
-    """Commodity Channel Index: (TP - SMA(TP, n)) / (0.015 * mean |TP - SMA(TP, n)|), TP = (H+L+C)/3.
+def typical_price(high, low, close):
+    """(H + L + C) / 3, the classic CCI source (TA-Lib CCI)."""
+    return (high + low + close) / 3.0
 
-    0 when the mean deviation is 0 (TA-Lib). First value at start + n - 1.
+
+@_panel
+def cci(source, n: int = 20):
+    """Commodity Channel Index of one series (TradingView ``ta.cci(source, n)``):
+    (x - SMA(x, n)) / (0.015 * mean |x - SMA(x, n)|).
+
+    The Technical Ratings use ``cci(close)``; the classic / TA-Lib CCI is
+    ``cci(typical_price(high, low, close))``. 0 when the mean deviation is 0 (TA-Lib).
+    First value at start + n - 1.
     """
-    return _cci((high + low + close) / 3.0, n)
+    return _cci(source, n)
 
 
 def _dmi(high, low, close, n: int, adx_n: int, start: np.ndarray):
@@ -545,9 +560,10 @@ def _uo(high, low, close, p1: int, p2: int, p3: int):
     tr -= tl
     sb = _rolling(bp, [p1, p2, p3], np.add)
     st = _rolling(tr, [p1, p2, p3], np.add)
-    out = _safe_ratio(sb[p1], st[p1], 4.0)
-    out += _safe_ratio(sb[p2], st[p2], 2.0)
-    out += _safe_ratio(sb[p3], st[p3])
+    out = _nan_ratio(sb[p1], st[p1])
+    out *= 4.0
+    out += 2.0 * _nan_ratio(sb[p2], st[p2])
+    out += _nan_ratio(sb[p3], st[p3])
     out *= 100.0 / 7.0
     return out
 
@@ -556,8 +572,10 @@ def _uo(high, low, close, p1: int, p2: int, p3: int):
 def ultimate_oscillator(high, low, close, p1: int = 7, p2: int = 14, p3: int = 28):
     """Ultimate oscillator 100 (4 A1 + 2 A2 + A3) / 7, A_i = sum(BP, p_i) / sum(TR, p_i).
 
-    BP = C - min(L, C_{t-1}), TR = max(H, C_{t-1}) - min(L, C_{t-1}); a term is 0 if its TR sum is 0
-    (TA-Lib ULTOSC). First value at start + p3 (the first bar has no previous close).
+    BP = C - min(L, C_{t-1}), TR = max(H, C_{t-1}) - min(L, C_{t-1}). NaN where any TR sum is 0
+    (a flat window): TradingView's Technical Ratings script leaves the oscillator undefined there,
+    whereas TA-Lib ULTOSC counts the term as 0 (which can turn a flat market into a sell vote).
+    Otherwise equal to TA-Lib ULTOSC. First value at start + p3 (the first bar has no previous close).
     """
     return _uo(high, low, close, p1, p2, p3)
 
@@ -572,10 +590,12 @@ def _ichimoku_from_extremes(hh: dict, ll: dict, conv: int, base: int, span_b: in
 
 @_panel
 def ichimoku(high, low, conv: int = 9, base: int = 26, span_b: int = 52):
-    """Ichimoku lines, undisplaced: returns (conversion, base, span_a, span_b).
+    """Ichimoku lines as computed at bar t (no displacement): returns (conversion, base, lead1, lead2).
 
-    conversion / base / span B = midpoint of the conv / base / span_b-bar highest high and lowest
-    low (TA-Lib MIDPRICE); span A = (conversion + base) / 2. First values at start + n - 1.
+    conversion / base / lead 2 = midpoint of the conv / base / span_b-bar highest high and lowest
+    low (TA-Lib MIDPRICE); lead 1 = (conversion + base) / 2. These are the values TradingView's
+    Technical Ratings script compares (a chart plots the leads 26 bars ahead as the cloud's span
+    A / B). First values at start + n - 1.
     """
     w = (conv, base, span_b)
     hh = _rolling(high, w, np.maximum)

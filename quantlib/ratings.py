@@ -6,9 +6,12 @@
   close is finite), compacts each symbol onto its own bar sequence, computes, and scatters back.
 * :func:`rating_label` maps ratings to STRONG_BUY / BUY / NEUTRAL / SELL / STRONG_SELL.
 
+The rules are those of TradingView's built-in "Technical Ratings" script (SPEC §1.5): strict
+crossovers, trend = close vs EMA(50), CCI of close, the script's undisplaced Ichimoku rule.
 Votes are +1 (buy), -1 (sell), 0 (neutral) or NaN (the component's inputs are not defined yet:
 warm-up does not vote). A group rating is the mean of the votes that are defined (NaN if none);
-``recommend_all = (recommend_ma + recommend_other) / 2`` (NaN if either is NaN).
+``recommend_all = (recommend_ma + recommend_other) / 2``, or the one group that is defined (the
+script averages the defined groups; only the first bars, before any oscillator votes, differ).
 Point-in-time by construction: the value at row t uses rows <= t only.
 """
 from __future__ import annotations
@@ -47,7 +50,7 @@ INDICATOR_KEYS = tuple(
     [f"sma_{n}" for n in MA_WINDOWS]
     + [f"ema_{n}" for n in MA_WINDOWS]
     + ["hma_9", "vwma_20"]
-    + ["ichimoku_conversion", "ichimoku_base", "ichimoku_span_a", "ichimoku_span_b"]
+    + ["ichimoku_conversion", "ichimoku_base", "ichimoku_lead1", "ichimoku_lead2"]
     + ["rsi", "stoch_k", "stoch_d", "cci", "adx", "plus_di", "minus_di", "ao", "mom"]
     + ["macd", "macd_signal", "macd_hist", "stoch_rsi_k", "stoch_rsi_d", "willr"]
     + ["ema_13", "bull_power", "bear_power", "uo"]
@@ -95,63 +98,77 @@ def _defined(x: np.ndarray) -> np.ndarray:
     return x == x  # False where NaN
 
 
-def _cross_over(a, b, a1, b1):
-    """a crosses over b at t: a_{t-1} <= b_{t-1} and a_t > b_t."""
-    return (a1 <= b1) & (a > b)
+def _cross_over(a: np.ndarray, b: np.ndarray, a1: np.ndarray, b1: np.ndarray) -> np.ndarray:
+    """a crosses over b at t: a_{t-1} < b_{t-1} and a_t > b_t (strict on both bars, SPEC §1.5)."""
+    return (a1 < b1) & (a > b)
 
 
-def _cross_under(a, b, a1, b1):
-    """a crosses under b at t: a_{t-1} >= b_{t-1} and a_t < b_t."""
-    return (a1 >= b1) & (a < b)
+def _cross_under(a: np.ndarray, b: np.ndarray, a1: np.ndarray, b1: np.ndarray) -> np.ndarray:
+    """a crosses under b at t: a_{t-1} > b_{t-1} and a_t < b_t (strict on both bars, SPEC §1.5)."""
+    return (a1 > b1) & (a < b)
+
+
+#: what every rule returns: boolean (buy, sell, defined) arrays
+Rule = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 # Each rule returns boolean arrays (buy, sell, defined). Comparisons with NaN are False, so an
-# undefined input never produces a buy or a sell; `defined` marks the rows where the rule votes.
-# "rising" = x_t > x_{t-1}, "falling" = x_t < x_{t-1} (SPEC §1.5).
-def rule_ma(close, ma):
+# undefined input never produces a buy or a sell; `defined` marks the rows where the rule votes
+# (the inputs the script checks with na()). "rising" = x_t > x_{t-1}, "falling" = x_t < x_{t-1};
+# uptrend = close > EMA(50), downtrend = close < EMA(50) (SPEC §1.5, TradingView's script).
+def rule_ma(close: np.ndarray, ma: np.ndarray) -> Rule:
     """MA vote: buy if MA < close, sell if MA > close (0 if equal); undefined while MA is NaN."""
     return ma < close, ma > close, _defined(ma)
 
 
-def rule_ichimoku(close, conversion, base, span_a, span_b):
-    """Buy if span A > span B and base > span A and conversion > base and close > conversion;
-    sell if all four are reversed. Undefined until span B (the longest window) exists.
+def rule_ichimoku(close: np.ndarray, conversion: np.ndarray, base: np.ndarray, lead1: np.ndarray,
+                  lead2: np.ndarray) -> Rule:
+    """TradingView's Technical Ratings Ichimoku rule on the lines of bar t (no displacement).
 
-    Note: with *undisplaced* lines span A = (conversion + base) / 2, so "base > span A" means
-    base > conversion, which contradicts "conversion > base": on real data this rule can only
-    vote 0 (see the report / docs); the rule itself is implemented exactly as specified.
+    buy:  lead 1 > lead 2 and close > lead 1 and close < base and close_{t-1} < conversion < close;
+    sell: lead 2 > lead 1 and close < lead 2 and close > base and close_{t-1} > conversion > close.
+    lead 1 = (conversion + base) / 2, lead 2 = the 52-bar midpoint. Undefined until every line and
+    close_{t-1} exist (lead 2, the longest window, is the last).
     """
-    buy = (span_a > span_b) & (base > span_a) & (conversion > base) & (close > conversion)
-    sell = (span_a < span_b) & (base < span_a) & (conversion < base) & (close < conversion)
-    defined = _defined(span_b) & _defined(span_a) & _defined(base) & _defined(conversion)
+    c1 = ind.lag(close)
+    buy = (lead1 > lead2) & (close > lead1) & (close < base) & (c1 < conversion) & (close > conversion)
+    sell = (lead2 > lead1) & (close < lead2) & (close > base) & (c1 > conversion) & (close < conversion)
+    defined = _defined(lead1) & _defined(lead2) & _defined(base) & _defined(conversion) & _defined(c1)
     return buy, sell, defined
 
 
-def _turning_outside(x, low: float, high: float):
+def _turning_outside(x: np.ndarray, low: float, high: float) -> Rule:
     """Buy if x < low and rising, sell if x > high and falling (needs x_t and x_{t-1})."""
     x1 = ind.lag(x)
     return (x < low) & (x > x1), (x > high) & (x < x1), _defined(x1) & _defined(x)
 
 
-def rule_rsi(rsi):
+def _band_cross(k: np.ndarray, d: np.ndarray, low: float, high: float) -> Rule:
+    """Buy if K and D < low and K crosses over D, sell if K and D > high and K crosses under D
+    (Stochastic and Stoch RSI); needs K, D at t and t-1."""
+    k1, d1 = ind.lag(k), ind.lag(d)
+    buy = (k < low) & (d < low) & _cross_over(k, d, k1, d1)
+    sell = (k > high) & (d > high) & _cross_under(k, d, k1, d1)
+    return buy, sell, _defined(k1) & _defined(d1) & _defined(k) & _defined(d)
+
+
+def rule_rsi(rsi: np.ndarray) -> Rule:
     """Buy if RSI < 30 and rising, sell if RSI > 70 and falling."""
     return _turning_outside(rsi, 30.0, 70.0)
 
 
-def rule_stoch(k, d):
-    """Buy if %K < 20 and %K crosses over %D, sell if %K > 80 and %K crosses under %D."""
-    k1, d1 = ind.lag(k), ind.lag(d)
-    buy = (k < 20.0) & _cross_over(k, d, k1, d1)
-    sell = (k > 80.0) & _cross_under(k, d, k1, d1)
-    return buy, sell, _defined(k1) & _defined(d1) & _defined(k) & _defined(d)
+def rule_stoch(k: np.ndarray, d: np.ndarray) -> Rule:
+    """Buy if %K < 20 and %D < 20 and %K crosses over %D; sell if %K > 80 and %D > 80 and %K
+    crosses under %D."""
+    return _band_cross(k, d, 20.0, 80.0)
 
 
-def rule_cci(cci):
-    """Buy if CCI < -100 and rising, sell if CCI > 100 and falling."""
+def rule_cci(cci: np.ndarray) -> Rule:
+    """Buy if CCI < -100 and rising, sell if CCI > 100 and falling (CCI 20 of close)."""
     return _turning_outside(cci, -100.0, 100.0)
 
 
-def rule_adx(adx, plus_di, minus_di):
+def rule_adx(adx: np.ndarray, plus_di: np.ndarray, minus_di: np.ndarray) -> Rule:
     """Buy if ADX > 20 and +DI crosses over -DI, sell if ADX > 20 and +DI crosses under -DI."""
     p1, m1 = ind.lag(plus_di), ind.lag(minus_di)
     strong = adx > 20.0
@@ -161,55 +178,59 @@ def rule_adx(adx, plus_di, minus_di):
     return buy, sell, defined
 
 
-def rule_ao(ao):
-    """Buy if AO crosses above 0 or saucer above 0 (ao_{t-2} > ao_{t-1} < ao_t, all > 0);
-    sell if AO crosses below 0 or saucer below 0 (mirror). Needs ao_t, ao_{t-1}, ao_{t-2}."""
+def rule_ao(ao: np.ndarray) -> Rule:
+    """Buy if AO crosses above 0 or saucer (ao_t > 0, ao_{t-1} > 0, ao_t > ao_{t-1},
+    ao_{t-2} > ao_{t-1}); sell if AO crosses below 0 or the mirror saucer below 0.
+
+    As in the script: the zero cross is Pine's ``ta.crossover(ao, 0)`` (ao_{t-1} <= 0 < ao_t,
+    mirror ``ta.crossunder``), and the vote is defined once ao_t and ao_{t-1} exist; on that first
+    bar ao_{t-2} is NaN, so only a zero cross can fire (a comparison with NaN is False).
+    """
     a1, a2 = ind.lag(ao, 1), ind.lag(ao, 2)
-    defined = _defined(a2) & _defined(a1) & _defined(ao)
-    pos = (ao > 0.0) & (a1 > 0.0) & (a2 > 0.0)
-    neg = (ao < 0.0) & (a1 < 0.0) & (a2 < 0.0)
-    buy = ((a1 <= 0.0) & (ao > 0.0)) | (pos & (a2 > a1) & (a1 < ao))
-    sell = ((a1 >= 0.0) & (ao < 0.0)) | (neg & (a2 < a1) & (a1 > ao))
-    return buy & defined, sell & defined, defined
+    defined = _defined(a1) & _defined(ao)
+    buy = ((a1 <= 0.0) & (ao > 0.0)) | ((ao > 0.0) & (a1 > 0.0) & (ao > a1) & (a2 > a1))
+    sell = ((a1 >= 0.0) & (ao < 0.0)) | ((ao < 0.0) & (a1 < 0.0) & (ao < a1) & (a2 < a1))
+    return buy, sell, defined
 
 
-def rule_mom(mom):
+def rule_mom(mom: np.ndarray) -> Rule:
     """Buy if momentum is rising, sell if falling."""
     m1 = ind.lag(mom)
     return mom > m1, mom < m1, _defined(m1) & _defined(mom)
 
 
-def rule_macd(macd, signal):
+def rule_macd(macd: np.ndarray, signal: np.ndarray) -> Rule:
     """Buy if MACD > signal, sell if MACD < signal."""
     return macd > signal, macd < signal, _defined(macd) & _defined(signal)
 
 
-def rule_stoch_rsi(close, sma50, k, d):
-    """Buy if downtrend (close < SMA50) and K, D < 20 and K crosses over D;
-    sell if uptrend (close > SMA50) and K, D > 80 and K crosses under D."""
-    k1, d1 = ind.lag(k), ind.lag(d)
-    buy = (close < sma50) & (k < 20.0) & (d < 20.0) & _cross_over(k, d, k1, d1)
-    sell = (close > sma50) & (k > 80.0) & (d > 80.0) & _cross_under(k, d, k1, d1)
-    defined = _defined(sma50) & _defined(k1) & _defined(d1) & _defined(k) & _defined(d)
-    return buy, sell, defined
+def rule_stoch_rsi(close: np.ndarray, ema50: np.ndarray, k: np.ndarray, d: np.ndarray) -> Rule:
+    """Buy if downtrend (close < EMA50) and K, D < 20 and K crosses over D;
+    sell if uptrend (close > EMA50) and K, D > 80 and K crosses under D. Undefined while EMA50 is."""
+    buy, sell, defined = _band_cross(k, d, 20.0, 80.0)
+    buy &= close < ema50
+    sell &= close > ema50
+    return buy, sell, defined & _defined(ema50)
 
 
-def rule_willr(willr):
+def rule_willr(willr: np.ndarray) -> Rule:
     """Buy if %R < -80 and rising, sell if %R > -20 and falling."""
     return _turning_outside(willr, -80.0, -20.0)
 
 
-def rule_bbp(close, sma50, bull, bear):
-    """Buy if uptrend and bear power < 0 and rising; sell if downtrend and bull power > 0 and falling."""
+def rule_bbp(close: np.ndarray, ema50: np.ndarray, bull: np.ndarray, bear: np.ndarray) -> Rule:
+    """Buy if uptrend (close > EMA50) and bear power < 0 and rising; sell if downtrend
+    (close < EMA50) and bull power > 0 and falling. Undefined while EMA50 is."""
     bull1, bear1 = ind.lag(bull), ind.lag(bear)
-    buy = (close > sma50) & (bear < 0.0) & (bear > bear1)
-    sell = (close < sma50) & (bull > 0.0) & (bull < bull1)
-    defined = _defined(sma50) & _defined(bull1) & _defined(bear1) & _defined(bull) & _defined(bear)
+    buy = (close > ema50) & (bear < 0.0) & (bear > bear1)
+    sell = (close < ema50) & (bull > 0.0) & (bull < bull1)
+    defined = _defined(ema50) & _defined(bull1) & _defined(bear1) & _defined(bull) & _defined(bear)
     return buy, sell, defined
 
 
-def rule_uo(uo):
-    """Buy if the ultimate oscillator > 70, sell if < 30."""
+def rule_uo(uo: np.ndarray) -> Rule:
+    """Buy if the ultimate oscillator > 70, sell if < 30 (undefined where UO is NaN: warm-up or a
+    window with no range, see :func:`quantlib.indicators.ultimate_oscillator`)."""
     return uo > 70.0, uo < 30.0, _defined(uo)
 
 
@@ -262,13 +283,13 @@ def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str
 
     hh = ind._rolling(high, (9, 14, 26, 52), np.maximum)
     ll = ind._rolling(low, (9, 14, 26, 52), np.minimum)
-    conv, base, span_a, span_b = ind._ichimoku_from_extremes(hh, ll, 9, 26, 52)
+    conv, base, lead1, lead2 = ind._ichimoku_from_extremes(hh, ll, 9, 26, 52)
     r["ichimoku_conversion"], r["ichimoku_base"] = conv, base
-    r["ichimoku_span_a"], r["ichimoku_span_b"] = span_a, span_b
-    ma_group.add("ichimoku", *rule_ichimoku(c, conv, base, span_a, span_b))
+    r["ichimoku_lead1"], r["ichimoku_lead2"] = lead1, lead2
+    ma_group.add("ichimoku", *rule_ichimoku(c, conv, base, lead1, lead2))
 
     # --- oscillator group ----------------------------------------------------------------------
-    sma50 = sm[50]
+    ema50 = r["ema_50"]  # the trend of Stoch RSI and Bull/Bear power
     r["rsi"] = rsi = ind._rsi(c, 14, start)
     osc.add("rsi", *rule_rsi(rsi))
 
@@ -276,7 +297,7 @@ def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str
     r["stoch_k"], r["stoch_d"] = k, d
     osc.add("stoch", *rule_stoch(k, d))
 
-    r["cci"] = cci = ind._cci((high + low + c) / 3.0, 20)
+    r["cci"] = cci = ind._cci(c, 20)  # the script's cci(close, 20)
     osc.add("cci", *rule_cci(cci))
 
     pdi, mdi, adx = ind._dmi(high, low, c, 14, 14, start)
@@ -295,7 +316,7 @@ def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str
 
     srk, srd = ind._stoch_rsi_from_rsi(rsi, 14, 3, 3)
     r["stoch_rsi_k"], r["stoch_rsi_d"] = srk, srd
-    osc.add("stoch_rsi", *rule_stoch_rsi(c, sma50, srk, srd))
+    osc.add("stoch_rsi", *rule_stoch_rsi(c, ema50, srk, srd))
 
     r["willr"] = willr = ind._willr_from_extremes(c, hh[14], ll[14])
     osc.add("willr", *rule_willr(willr))
@@ -303,7 +324,7 @@ def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str
     e13 = ind._recursive(c, 13, 2.0 / 14.0, start)
     bull, bear = high - e13, low - e13
     r["ema_13"], r["bull_power"], r["bear_power"] = e13, bull, bear
-    osc.add("bbp", *rule_bbp(c, sma50, bull, bear))
+    osc.add("bbp", *rule_bbp(c, ema50, bull, bear))
 
     r["uo"] = uo = ind._uo(high, low, c, 7, 14, 28)
     osc.add("uo", *rule_uo(uo))
@@ -312,8 +333,15 @@ def _block(high, low, close, volume, start, want_votes: bool = True) -> dict[str
     ma = ma_group.mean()
     other = osc.mean()
     r["recommend_ma"], r["recommend_other"] = ma, other
-    r["recommend_all"] = (ma + other) * 0.5  # NaN if either group has no vote
+    r["recommend_all"] = _mean_of_groups(ma, other)
     return r
+
+
+def _mean_of_groups(ma: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """(ma + other) / 2 where both groups are defined, else the defined one (NaN if neither), as
+    the script's ratingTotal (sum of the defined group ratings / their count)."""
+    both = (ma + other) * 0.5
+    return np.where(np.isnan(ma), other, np.where(np.isnan(other), ma, both))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,9 +388,10 @@ def compute_ratings(
 
     Returns {key: (T, N) float64 array} for ``keys`` (default: all of :func:`all_keys`):
     ``recommend_all/ma/other``, every indicator value (``sma_10`` ... ``ema_200``, ``hma_9``,
-    ``vwma_20``, ``ichimoku_*``, ``rsi``, ``stoch_k/d``, ``cci``, ``adx``, ``plus_di``, ``minus_di``,
-    ``ao``, ``mom``, ``macd``, ``macd_signal``, ``macd_hist``, ``stoch_rsi_k/d``, ``willr``,
-    ``ema_13``, ``bull_power``, ``bear_power``, ``uo``) and the 26 votes ``vote_<name>`` for
+    ``vwma_20``, ``ichimoku_conversion/base/lead1/lead2`` (undisplaced), ``rsi``, ``stoch_k/d``,
+    ``cci`` (of close), ``adx``, ``plus_di``, ``minus_di``, ``ao``, ``mom``, ``macd``,
+    ``macd_signal``, ``macd_hist``, ``stoch_rsi_k/d``, ``willr``, ``ema_13``, ``bull_power``,
+    ``bear_power``, ``uo``) and the 26 votes ``vote_<name>`` for
     name in :data:`MA_VOTES` + :data:`OSC_VOTES`.
 
     Columns are processed in blocks of ``block`` symbols (each block fully vectorized) so the

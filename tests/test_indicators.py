@@ -125,14 +125,19 @@ def test_stoch_hand():
 
 
 def test_cci_hand():
-    # typical price = 1, 2, 3, 4, 4 (H = L = C); n = 3
+    # CCI of one series x = 1, 2, 3, 4, 4 ; n = 3
     # row 2: mean 2, mean dev (1+0+1)/3 = 2/3 -> (3-2)/(0.015*2/3) = 100
     # row 3: mean 3, mean dev 2/3 -> 100
     # row 4: window 3,4,4: mean 11/3, dev (2/3+1/3+1/3)/3 = 4/9 -> (1/3)/(0.015*4/9) = 50
-    tp = np.array([1.0, 2, 3, 4, 4])
-    assert_series(ind.cci(tp, tp, tp, 3), [NAN, NAN, 100, 100, 50], tol=1e-10)
+    x = np.array([1.0, 2, 3, 4, 4])
+    assert_series(ind.cci(x, 3), [NAN, NAN, 100, 100, 50], tol=1e-10)
     flat = np.full(4, 5.0)
-    assert_series(ind.cci(flat, flat, flat, 3), [NAN, NAN, 0, 0])
+    assert_series(ind.cci(flat, 3), [NAN, NAN, 0, 0])
+    # the classic CCI is the CCI of the typical price: (H + L + C) / 3 = x here
+    assert_series(ind.typical_price(x + 1, x - 4, x + 3), x)
+    assert_series(ind.cci(ind.typical_price(x + 1, x - 4, x + 3), 3), ind.cci(x, 3))
+    # ... which is not the CCI of close (what the Technical Ratings use): C6 vs its typical price
+    assert not np.allclose(ind.cci(C6, 3)[2:], ind.cci(ind.typical_price(H6, L6, C6), 3)[2:])
 
 
 def test_dmi_hand():
@@ -214,6 +219,16 @@ def test_ultimate_oscillator_hand():
     # row2: prev 11: BP = 10 - 9 = 1, TR = 11 - 9 = 2 ; row3: prev 10: BP = 13 - 10 = 3, TR = 14 - 10 = 4
     # periods 1, 2, 3 at row 3: A1 = 3/4, A2 = 4/6, A3 = 6/9 -> 100*(3 + 4/3 + 2/3)/7 = 500/7
     assert_series(ind.ultimate_oscillator(H, L, C, 1, 2, 3), [NAN, NAN, NAN, 500 / 7])
+    # a flat bar (H = L = previous close) has TR = 0: with p1 = 1 the shortest sum is 0 on that
+    # bar and UO is undefined there (TradingView's script; TA-Lib would count A1 as 0)
+    Hf, Lf, Cf = np.append(H, 13.0), np.append(L, 13.0), np.append(C, 13.0)
+    uo = ind.ultimate_oscillator(Hf, Lf, Cf, 1, 2, 3)
+    assert_series(uo, [NAN, NAN, NAN, 500 / 7, NAN])
+    assert talib.ULTOSC(Hf, Lf, Cf, 1, 2, 3)[4] < 50  # TA-Lib: (0 + 2 * 3/4 + 4/6) / 7 -> a low value
+    # flat for a whole window: undefined until a bar with range enters every window again
+    flat = np.concatenate([C, np.full(4, 13.0), [14.0]])
+    hi, lo = np.concatenate([H, np.full(4, 13.0), [14.5]]), np.concatenate([L, np.full(4, 13.0), [13.0]])
+    assert_series(ind.ultimate_oscillator(hi, lo, flat, 1, 2, 3)[4:], [NAN] * 4 + [100 * (4 + 2 + 1) / 7 * (1 / 1.5)])
 
 
 def test_ichimoku_hand():
@@ -351,7 +366,11 @@ def test_stoch_vs_talib(goog):
 
 
 def test_cci_vs_talib(goog):
-    assert_both_agree(goog, ind.cci, lambda h, l, c: talib.CCI(h, l, c, 20), ["high", "low", "close"])
+    # CCI of close (the Technical Ratings' cci(close, 20)) = TA-Lib's CCI with H = L = C
+    assert_both_agree(goog, ind.cci, lambda c: talib.CCI(c, c, c, 20), ["close"])
+    # the classic CCI of the typical price
+    assert_both_agree(goog, lambda h, l, c: ind.cci(ind.typical_price(h, l, c)),
+                      lambda h, l, c: talib.CCI(h, l, c, 20), ["high", "low", "close"])
 
 
 def test_dmi_vs_talib(goog):
@@ -520,7 +539,7 @@ def test_point_in_time_indicators(goog):
         lambda h, l, c, v: ind.vwma(c, v),
         lambda h, l, c, v: ind.rsi(c),
         lambda h, l, c, v: ind.stoch(h, l, c),
-        lambda h, l, c, v: ind.cci(h, l, c),
+        lambda h, l, c, v: ind.cci(c),
         lambda h, l, c, v: ind.dmi(h, l, c),
         lambda h, l, c, v: ind.macd(c),
         lambda h, l, c, v: ind.stoch_rsi(c),

@@ -60,14 +60,66 @@ def test_rule_ma(name):
     assert_votes(R.vote(name, close, ma), [NAN, 1, -1, 0])
 
 
-def test_rule_ichimoku():
-    #            warm-up  buy   sell  close<conv  base<spanA
-    close = [5.0, 6.0, 0.5, 4.5, 6.0]
-    conv = [5.0, 5.0, 1.0, 5.0, 5.0]
-    base = [4.0, 4.0, 2.0, 4.0, 2.9]
-    span_a = [3.0, 3.0, 3.0, 3.0, 3.0]
-    span_b = [NAN, 2.0, 4.0, 2.0, 2.0]
-    assert_votes(R.vote("ichimoku", close, conv, base, span_a, span_b), [NAN, 1, -1, 0, 0])
+def _pairs(*cases):
+    """Stack (previous bar, current bar) cases as the columns of (2, K) arrays, one array per input."""
+    return [np.array(col, dtype=float).T for col in zip(*cases)]
+
+
+def test_rule_ichimoku_buy_sell_and_each_condition():
+    # columns: (close, conversion, base, lead 1, lead 2), each as [bar t-1, bar t]; the lines are
+    # those of bar t (repeated at t-1, where only close matters). lead 1 = (conversion + base) / 2.
+    up = dict(conv=10.0, base=14.0, lead1=12.0, lead2=11.0)  # lead1 > lead2
+    dn = dict(conv=10.0, base=6.0, lead1=8.0, lead2=9.0)  # lead2 > lead1
+
+    def case(c_prev, c, lines):
+        return ([c_prev, c], [lines["conv"]] * 2, [lines["base"]] * 2, [lines["lead1"]] * 2, [lines["lead2"]] * 2)
+
+    cases = [
+        case(9, 13, up),  # buy: 9 < conv 10 < 13, 13 > lead1 12, 13 < base 14, lead1 > lead2
+        case(10, 13, up),  # close_{t-1} == conversion: not below it -> 0 (strict)
+        case(11, 13, up),  # close_{t-1} above conversion (no cross this bar) -> 0
+        case(9, 14, up),  # close == base: not below it -> 0
+        case(9, 12, up),  # close == lead 1: not above it -> 0
+        case(9, 13, dict(up, lead2=12.5)),  # lead 1 < lead 2 -> 0 (and close > lead 2: no sell)
+        case(11, 7, dn),  # sell: 11 > conv 10 > 7, 7 < lead2 9, 7 > base 6, lead2 > lead1
+        case(10, 7, dn),  # close_{t-1} == conversion -> 0 (strict)
+        case(11, 6, dn),  # close == base: not above it -> 0
+        case(11, 9, dn),  # close == lead 2: not below it -> 0
+        case(11, 7, dict(dn, lead2=7.5)),  # lead 2 < lead 1 -> 0
+    ]
+    close, conv, base, lead1, lead2 = _pairs(*cases)
+    v = R.vote("ichimoku", close, conv, base, lead1, lead2)
+    assert_votes(v[0], [NAN] * len(cases))  # no close_{t-1} on the first bar: no vote
+    assert_votes(v[1], [1, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0])
+    # warm-up: no vote while lead 2 (the 52-bar line) is undefined
+    lead2_nan = lead2.copy()
+    lead2_nan[1, 0] = NAN
+    assert np.isnan(R.vote("ichimoku", close, conv, base, lead1, lead2_nan)[1, 0])
+
+
+def _ichimoku_path(sell: bool) -> np.ndarray:
+    """Closes (high = low = close) that end on an Ichimoku buy (or, mirrored, a sell) at row 60:
+    100 x 31 bars, a 200 plateau (rows 31-50), 150 x 8, a dip to 140 and a close at 165.
+    Row 60: conversion (rows 52-60) = (165 + 140) / 2 = 152.5 and close_{t-1} = 140 < 152.5 < 165;
+    base (rows 35-60) = (200 + 140) / 2 = 170 > 165; lead 1 = 161.25 < 165; lead 2 (rows 9-60) =
+    (200 + 100) / 2 = 150 < lead 1. The mirror 300 - c flips every inequality: a sell."""
+    c = np.concatenate([np.full(31, 100.0), np.full(20, 200.0), np.full(8, 150.0), [140.0, 165.0, 166.0]])
+    return 300.0 - c if sell else c
+
+
+@pytest.mark.parametrize("sell", [False, True])
+def test_ichimoku_vote_from_prices(sell):
+    c = _ichimoku_path(sell)
+    r = _ratings_1d(c, h=c, l=c)
+    assert r["ichimoku_conversion"][60] == (147.5 if sell else 152.5)
+    assert r["ichimoku_base"][60] == (130.0 if sell else 170.0)
+    assert r["ichimoku_lead1"][60] == (138.75 if sell else 161.25)
+    assert r["ichimoku_lead2"][60] == 150.0
+    v = r["vote_ichimoku"]
+    assert np.isnan(v[:51]).all() and not np.isnan(v[51:]).any()  # lead 2 needs 52 bars
+    assert v[60] == (-1 if sell else 1)
+    assert (v[51:60] == 0).all()
+    assert v[61] == 0  # the next bar: close_{t-1} is already beyond the conversion line
 
 
 def test_rule_rsi():
@@ -78,12 +130,18 @@ def test_rule_rsi():
 
 
 def test_rule_stoch():
-    k = [NAN, 10, 15, 85, 81, 50, 10, 15, 25]
-    d = [NAN, 12, 12, 80, 83, 40, 10, 10, 20]
-    # row2: 10<=12 then 15>12, K<20: buy ; row3: no cross ; row4: 85>=80 then 81<83, K>80: sell
-    # row5: crosses over but K>=20: 0 ; row6: 50>=40 then 10==10: no cross ; row7: 10<=10 then 15>10: buy
-    # row8: no cross (K stays above D)
-    assert_votes(R.vote("stoch", k, d), [NAN, NAN, 1, 0, -1, 0, 0, 1, 0])
+    k = [NAN, 10, 15, 85, 81, 50, 10, 15, 12, 85, 84, 90, 79]
+    d = [NAN, 12, 12, 80, 83, 40, 10, 10, 14, 85, 86, 85, 85]
+    # row2: 10 < 12 then 15 > 12, %K and %D < 20: buy ; row3: no cross
+    # row4: 85 > 80 then 81 < 83, %K and %D > 80: sell ; row5: crosses over but %K >= 20: 0
+    # row6: 50 > 40 then 10 == 10: no cross ; row7: %K == %D on the previous bar (10 == 10), then
+    # 15 > 10: NOT a cross (strict) ; row8: crosses under but %K < 80: 0
+    # row9: equal (85 == 85) ; row10: 84 < 86 after equality: not a cross under (strict)
+    # row11: crosses over, far above the low band: 0 ; row12: 90 > 85 then 79 < 85: crosses under,
+    # %D > 80 but %K is not: 0
+    # (a cross over with %K < 20 implies %D < %K < 20, and a cross under with %K > 80 implies
+    # %D > 80, so the %D band is checked by the script but never decides on its own)
+    assert_votes(R.vote("stoch", k, d), [NAN, NAN, 1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
 def test_rule_cci():
@@ -92,23 +150,32 @@ def test_rule_cci():
 
 
 def test_rule_adx():
-    adx = [NAN, 25, 25, 25, 15, 30, 30]
-    pdi = [10, 10, 22, 15, 25, 26, 10]
-    mdi = [20, 20, 18, 19, 10, 10, 30]
+    adx = [NAN, 25, 25, 25, 15, 30, 30, 30, 30, 30, 30]
+    pdi = [10, 10, 22, 15, 25, 26, 10, 20, 25, 20, 15]
+    mdi = [20, 20, 18, 19, 10, 10, 30, 20, 20, 20, 20]
     # row0 ADX undefined ; row1 no cross ; row2 +DI crosses over, ADX>20: buy ; row3 crosses under: sell
     # row4 crosses over but ADX<=20: 0 ; row5 no cross ; row6 crosses under, ADX 30: sell
-    assert_votes(R.vote("adx", adx, pdi, mdi), [NAN, 0, 1, -1, 0, 0, -1])
+    # row7 +DI == -DI ; row8 +DI > -DI after equality: not a cross (strict) ; row9 equal again
+    # row10 +DI < -DI after equality: not a cross under (strict)
+    assert_votes(R.vote("adx", adx, pdi, mdi), [NAN, 0, 1, -1, 0, 0, -1, 0, 0, 0, 0])
 
 
 def test_rule_ao():
-    ao = [NAN, -1.0, -0.5, 0.5, 0.3, 0.4, -0.2, -0.3, -0.1, -0.4, 0.0, 0.2]
-    # row2: ao_{t-2} undefined -> no vote even though nothing crosses
-    # row3: crosses above 0: buy ; row4: 0 ; row5: saucer above 0 (0.5 > 0.3 < 0.4): buy
-    # row6: crosses below 0: sell ; row7, row8: 0 ; row9: saucer below 0 (-0.3 < -0.1 > -0.4): sell
-    # row10: -0.4 -> 0.0 is not above 0: 0 ; row11: from 0 (<= 0) to 0.2: crosses above: buy
-    assert_votes(R.vote("ao", ao), [NAN, NAN, NAN, 1, 0, 1, -1, 0, 0, -1, 0, 1])
-    # a cross with ao_{t-2} undefined does not vote
-    assert_votes(R.vote("ao", [NAN, -1.0, 1.0]), [NAN, NAN, NAN])
+    ao = [NAN, -1.0, 0.5, 0.3, 0.4, -0.2, -0.3, -0.1, -0.4, 0.0, 0.2, 0.1, 0.15, 0.0, -0.1, 0.3, 0.2, 0.1]
+    # row1: ao_{t-1} undefined -> no vote
+    # row2: crosses above 0 (-1 -> 0.5): buy, already voting although ao_{t-2} is undefined
+    # row3: falling above 0: 0 ; row4: saucer (0.5 > 0.3 < 0.4, all > 0): buy
+    # row5: crosses below 0: sell ; row6: falling below 0 but ao_{t-2} = 0.4 > ao_{t-1}: 0
+    # row7: rising below 0: 0 ; row8: mirror saucer (-0.3 < -0.1 > -0.4, below 0): sell
+    # row9: -0.4 -> 0.0 is not above 0: 0 ; row10: 0.0 -> 0.2: ta.crossover(ao, 0), whose
+    # previous-bar test is ao_{t-1} <= 0: buy ; row11: 0 ; row12: saucer (0.2 > 0.1 < 0.15): buy
+    # row13: 0 ; row14: 0.0 -> -0.1: ta.crossunder (ao_{t-1} >= 0): sell
+    # row15: -0.1 -> 0.3 crosses above: buy ; row16: falling: 0
+    # row17: 0.3 > 0.2 > 0.1 is falling, not a saucer: 0
+    assert_votes(R.vote("ao", ao), [NAN, NAN, 1, 0, 1, -1, 0, 0, -1, 0, 1, 0, 1, 0, -1, 1, 0, 0])
+    # a rise above 0 on the first defined bar (no ao_{t-2}) is not a saucer
+    assert_votes(R.vote("ao", [NAN, 0.3, 0.4]), [NAN, NAN, 0])
+    assert_votes(R.vote("ao", [NAN, -1.0, 1.0]), [NAN, NAN, 1])
 
 
 def test_rule_mom():
@@ -120,15 +187,17 @@ def test_rule_macd():
 
 
 def test_rule_stoch_rsi():
-    close = [9.0, 9, 11, 11, 11, 9, 9, 9]
-    sma50 = [10.0, 10, 10, 10, 10, 10, 10, NAN]
-    k = [10.0, 16, 18, 85, 83, 85, 83, 85]
-    d = [15.0, 15, 16, 82, 84, 84, 84, 80]
-    # row1: downtrend, K/D < 20, K crosses over D: buy ; row2: no cross ; row3: no cross
-    # row4: uptrend, K/D > 80, K crosses under D: sell ; row6: crosses under but downtrend: 0
-    # row7: SMA50 undefined
-    assert_votes(R.vote("stoch_rsi", close, sma50, k, d), [NAN, 1, 0, 0, -1, 0, 0, NAN])
-    # K crosses over D in a downtrend but D is not < 20: neutral
+    close = [9.0, 9, 9, 11, 11, 9, 9, 11, 11, 10, 10, 9, 9]
+    ema50 = [10.0, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, NAN]
+    k = [10.0, 16, 18, 85, 83, 85, 83, 84, 83, 85, 83, 14, 16]
+    d = [15.0, 15, 16, 82, 84, 84, 84, 84, 84, 84, 84, 14, 15]
+    # row1: downtrend (close < EMA50), K/D < 20, K crosses over D: buy ; row2, row3: no cross
+    # row4: uptrend, K/D > 80, K crosses under D: sell ; row5: crosses over but K > 80: 0
+    # row6: crosses under but downtrend: 0 ; row7: K == D ; row8: K < D after equality: not a
+    # cross under (strict) ; row9: close == EMA50 (no trend), K > D ; row10: crosses under but no
+    # uptrend: 0 ; row11: K == D in a downtrend ; row12: EMA50 undefined: no vote
+    assert_votes(R.vote("stoch_rsi", close, ema50, k, d), [NAN, 1, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, NAN])
+    # K crosses over D in a downtrend but K is not < 20: neutral
     assert_votes(R.vote("stoch_rsi", [9.0, 9], [10.0, 10], [18.0, 25], [19.0, 24]), [NAN, 0])
 
 
@@ -138,17 +207,20 @@ def test_rule_willr():
 
 
 def test_rule_bbp():
-    close = [11.0, 11, 11, 9, 9, 9, 11]
-    sma50 = [10.0, 10, 10, 10, 10, 10, NAN]
-    bull = [2.0, 2, 2, 2, 1.5, -0.5, 1]
-    bear = [-1.0, -0.5, 0.5, -1, -1, -2, -1]
-    # row1: uptrend, bear < 0 and rising: buy ; row2: bear > 0: 0 ; row3: downtrend, bull not falling: 0
-    # row4: downtrend, bull > 0 and falling: sell ; row5: bull falling but < 0: 0 ; row6: no SMA50
-    assert_votes(R.vote("bbp", close, sma50, bull, bear), [NAN, 1, 0, 0, -1, 0, NAN])
+    close = [11.0, 11, 11, 9, 9, 9, 10, 10, 11]
+    ema50 = [10.0, 10, 10, 10, 10, 10, 10, 10, NAN]
+    bull = [2.0, 2, 2, 2, 1.5, -0.5, 1, 0.5, 1]
+    bear = [-1.0, -0.5, 0.5, -1, -1, -2, -1, -0.5, -1]
+    # row1: uptrend (close > EMA50), bear < 0 and rising: buy ; row2: bear > 0: 0
+    # row3: downtrend, bull not falling: 0 ; row4: downtrend, bull > 0 and falling: sell
+    # row5: bull falling but < 0: 0 ; row6: close == EMA50 (no trend): 0
+    # row7: bear rising and bull falling, still no trend: 0 ; row8: EMA50 undefined: no vote
+    assert_votes(R.vote("bbp", close, ema50, bull, bear), [NAN, 1, 0, 0, -1, 0, 0, 0, NAN])
 
 
 def test_rule_uo():
-    assert_votes(R.vote("uo", [NAN, 75, 50, 25, 70, 30]), [NAN, 1, 0, -1, 0, 0])
+    # NaN = warm-up or a window without range (the script leaves UO undefined there): no vote
+    assert_votes(R.vote("uo", [NAN, 75, 50, 25, 70, 30, NAN]), [NAN, 1, 0, -1, 0, 0, NAN])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,8 +272,9 @@ def test_rsi_and_momentum_votes_from_prices():
 def test_votes_equal_rules_applied_to_returned_indicators():
     o, h, l, c, v = random_ohlcv(400, 3, seed=11, starts=[0, 30, 100])
     res = R.compute_ratings(o, h, l, c, v)
+    ichimoku_lines = (res["ichimoku_conversion"], res["ichimoku_base"], res["ichimoku_lead1"], res["ichimoku_lead2"])
     inputs = {
-        "ichimoku": (c, res["ichimoku_conversion"], res["ichimoku_base"], res["ichimoku_span_a"], res["ichimoku_span_b"]),
+        "ichimoku": (c, *ichimoku_lines),
         "rsi": (res["rsi"],),
         "stoch": (res["stoch_k"], res["stoch_d"]),
         "cci": (res["cci"],),
@@ -209,43 +282,123 @@ def test_votes_equal_rules_applied_to_returned_indicators():
         "ao": (res["ao"],),
         "mom": (res["mom"],),
         "macd": (res["macd"], res["macd_signal"]),
-        "stoch_rsi": (c, res["sma_50"], res["stoch_rsi_k"], res["stoch_rsi_d"]),
+        "stoch_rsi": (c, res["ema_50"], res["stoch_rsi_k"], res["stoch_rsi_d"]),
         "willr": (res["willr"],),
-        "bbp": (c, res["sma_50"], res["bull_power"], res["bear_power"]),
+        "bbp": (c, res["ema_50"], res["bull_power"], res["bear_power"]),
         "uo": (res["uo"],),
     }
     for name in R.MA_VOTES[:-1]:
         inputs[name] = (c, res[name])
     for name, args in inputs.items():
         assert_votes(res["vote_" + name], R.vote(name, *args))
-    # every oscillator rule fires both ways on these 3 x 400 random bars (Ichimoku: see below);
+    # every oscillator rule fires both ways on these 3 x 400 random bars, and so does Ichimoku;
     # all but momentum / MACD (a tie is needed for their 0) also produce neutral votes
-    for name in R.OSC_VOTES:
+    for name in R.OSC_VOTES + ("ichimoku",):
         votes = res["vote_" + name]
         assert (votes == 1).any() and (votes == -1).any(), name
         assert name in ("mom", "macd") or (votes == 0).any(), name
 
 
-def test_ichimoku_vote_is_never_nonzero_with_undisplaced_lines():
-    # SPEC §1.5 asks for undisplaced lines, where span A = (conversion + base) / 2: "base > span A"
-    # then means base > conversion, contradicting "conversion > base" (and the same for sell).
-    # So the rule, implemented exactly as specified, votes 0 on every defined bar.
-    o, h, l, c, v = random_ohlcv(1000, 4, seed=3)
-    vote = R.compute_ratings(o, h, l, c, v, keys=["vote_ichimoku"])["vote_ichimoku"]
-    assert np.isnan(vote[:51]).all() and (vote[51:] == 0).all()
+def test_trend_is_close_vs_ema50_not_sma50():
+    # Stoch RSI and Bull/Bear power take their trend from EMA(50): on random bars the votes equal
+    # the rules fed with EMA(50) and differ from the same rules fed with SMA(50)
+    o, h, l, c, v = random_ohlcv(3000, 4, seed=13)
+    res = R.compute_ratings(o, h, l, c, v)
+    ema50, sma50 = res["ema_50"], res["sma_50"]
+    assert (np.sign(c - ema50) != np.sign(c - sma50))[60:].mean() > 0.02  # the trends do disagree
+    for name, k1, k2 in (("stoch_rsi", "stoch_rsi_k", "stoch_rsi_d"), ("bbp", "bull_power", "bear_power")):
+        assert_votes(res["vote_" + name], R.vote(name, c, ema50, res[k1], res[k2]))
+        with_sma = R.vote(name, c, sma50, res[k1], res[k2])
+        differ = ~np.isnan(res["vote_" + name]) & (res["vote_" + name] != with_sma)
+        assert differ.sum() > 0, name
+    # the votes start with EMA(50) (row 49), not with their oscillator inputs (rows 32 / 13)
+    assert np.isnan(res["vote_stoch_rsi"][:49]).all() and np.isnan(res["vote_bbp"][:49]).all()
+    assert not np.isnan(res["vote_stoch_rsi"][49:]).any() and not np.isnan(res["vote_bbp"][49:]).any()
+
+
+def test_cci_vote_uses_cci_of_close():
+    from quantlib import indicators as ind
+
+    o, h, l, c, v = random_ohlcv(1500, 3, seed=17)
+    res = R.compute_ratings(o, h, l, c, v)
+    np.testing.assert_array_equal(res["cci"], ind.cci(c, 20))
+    assert_votes(res["vote_cci"], R.vote("cci", ind.cci(c, 20)))
+    # a typical-price CCI would vote differently on a sizeable share of the bars
+    tp_votes = R.vote("cci", ind.cci(ind.typical_price(h, l, c), 20))
+    defined = ~np.isnan(tp_votes)
+    assert (res["vote_cci"][defined] != tp_votes[defined]).mean() > 0.02
+
+
+def test_ichimoku_votes_on_sim_demo_data():
+    # SPEC §1.5: the Ichimoku component votes on real-looking data (the old rule never could)
+    from quantlib.sources.sim import SimExchange
+
+    sim = SimExchange(venue="crypto", seed=7, as_of="2026-11-30")
+    markets = sim.markets()
+    symbols = markets.loc[(markets["quote"] == "USDT") & (markets["type"] == "spot"), "symbol"].head(6).tolist()
+    bars = {s: sim.ohlcv(s, "1d").set_index("ts") for s in symbols}
+    frames = {k: pd.DataFrame({s: b[k] for s, b in bars.items()}).sort_index()
+              for k in ("open", "high", "low", "close", "volume")}
+    keys = ["vote_ichimoku", "ichimoku_conversion", "ichimoku_base", "ichimoku_lead1", "ichimoku_lead2"]
+    res = R.ratings_panel(**frames, keys=keys)
+    vote = res["vote_ichimoku"]
+    assert (vote == 1).to_numpy().sum() > 0 and (vote == -1).to_numpy().sum() > 0
+    for s in symbols:  # every symbol votes both ways on its ~7 years of daily bars
+        assert {-1.0, 0.0, 1.0} <= set(vote[s].dropna().unique()), s
+    # the lines are the undisplaced 9/26/52-bar midpoints of bar t, and the votes follow the rule
+    b = bars[symbols[0]]
+
+    def mid(n):
+        return ((b["high"].rolling(n).max() + b["low"].rolling(n).min()) / 2).to_numpy()
+
+    np.testing.assert_allclose(res["ichimoku_conversion"][symbols[0]].dropna(), mid(9)[8:], rtol=1e-15)
+    np.testing.assert_allclose(res["ichimoku_lead2"][symbols[0]].dropna(), mid(52)[51:], rtol=1e-15)
+    lines = [res[k][symbols[0]].to_numpy() for k in keys[1:]]
+    assert_votes(vote[symbols[0]], R.vote("ichimoku", frames["close"][symbols[0]].to_numpy(), *lines))
 
 
 # ----------------------------------------------------------------------------------------------
 # warm-up and groups
 # ----------------------------------------------------------------------------------------------
-def test_warmup_does_not_vote_and_group_is_mean_of_defined_votes():
+#: first row (from a series' first bar) at which each vote is defined: the script's na() checks
+FIRST_VOTE_ROW = {
+    **{f"sma_{n}": n - 1 for n in R.MA_WINDOWS},
+    **{f"ema_{n}": n - 1 for n in R.MA_WINDOWS},
+    "hma_9": 10,  # WMA 9 (row 8) then WMA 3
+    "vwma_20": 19,
+    "ichimoku": 51,  # lead 2 (52 bars); close_{t-1} exists by then
+    "rsi": 15,  # RSI from row 14, and RSI_{t-1}
+    "stoch": 18,  # %D from row 17, and %D_{t-1}
+    "cci": 20,  # CCI from row 19, and CCI_{t-1}
+    "adx": 27,  # ADX from row 2 * 14 - 1
+    "ao": 34,  # AO from row 33, and AO_{t-1} (AO_{t-2} is not required)
+    "mom": 11,  # momentum from row 10, and its previous value
+    "macd": 33,  # signal from row 26 + 9 - 2
+    "stoch_rsi": 49,  # EMA(50) (its K/D exist from row 32)
+    "willr": 14,  # %R from row 13, and %R_{t-1}
+    "bbp": 49,  # EMA(50) (bull/bear power exist from row 12)
+    "uo": 28,  # 28 true ranges, the first needs a previous close
+}
+
+
+def test_warmup_does_not_vote_first_vote_rows():
+    assert set(FIRST_VOTE_ROW) == set(R.MA_VOTES + R.OSC_VOTES)
+    start = 37
+    o, h, l, c, v = random_ohlcv(400, 2, seed=2, starts=[0, start])
+    res = R.compute_ratings(o, h, l, c, v)
+    for name, row in FIRST_VOTE_ROW.items():
+        for j, s in enumerate((0, start)):
+            votes = res["vote_" + name][:, j]
+            assert np.isnan(votes[: s + row]).all(), (name, j)
+            assert not np.isnan(votes[s + row :]).any(), (name, j)
+
+
+def test_group_is_mean_of_defined_votes():
     o, h, l, c, v = random_ohlcv(60, 1, seed=2)
     res = R.compute_ratings(o, h, l, c, v)
-    for name in ("sma_100", "sma_200", "ema_100", "ema_200"):
-        assert np.isnan(res["vote_" + name]).all()
     ma_votes = np.stack([res["vote_" + n][:, 0] for n in R.MA_VOTES])
     osc_votes = np.stack([res["vote_" + n][:, 0] for n in R.OSC_VOTES])
-    # at the last bar 11 MA votes are defined: SMA/EMA 10..50, HMA, VWMA, Ichimoku (span B from row 51)
+    # at the last bar 11 MA votes are defined: SMA/EMA 10..50, HMA, VWMA, Ichimoku (lead 2 from row 51)
     assert (~np.isnan(ma_votes[:, -1])).sum() == 11
     for t in range(60):
         mv, ov = ma_votes[:, t], osc_votes[:, t]
@@ -262,14 +415,21 @@ def test_warmup_does_not_vote_and_group_is_mean_of_defined_votes():
     assert res["recommend_ma"][-1, 0] == pytest.approx(np.nansum(mv) / 11)
 
 
-def test_recommend_all_is_mean_of_groups():
+def test_recommend_all_is_mean_of_defined_groups():
     o, h, l, c, v = random_ohlcv(300, 4, seed=4, starts=[0, 5, 50, 200])
     res = R.compute_ratings(o, h, l, c, v)
     ma, other, all_ = res["recommend_ma"], res["recommend_other"], res["recommend_all"]
     both = ~np.isnan(ma) & ~np.isnan(other)
-    np.testing.assert_array_equal(np.isnan(all_), ~both)  # NaN if either group is NaN
     np.testing.assert_allclose(all_[both], (ma[both] + other[both]) / 2, rtol=0, atol=1e-15)
     assert (both & (ma != other)).any()  # not trivially equal groups
+    # the script's ratingTotal averages the groups that are defined: on a symbol's rows 9 and 10
+    # only the MA group votes, and recommend_all is recommend_ma there; NaN before row 9
+    only_ma = ~np.isnan(ma) & np.isnan(other)
+    assert only_ma.sum() == 2 * 4
+    np.testing.assert_array_equal(all_[only_ma], ma[only_ma])
+    np.testing.assert_array_equal(np.isnan(all_), np.isnan(ma) & np.isnan(other))
+    for j, s in enumerate([0, 5, 50, 200]):
+        assert np.isnan(all_[: s + 9, j]).all() and np.array_equal(all_[s + 9 : s + 11, j], ma[s + 9 : s + 11, j])
     assert np.nanmax(np.abs(all_)) <= 1
 
 
