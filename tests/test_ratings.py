@@ -173,8 +173,11 @@ def test_rule_ao():
     # row15: -0.1 -> 0.3 crosses above: buy ; row16: falling: 0
     # row17: 0.3 > 0.2 > 0.1 is falling, not a saucer: 0
     assert_votes(R.vote("ao", ao), [NAN, NAN, 1, 0, 1, -1, 0, 0, -1, 0, 1, 0, 1, 0, -1, 1, 0, 0])
-    # a rise above 0 on the first defined bar (no ao_{t-2}) is not a saucer
+    # a rise above 0 on the first defined bar (no ao_{t-2}) is not a saucer, nor a rise after a
+    # flat bar (ao_{t-2} == ao_{t-1}: the dip must be strict); the mirror below 0 likewise
     assert_votes(R.vote("ao", [NAN, 0.3, 0.4]), [NAN, NAN, 0])
+    assert_votes(R.vote("ao", [0.5, 0.3, 0.3, 0.4]), [NAN, 0, 0, 0])
+    assert_votes(R.vote("ao", [-0.5, -0.3, -0.3, -0.4]), [NAN, 0, 0, 0])
     assert_votes(R.vote("ao", [NAN, -1.0, 1.0]), [NAN, NAN, 1])
 
 
