@@ -1,6 +1,8 @@
 """Atomic file I/O: every write goes to a temp file in the same folder, is fsynced, then renamed.
 
-A crash at any point leaves either the old file or the new one, never a half-written file.
+A crash at any point leaves either the old file or the new one, never a half-written file; a
+process killed mid-write can leave its temp file (`.<name>.<8 random chars>.tmp`), which
+`remove_interrupted_writes` deletes on the next run (it matches that exact pattern and nothing else).
 Readers turn unreadable files into a one-line `DataError` that names the file and the fix.
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +25,22 @@ from .errors import DataError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+TEMP_SUFFIX = ".tmp"
+TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+"""Names `atomic_path` gives its temp files: `.` + target name + `.` + mkstemp's 8 random characters
+(lower-case letters, digits, `_`) + `.tmp`. `remove_interrupted_writes` matches exactly this."""
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to `path`; on success fsync it and `os.replace` it onto `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
     os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
     tmp = Path(tmp_name)
@@ -40,6 +52,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_interrupted_writes(directory: str | os.PathLike, targets: set[str] | None = None) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in `directory` (not recursive); return them.
+
+    Only regular files whose name matches `TEMP_PATTERN` are touched, and with `targets` only those
+    whose target file name is in it (e.g. `{"registry.parquet"}`). Run it when no other process is
+    writing into `directory`: a live writer's temp file looks the same.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = TEMP_PATTERN.match(entry.name)
+        if not match or not entry.is_file() or entry.is_symlink():
+            continue
+        if targets is not None and match.group("target") not in targets:
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

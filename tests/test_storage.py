@@ -1,5 +1,9 @@
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +12,8 @@ import pytest
 from quantlib import storage
 from quantlib.errors import DataError
 from quantlib.lakehouse import Lakehouse
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bars(start: str, n: int, base: float = 100.0) -> pd.DataFrame:
@@ -84,12 +90,51 @@ def test_malformed_ohlcv_file_is_reported(tmp_path):
 def test_registry_upsert_keeps_toxic_sticky(tmp_path):
     lake = Lakehouse(tmp_path)
     now = pd.Timestamp("2026-01-01", tz="UTC")
-    entries = pd.DataFrame([("A:X", "TOXIC", "spike", now, 6.0), ("A:Y", "ZERO_VOLUME", "zero", now, np.nan)],
-                           columns=["symbol", "status", "reason", "detected_at", "value"])
+    entries = pd.DataFrame([("A:X", "TOXIC", "spike", now, now, 6.0), ("A:Y", "ZERO_VOLUME", "zero", now, now, 5.0)],
+                           columns=["symbol", "status", "reason", "detected_at", "bar_ts", "value"])
     lake.update_registry(entries)
     assert lake.excluded_symbols() == {"A:X", "A:Y"}
     lake.update_registry(entries.iloc[:0], cleared={"A:X", "A:Y"})  # both re-checked clean
     assert lake.excluded_symbols() == {"A:X"}  # flags clear, TOXIC stays
+
+
+# ------------------------------------------------------------------ interrupted writes
+def _killed_mid_write(target) -> None:
+    """A child process starts an atomic write of `target` and is SIGKILLed before the rename."""
+    code = ("import os, signal, sys\nfrom quantlib import storage\n"
+            "with storage.atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'PAR1 half written')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(target)], cwd=ROOT, capture_output=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def test_a_killed_write_leaves_a_temp_that_matches_the_cleanup_pattern(tmp_path):
+    target = tmp_path / "BINANCE_BTCUSDT.parquet"
+    _killed_mid_write(target)
+    leftovers = [p for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and not target.exists()
+    assert storage.TEMP_PATTERN.match(leftovers[0].name).group("target") == target.name
+    assert storage.remove_interrupted_writes(tmp_path) == leftovers
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cleanup_removes_only_atomic_write_temps(tmp_path):
+    temps = [".BINANCE_BTCUSDT.parquet.ab_cd123.tmp", ".registry.parquet.0a1b2c3d.tmp"]
+    others = ["BINANCE_BTCUSDT.parquet", ".BINANCE_BTCUSDT.parquet.short.tmp", ".x.parquet.ABCDEFGH.tmp",
+              "BINANCE_BTCUSDT.parquet.ab_cd123.tmp", ".x.parquet.ab_cd123.tmp.bak", "notes.tmp", ".hidden"]
+    for name in temps + others:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".dir.parquet.abcdefgh.tmp").mkdir()  # a directory is never touched
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / temps[0]).write_bytes(b"x")  # not recursive
+    removed = storage.remove_interrupted_writes(tmp_path, targets={"registry.parquet"})
+    assert [p.name for p in removed] == [temps[1]]
+    removed = storage.remove_interrupted_writes(tmp_path)
+    assert [p.name for p in removed] == [temps[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".dir.parquet.abcdefgh.tmp", "sub"])
+    assert (tmp_path / "sub" / temps[0]).exists()
+    assert storage.remove_interrupted_writes(tmp_path / "absent") == []
 
 
 def test_file_permissions_are_normal(tmp_path):
