@@ -49,9 +49,11 @@ class SourceConfig(Strict):
 
 
 class DataConfig(Strict):
+    """Phase 1 (SPEC §1.3). No freshness knob: a symbol is fresh while the source cannot have a newer
+    closed bar than the last stored one (bar-period aware, judged from the data)."""
+
     timeframe: Literal["1d"]
     lookback_days: int = Field(ge=30)
-    freshness_hours: float = Field(ge=0)
     workers: int = Field(ge=1, le=64)
     toxic_return: float = Field(gt=0)
     flat_bars: int = Field(ge=2)

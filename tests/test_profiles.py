@@ -34,7 +34,7 @@ def test_inheritance_deep_merges_mappings_and_replaces_lists(tmp_path):
     assert resolved.chain == ("child", "parent", "base")
     assert resolved.profile.data.lookback_days == 300  # inherited from parent
     assert resolved.profile.data.scanners == ["c_scanner"]  # list replaced, not appended
-    assert resolved.profile.data.freshness_hours == 12  # default from base.yaml
+    assert resolved.profile.data.workers == 8  # default from base.yaml
 
 
 def test_unknown_key_names_file_and_key(tmp_path):
