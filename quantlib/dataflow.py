@@ -3,10 +3,12 @@
 The data notebooks are thin wrappers over these, so everything here is reachable from tests.
 Order: universe (market-level scan) -> ingest -> metadata -> features -> scan -> backfill. Technical
 fields need history, so the flow ingests the symbols that pass the market-level filters first.
+Every stage that uses stored bars (features, scan, backfill) skips flagged symbols and reports and
+skips unreadable OHLCV files, so one corrupt file never stops the run; a corrupt anchor does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,13 +21,18 @@ from .scanners import candidate_document, load_scanner, run_scanners, screener_t
 from .sources.base import MARKET_COLUMNS
 from .stage import StageContext
 
-METADATA_COLUMNS = MARKET_COLUMNS + ["updated_at"]
-
 
 @dataclass
 class ScanResult:
     documents: dict[str, dict]
     funnel: pd.DataFrame  # scanner, step, filter, remaining
+    unreadable: dict[str, str] = field(default_factory=dict)  # symbol -> why its OHLCV file was skipped
+
+
+@dataclass
+class TechnicalsResult:
+    snapshot: pd.DataFrame  # one row per rated symbol (features.SNAPSHOT_COLUMNS)
+    unreadable: dict[str, str]  # symbol -> why its OHLCV file was skipped
 
 
 def _funnel_table(results: dict[str, tuple[pd.DataFrame, list[dict]]]) -> pd.DataFrame:
@@ -58,40 +65,50 @@ def ingest_universe(ctx: StageContext, progress: bool = True) -> pd.DataFrame:
     universe = storage.read_json(ctx.require("artifacts/universe.json"))
     cfg = ctx.profile.data
     report = ingest(ctx.source(), ctx.lake, universe["symbols"], cfg, anchors=cfg.anchors, progress=progress)
-    report = report.assign(last_bar=pd.to_datetime(report["last_bar"], utc=True))
     storage.write_parquet(ctx.path("artifacts/ingest_report.parquet"), report)
     return report
 
 
 def refresh_metadata(ctx: StageContext) -> dict:
-    """Upsert the run's market snapshot into `symbols.parquet` (last value wins); report missing fields."""
+    """Merge the run's market snapshot into `symbols.parquet`, keeping every market ever seen.
+
+    Fields of listed markets: last value wins. A market that turns inactive or leaves the source's
+    list keeps its row with `active = False` and `inactive_since` (see `Lakehouse.upsert_symbols`).
+    Times are the source's clock, so point-in-time universes can compare them with bar timestamps.
+    """
     markets = storage.read_parquet(ctx.require("artifacts/markets.parquet"))
     lake = ctx.lake
-    fresh = markets.assign(updated_at=pd.Timestamp.now(tz="UTC"))[METADATA_COLUMNS]
-    if lake.symbols_path.exists():
-        old = lake.read_table(lake.symbols_path)
-        fresh = pd.concat([old[~old["symbol"].isin(fresh["symbol"])], fresh], ignore_index=True)
-    fresh = fresh.sort_values("symbol", ignore_index=True)
-    lake.write_table(lake.symbols_path, fresh)
+    changes = lake.upsert_symbols(markets, observed=ctx.source().now())
+    table = lake.read_symbols()
     missing = {col: sorted(markets.loc[markets[col].isna(), "symbol"]) for col in MARKET_COLUMNS
                if markets[col].isna().any()}
-    report = {"run_id": ctx.run.id, "symbols_in_run": len(markets), "symbols_in_lakehouse": len(fresh),
+    report = {"run_id": ctx.run.id, "symbols_in_run": len(markets), "symbols_in_lakehouse": len(table),
+              "active_in_lakehouse": int(table["active"].sum()), **changes,
               "missing_fields": missing,
               "missing_tick_or_lot": sorted(set(missing.get("tick_size", [])) | set(missing.get("lot_size", [])))}
     storage.write_json(ctx.path("artifacts/metadata_report.json"), report)
     return report
 
 
-def _usable_symbols(ctx: StageContext, symbols: list[str]) -> list[str]:
-    lake, tf = ctx.lake, ctx.profile.data.timeframe
+def _usable_symbols(ctx: StageContext, symbols: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(symbols with readable stored bars that no flag excludes, {unreadable symbol: reason}).
+
+    A corrupt or malformed file of a required anchor raises DataError: the run cannot go on without it.
+    """
+    lake, cfg = ctx.lake, ctx.profile.data
     excluded = lake.excluded_symbols()
-    return [s for s in symbols if s not in excluded and lake.ohlcv_path(s, tf).exists()]
+    stored = [s for s in symbols if s not in excluded and lake.ohlcv_path(s, cfg.timeframe).exists()]
+    unreadable = lake.unreadable_ohlcv(stored, cfg.timeframe)
+    broken = [a for a in cfg.anchors if a in unreadable]
+    if broken:
+        raise DataError(f"{ctx.stage.name}: required anchor {broken[0]} cannot be read: {unreadable[broken[0]]}")
+    return [s for s in stored if s not in unreadable], unreadable
 
 
-def technicals(ctx: StageContext) -> pd.DataFrame:
+def technicals(ctx: StageContext) -> TechnicalsResult:
     """Ratings snapshot of the universe's usable symbols; upserted into `lakehouse/technicals.parquet`."""
     universe = storage.read_json(ctx.require("artifacts/universe.json"))
-    symbols = _usable_symbols(ctx, universe["symbols"])
+    symbols, unreadable = _usable_symbols(ctx, universe["symbols"])
     if not symbols:
         raise DataError("features: no universe symbol has stored bars; run the ingest stage first")
     panel = load_panel(ctx.lake, symbols, ctx.profile.data.timeframe)
@@ -103,7 +120,7 @@ def technicals(ctx: StageContext) -> pd.DataFrame:
         old = lake.read_table(lake.technicals_path)
         merged = pd.concat([old[~old["symbol"].isin(snap["symbol"])], snap], ignore_index=True)
     lake.write_table(lake.technicals_path, merged.sort_values("symbol", ignore_index=True))
-    return snap
+    return TechnicalsResult(snap, unreadable)
 
 
 def full_scan(ctx: StageContext) -> ScanResult:
@@ -113,7 +130,8 @@ def full_scan(ctx: StageContext) -> ScanResult:
     techs = storage.read_parquet(ctx.require("artifacts/technicals.parquet"))
     excluded = ctx.lake.excluded_symbols()
     table = screener_table(markets, tickers, techs)
-    table = table[~table["symbol"].isin(excluded)]
+    _, unreadable = _usable_symbols(ctx, list(table["symbol"]))
+    table = table[~table["symbol"].isin(excluded | set(unreadable))]
     scanners = [load_scanner(name) for name in ctx.profile.data.scanners]
     results = run_scanners(scanners, table)
     now = utc_now()
@@ -123,16 +141,17 @@ def full_scan(ctx: StageContext) -> ScanResult:
         docs[scanner.name] = candidate_document(scanner, rows, funnel, ctx.run.id, now)
         storage.write_json(ctx.path(f"export/{scanner.name}.json"), docs[scanner.name])
     summary = {"run_id": ctx.run.id, "generated_at": now, "excluded_symbols": sorted(excluded),
-               "counts": {name: doc["count"] for name, doc in docs.items()}}
+               "unreadable_files": unreadable, "counts": {name: doc["count"] for name, doc in docs.items()}}
     storage.write_json(ctx.path("artifacts/scan_summary.json"), summary)
-    return ScanResult(docs, _funnel_table(results))
+    return ScanResult(docs, _funnel_table(results), unreadable)
 
 
 def backfill_matrix(ctx: StageContext) -> dict:
     """Point-in-time features for every usable stored symbol of the profile's timeframe."""
-    cfg = ctx.profile.data
-    symbols = _usable_symbols(ctx, ctx.lake.stored_symbols(cfg.timeframe))
-    report = backfill(ctx.lake, symbols, cfg.timeframe, cfg.backfill_chunk)
-    report["run_id"] = ctx.run.id
+    cfg, lake = ctx.profile.data, ctx.lake
+    removed = lake.remove_interrupted_writes(tables=[lake.features_path])
+    symbols, unreadable = _usable_symbols(ctx, lake.stored_symbols(cfg.timeframe))
+    report = backfill(lake, symbols, cfg.timeframe, cfg.backfill_chunk)
+    report.update(run_id=ctx.run.id, unreadable_files=unreadable, removed_temp_files=[p.name for p in removed])
     storage.write_json(ctx.path("artifacts/backfill_report.json"), report)
     return report

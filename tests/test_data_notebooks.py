@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,8 @@ STAGES = ["universe", "ingest", "metadata", "features", "scan", "backfill"]
 EXCLUDED_BASES = {"USDC", "FDUSD", "TUSD", "DAI", "USDP", "PAXG", "XAUT"}
 SPIKE = "BINANCE:SPIKEUSDT"
 GAPPY = "BINANCE:GAPPYUSDT"
+DELIST = "BINANCE:DELISTUSDT"
+AS_OF = pd.Timestamp("2026-11-25T06:00:00Z")
 
 
 def read_json(path: Path) -> dict:
@@ -153,6 +156,9 @@ def test_toxic_spike_is_registered_and_in_no_export(first):
     assert "TOXIC" in set(spike["status"]), registry
     toxic = spike[spike["status"] == "TOXIC"].iloc[0]
     assert toxic["value"] >= 5.0 and "500%" in toxic["reason"].replace(" ", "")
+    assert list(registry.columns) == ["symbol", "status", "reason", "detected_at", "bar_ts", "value"]
+    assert toxic["bar_ts"] == pd.Timestamp("2026-10-26", tz="UTC")  # the spike bar, not the detection time
+    assert toxic["detected_at"] == AS_OF
     universe = read_json(first.run.dir / "artifacts" / "universe.json")
     assert SPIKE in universe["symbols"], "the spike passes the market-level filters; the guard must catch it"
     report = pd.read_parquet(first.run.dir / "artifacts" / "ingest_report.parquet").set_index("symbol")
@@ -206,17 +212,30 @@ def test_symbols_table_has_sizes_and_reports_missing_lot_size(first):
     assert "BINANCE:BTCUSDT" not in report["missing_tick_or_lot"]
 
 
+def test_symbols_table_keeps_the_delisted_market_with_its_history(first, second):
+    symbols = pd.read_parquet(first.lake / "symbols.parquet").set_index("symbol")
+    assert list(symbols.columns)[-3:] == ["updated_at", "first_seen", "inactive_since"]
+    assert (symbols["first_seen"] == AS_OF).all()  # the source's clock (sim as_of)
+    assert not symbols.at[DELIST, "active"] and symbols.at[DELIST, "inactive_since"] == AS_OF
+    assert symbols.loc[symbols["active"], "inactive_since"].isna().all()
+    markets = pd.read_parquet(first.run.dir / "artifacts" / "markets.parquet")
+    assert set(symbols.index) == set(markets["symbol"])
+
+
 # ---------------------------------------------------------------------------------------------- re-runs
 def test_second_run_finds_every_ingested_symbol_fresh(first, second):
     assert second.result.returncode == 0, f"{second.result.stdout}\n{second.result.stderr}"
     assert second.run.id != first.run.id and second.run.manifest["status"] == "PASS"
     before = pd.read_parquet(first.run.dir / "artifacts" / "ingest_report.parquet").set_index("symbol")
     after = pd.read_parquet(second.run.dir / "artifacts" / "ingest_report.parquet").set_index("symbol")
-    ingested = before.index[before["status"] == "added"]
+    ingested = before.index[(before["status"] == "added") & (before["bars_behind"] == 0)]
     assert len(ingested) >= 20
     assert (after.loc[ingested, "status"] == "fresh").all(), after.loc[ingested, ["status", "reason"]]
-    assert (after.loc[ingested, "rows_added"] == 0).all()
+    assert (after.loc[ingested, "rows_added"] == 0).all() and (after.loc[ingested, "bars_behind"] == 0).all()
     assert "added" not in set(after["status"]) and after["rows_added"].sum() == 0
+    stopped = before.index[(before["status"] == "added") & (before["bars_behind"] > 0)]  # feeds that stopped
+    assert (after.loc[stopped, "status"] == "unchanged").all(), after.loc[stopped, ["status", "reason"]]
+    assert set(after["status"]) <= {"fresh", "unchanged", "toxic"}, after["status"].value_counts()
     assert after.at[SPIKE, "status"] == "toxic"
     assert (after.loc[ingested, "bars"] == before.loc[ingested, "bars"]).all()
 
@@ -231,3 +250,40 @@ def test_resume_of_a_complete_run_skips_every_stage(workspace, first):
     assert "running" not in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (first.run.dir / "notebooks").glob("*.ipynb")} == notebooks
     assert Run.open(workspace.runs_dir, first.run.id).manifest["status"] == "PASS"
+
+
+# ---------------------------------------------------------------------------------------------- damage
+@pytest.fixture(scope="module")
+def afternoon(workspace, first, tmp_path_factory):
+    """An afternoon re-run on a copy of the first run's lakehouse in which one candidate's OHLCV file
+    is truncated and an interrupted write left a temp file (the session lakehouse is not touched)."""
+    base = tmp_path_factory.mktemp("afternoon")
+    lake = base / "lakehouse"
+    shutil.copytree(first.lake, lake)
+    victim = next(c["symbol"] for c in exports(first.run)["binance_spot_base"]["candidates"]
+                  if c["symbol"] != "BINANCE:BTCUSDT")
+    path = lake / "ohlcv" / "1d" / f"{victim.replace(':', '_', 1)}.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    leftover = lake / "ohlcv" / "1d" / ".BINANCE_BTCUSDT.parquet.k1ll3d00.tmp"
+    leftover.write_bytes(b"PAR1 half written")
+    env = {"FW_DATA__LAKEHOUSE": str(lake), "FW_SOURCE__AS_OF": "2026-11-25T18:00:00Z"}
+    result = workspace.book("data", "--profile", "demo", env=env, runs_dir=base / "runs")
+    return result, workspace.run_of(result, base / "runs"), victim, leftover
+
+
+def test_afternoon_rerun_skips_fresh_symbols_and_survives_a_corrupt_file(first, afternoon):
+    result, run, victim, leftover = afternoon
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert run.manifest["status"] == "PASS"
+    assert not leftover.exists()
+    before = pd.read_parquet(first.run.dir / "artifacts" / "ingest_report.parquet").set_index("symbol")
+    report = pd.read_parquet(run.dir / "artifacts" / "ingest_report.parquet").set_index("symbol")
+    assert report.at[victim, "status"] == "failed" and "delete it" in report.at[victim, "reason"]
+    ingested = before.index[(before["status"] == "added") & (before["bars_behind"] == 0) & (before.index != victim)]
+    assert len(ingested) >= 20
+    assert (report.loc[ingested, "status"] == "fresh").all(), report.loc[ingested, ["status", "reason"]]
+    for name, doc in exports(run).items():
+        assert victim not in {c["symbol"] for c in doc["candidates"]}, name
+    assert victim in read_json(run.dir / "artifacts" / "scan_summary.json")["unreadable_files"]
+    backfill = read_json(run.dir / "artifacts" / "backfill_report.json")
+    assert victim in backfill["unreadable_files"] and backfill["symbols"] >= 20
