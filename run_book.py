@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     def ray_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--executor", choices=["ray", "local"], default="ray",
                        help="run the sleeves as Ray tasks (default) or one after another in this process")
-        p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one (runs and "
-                                             "lakehouse paths must then be on storage every node sees)")
+        p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one, giving up after "
+                                             "meta.ray_connect_timeout_s (30 s); runs and lakehouse paths must then "
+                                             "be on storage every node sees")
 
     p = sub.add_parser("meta", help="Phase 3: sleeves in parallel on Ray, gates, risk parity, flattening",
                        description="Run the meta book of PROFILE: every sleeve's book (Ray tasks), the sign-test and "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 
@@ -105,9 +106,10 @@ def run_spec(spec: dict) -> dict:
             "pinned": False, "seconds": round(time.perf_counter() - start, 2), "log": log}
 
 
-def execute(specs: list[dict], executor: str = "ray", address: str | None = None, temp_dir: str | None = None,
-            on_done: Callable[[dict], None] = print) -> list[dict]:
-    """Run every spec: as Ray tasks (local cluster or `address`) or one after another in this process."""
+def execute(specs: list[dict], executor: str = "ray", address: str | None = None, private: Path | None = None,
+            on_done: Callable[[dict], None] = print, *, connect_timeout_s: float) -> list[dict]:
+    """Run every spec: as Ray tasks (a local instance whose files are in `private`, see `local_ray_files`, or the
+    cluster at `address`, joined within `connect_timeout_s`) or one after another in this process."""
     if not specs:
         return []
     if executor == "local":
@@ -116,29 +118,14 @@ def execute(specs: list[dict], executor: str = "ray", address: str | None = None
             results.append(run_spec(spec))
             on_done(results[-1])
         return results
-    return _execute_ray(specs, address, temp_dir, on_done)
+    return _execute_ray(specs, address, private, connect_timeout_s, on_done)
 
 
-def _execute_ray(specs: list[dict], address: str | None, temp_dir: str | None, on_done: Callable) -> list[dict]:
-    # Ray's own settings (not ours): no usage stats, no auth token written to the home directory
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
+def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
+                 on_done: Callable) -> list[dict]:
+    with ray_session(address, private, connect_timeout_s) as ray_start:
+        import ray  # only now: Ray reads part of the environment ray_session sets when it is imported
 
-    start = time.perf_counter()
-    try:
-        if address:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
-        else:
-            # address="local": always a fresh instance of this run's own (never another meta's cluster)
-            ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=temp_dir,
-                     configure_logging=False, log_to_driver=False)
-    except Exception as exc:
-        raise WorkbookError(f"sleeves: cannot start Ray{f' at {address}' if address else ''} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                            f"check --ray-address or run with --executor local") from None
-    ray_start = time.perf_counter() - start
-    try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec)
         pending = {task.remote(spec): spec for spec in specs}
         results = []
@@ -151,28 +138,158 @@ def _execute_ray(specs: list[dict], address: str | None, temp_dir: str | None, o
                 result = {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
                           "run_dir": str(Path(spec["runs_dir"]) / spec["run_id"]), "status": "FAIL", "pinned": False,
                           "error": f"task crashed: {type(exc).__name__}: {str(exc).splitlines()[0]}", "seconds": None}
-            result["ray_start_seconds"] = round(ray_start, 2)
+            result["ray_start_seconds"] = ray_start
             results.append(result)
             on_done(result)
         return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"]))
-    finally:
-        ray.shutdown()
 
 
-def ray_temp_dir(run: Run) -> str:
-    """Ray's temp dir for a local instance: `<run>/ray` (its logs stay with the run), reached through a
-    short symlink `/tmp/fw-ray-<hash>` because Ray's socket paths must stay under 108 bytes."""
-    import hashlib
+# ----------------------------------------------------------------------------------------------
+# Ray: a private, authenticated, loopback-only local instance, or a bounded connect to a cluster
+# ----------------------------------------------------------------------------------------------
+RAY_SOCKET_PATH_MAX = 107  # bytes: an AF_UNIX socket path (sun_path is 108 with its NUL)
+# the longest path Ray puts under its temp dir: session_<date>_<time>_<usec>_<pid up to 7 digits>/sockets/plasma_store
+_RAY_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def local_ray_files(run_dir: Path) -> Iterator[Path]:
+    """A private folder for one local Ray instance, removed on exit (pass, fail or Ctrl-C).
+
+    `tempfile.mkdtemp` gives it an unguessable name and mode 0700 in the system temp folder (nothing is
+    created at a predictable path, so nothing there can be hijacked). It holds `ray` -> `<run>/ray`, Ray's
+    temp dir (its logs stay with the run; the short link keeps Ray's socket paths under 107 bytes), and
+    `auth_token` (mode 0600): this instance's own token, never written to the home directory.
+    """
+    import secrets
+    import shutil
     import tempfile
 
-    real = run.dir / "ray"
+    real = run_dir / "ray"
     real.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(str(run.dir.resolve()).encode()).hexdigest()[:8]
-    link = Path(tempfile.gettempdir()) / f"fw-ray-{digest}"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(real.resolve(), target_is_directory=True)
-    return str(link)
+    base = tempfile.gettempdir()
+    if len(base) + len("/fw-ray-XXXXXXXX/ray") + _RAY_SOCKET_TAIL > RAY_SOCKET_PATH_MAX:
+        base = "/tmp"  # a long TMPDIR (macOS) would push Ray's socket paths over the limit
+    private = Path(tempfile.mkdtemp(prefix="fw-ray-", dir=base))
+    try:
+        (private / "ray").symlink_to(real.resolve(), target_is_directory=True)
+        fd = os.open(private / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))  # 256 bits, the format `ray get-auth-token --generate` writes
+        yield private
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # unlinks the link, never follows it into the run
+
+
+@contextmanager
+def _ray_env(private: Path | None) -> Iterator[None]:
+    """Ray's own settings for this session (Ray reads them from the environment, here and in every process it
+    starts), restored on exit. Always: no usage stats. A local instance (`private` given): token auth with its
+    token file (`RAY_AUTH_MODE=token`, `RAY_AUTH_TOKEN_PATH`; a `RAY_AUTH_TOKEN` would take precedence, so it is
+    unset) and single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), which makes Ray keep 127.0.0.1 as
+    the node address and bind its servers there. A cluster's auth settings are the user's: left alone."""
+    wanted: dict[str, str | None] = {"RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
+    if private is not None:
+        wanted.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(private / "auth_token"), RAY_AUTH_TOKEN=None,
+                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    saved = {key: os.environ.get(key) for key in wanted}
+
+    def apply(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    apply(wanted)
+    _reload_ray_auth()
+    try:
+        yield
+    finally:
+        apply(saved)
+        _reload_ray_auth()  # before the token file goes: Ray must not look for it again
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray see the current auth settings: Ray caches them (config first, then the token
+    cache, the order Ray's own reset uses so that no gRPC thread reloads a token that is about to be removed)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextmanager
+def ray_session(address: str | None, private: Path | None, connect_timeout_s: float) -> Iterator[float]:
+    """Ray for one meta stage, shut down on exit (pass, fail or Ctrl-C); yields the seconds it took to start.
+
+    No `address`: a fresh local instance (never another meta's) with its files in `private`
+    (`local_ray_files`): token auth with its own token, every server on 127.0.0.1. An `address`: join that
+    cluster, giving up after `connect_timeout_s` (Ray itself retries for minutes when nothing answers).
+    """
+    if address is None and private is None:
+        raise ValueError("ray_session: a local Ray instance needs its private folder (metaflow.local_ray_files)")
+    start = time.perf_counter()
+    with _ray_env(None if address else private):
+        import ray
+
+        try:
+            try:
+                if address:
+                    _connect(address, connect_timeout_s)
+                else:
+                    info = ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
+                                    _temp_dir=str(private / "ray"), _node_ip_address=LOOPBACK,
+                                    configure_logging=False, log_to_driver=False).address_info
+                    if info["node_ip_address"] != LOOPBACK:
+                        raise RuntimeError(f"node address {info['node_ip_address']} is not {LOOPBACK}: Ray was "
+                                           f"imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set")
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                where, fix = ((f"at --ray-address {address}", "start the cluster there (`ray start --head`), fix "
+                               "--ray-address or run with --executor local") if address else
+                              ("locally", "run with --executor local"))
+                raise WorkbookError(f"sleeves: cannot start Ray {where} ({type(exc).__name__}: {first}); {fix}") from None
+            yield round(time.perf_counter() - start, 2)
+        finally:
+            ray.shutdown()
+
+
+def _connect(address: str, timeout_s: float) -> None:
+    """`ray.init(address)` bounded by `timeout_s`: it runs in a daemon thread that is abandoned (and disconnects
+    should it still succeed) when the time is up."""
+    import logging
+    import threading
+
+    import ray
+
+    outcome: dict[str, BaseException | None] = {}
+    gave_up = threading.Event()
+
+    def join() -> None:
+        try:
+            ray.init(address=address, configure_logging=False, log_to_driver=False)
+            outcome["error"] = None
+            if gave_up.is_set():
+                ray.shutdown()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    worker_log = logging.getLogger("ray._private.worker")
+    quiet = lambda record: "not the main thread" not in record.getMessage()  # noqa: E731 (SIGTERM-handler notice)
+    worker_log.addFilter(quiet)
+    thread = threading.Thread(target=join, name="fw-ray-connect", daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if thread.is_alive():
+        gave_up.set()
+        raise TimeoutError(f"no answer within {timeout_s:g} s, meta.ray_connect_timeout_s")
+    if outcome["error"] is not None:
+        raise outcome["error"]
 
 
 def run_sleeves(ctx: StageContext) -> list[dict]:
@@ -185,12 +302,12 @@ def run_sleeves(ctx: StageContext) -> list[dict]:
         print(f"[sleeve {result['id']}] {result['status']} in {result['seconds']} s · {result['run_dir']}/INDEX.md",
               flush=True)
 
-    temp = ray_temp_dir(ctx.run) if executor == "ray" and not address else None
-    results = pinned + execute(specs, executor, address, temp, report)
-    if temp:
-        Path(temp).unlink(missing_ok=True)  # the symlink only: Ray's logs stay under <run>/ray
+    local_ray = executor == "ray" and not address
+    with local_ray_files(ctx.run.dir) if local_ray else nullcontext() as private:
+        results = pinned + execute(specs, executor, address, private, report,
+                                   connect_timeout_s=ctx.profile.meta.ray_connect_timeout_s)
     doc = {"run_id": ctx.run.id, "executor": executor, "ray_address": address,
-           "ray_logs": "ray/" if temp else None,
+           "ray_logs": "ray/" if local_ray else None,
            "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
     storage.write_json(ctx.path("artifacts/sleeves.json"), doc)
     failed = [r for r in results if r["status"] != "PASS"]

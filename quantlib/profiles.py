@@ -153,6 +153,7 @@ class MetaConfig(Strict):
     allocation: AllocationConfig
     single_sleeve: bool
     physical_cap: float = Field(gt=0, le=1)
+    ray_connect_timeout_s: float = Field(gt=0)  # joining --ray-address gives up after this (Ray retries for minutes)
 
 
 class FeatureFlags(Strict):
