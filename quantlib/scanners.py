@@ -3,6 +3,13 @@
 A scanner file may `extends:` another; the child's filters run after the parent's, every other key
 overrides. No filter is active unless written. Pipeline: filters (funnel count after each) ->
 dedupe by base (best quote by `quote_priority`) -> sort -> limit.
+
+The same pipeline runs on today's screener (the data phase) and, grouped by date, on the
+point-in-time screener history of `quantlib.universe` (one row per date and symbol), so every
+walk-forward window's universe comes from the production code path (SPEC §2.7).
+Fields split by how they change over time: `STATIC_FIELDS` (exchange, base, quote, type: fixed for
+a market) define the *base universe* the data phase ingests; every other filter is decided at the
+date it is evaluated.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from .sources.base import MARKET_COLUMNS, TICKER_COLUMNS
 
 Op = Literal[">", ">=", "<", "<=", "==", "!=", "in", "not_in", "between", "matches", "not_matches"]
 MARKET_FIELDS = frozenset(MARKET_COLUMNS) | frozenset(TICKER_COLUMNS) | {"value_traded"}
+STATIC_FIELDS = frozenset({"symbol", "exchange", "base", "quote", "type"})
+"""Fields that never change for a market: the only filters applied to the base universe."""
 TECHNICAL_FIELDS = ("recommend_all", "recommend_ma", "recommend_other", "adx", "rsi",
                     "perf_1w", "perf_1m", "perf_3m", "volatility_d")
 CANDIDATE_FIELDS = ("symbol", "exchange", "base", "quote", "type", "value_traded") + TECHNICAL_FIELDS[:5]
@@ -122,36 +131,60 @@ def filter_mask(table: pd.DataFrame, f: Filter, scanner: str = "?") -> pd.Series
 
 
 def run_scanner(scanner: Scanner, table: pd.DataFrame, market_only: bool = False) -> tuple[pd.DataFrame, list[dict]]:
-    """Apply the pipeline; return (candidates, funnel). `market_only` keeps market-level steps only."""
+    """Apply the pipeline; return (candidates, funnel). `market_only` keeps the static market steps
+    only (the base universe: no time-varying filter, no sort or limit)."""
+    rows, funnel = run_scanner_by(scanner, table.assign(_group=0), "_group", market_only)
+    steps = [{"filter": f, "remaining": int(n)} for f, n in zip(funnel["filter"], funnel["remaining"])]
+    return rows.drop(columns="_group"), steps
+
+
+def run_scanner_by(scanner: Scanner, table: pd.DataFrame, by: str, market_only: bool = False
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pipeline applied independently within each group of `table[by]` (e.g. each date), in one
+    vectorized pass: filters row-wise, dedupe by (group, base), sort and limit per group.
+
+    Returns (rows sorted by group then rank, funnel with columns [by, step, filter, remaining])."""
+    keep = (lambda field: field in STATIC_FIELDS) if market_only else (lambda field: True)
+    groups = pd.Index(pd.unique(table[by])).sort_values()
+    steps: list[tuple[str, pd.Series]] = []
+
+    def count(label: str, frame: pd.DataFrame) -> None:
+        steps.append((label, frame.groupby(by, sort=True).size().reindex(groups, fill_value=0)))
+
     rows = table
-    funnel = [{"filter": "universe", "remaining": len(rows)}]
+    count("universe", rows)
     for f in scanner.filters:
-        if market_only and f.field not in MARKET_FIELDS:
-            continue
-        rows = rows[filter_mask(rows, f, scanner.name)]
-        funnel.append({"filter": f"{f.field} {f.op} {f.value}", "remaining": len(rows)})
-    if scanner.dedupe_by_base:
-        rows = dedupe_by_base(rows, scanner.quote_priority)
-        funnel.append({"filter": "dedupe_by_base", "remaining": len(rows)})
-    sortable = scanner.sort_by and not (market_only and scanner.sort_by not in MARKET_FIELDS)
-    if sortable:
+        if keep(f.field):
+            rows = rows[filter_mask(rows, f, scanner.name)]
+            count(f"{f.field} {f.op} {f.value}", rows)
+    if scanner.dedupe_by_base and not market_only:
+        rows = dedupe_by_base(rows, scanner.quote_priority, by=by)
+        count("dedupe_by_base", rows)
+    if scanner.sort_by and not market_only:
         if scanner.sort_by not in rows.columns:
             raise ProfileError(f"scanner {scanner.name!r}: unknown sort_by field {scanner.sort_by!r}")
-        rows = rows.sort_values([scanner.sort_by, "symbol"], ascending=[scanner.order == "asc", True],
+        rows = rows.sort_values([by, scanner.sort_by, "symbol"], ascending=[True, scanner.order == "asc", True],
                                 na_position="last", kind="mergesort")
         if scanner.limit:
-            rows = rows.head(scanner.limit)
-            funnel.append({"filter": f"limit {scanner.limit}", "remaining": len(rows)})
+            rows = rows[rows.groupby(by, sort=False).cumcount() < scanner.limit]
+            count(f"limit {scanner.limit}", rows)
+    else:
+        rows = rows.sort_values(by, kind="mergesort")
+    funnel = pd.DataFrame([{by: g, "step": i, "filter": label, "remaining": int(n)}
+                           for i, (label, counts) in enumerate(steps) for g, n in counts.items()],
+                          columns=[by, "step", "filter", "remaining"])
     return rows.reset_index(drop=True), funnel
 
 
-def dedupe_by_base(rows: pd.DataFrame, quote_priority: list[str]) -> pd.DataFrame:
-    """Keep one row per base: the quote earliest in `quote_priority`, then the highest value traded."""
+def dedupe_by_base(rows: pd.DataFrame, quote_priority: list[str], by: str | None = None) -> pd.DataFrame:
+    """Keep one row per base (per group of `by`, if given): the quote earliest in `quote_priority`,
+    then the highest value traded, then the symbol."""
     rank = {q: i for i, q in enumerate(quote_priority)}
     order = rows.assign(_rank=rows["quote"].map(rank).fillna(len(rank)),
                         _vt=-rows.get("value_traded", pd.Series(0.0, index=rows.index)).fillna(0.0))
-    order = order.sort_values(["base", "_rank", "_vt", "symbol"], kind="mergesort")
-    kept = order.drop_duplicates("base", keep="first").index
+    keys = ([by] if by else []) + ["base"]
+    order = order.sort_values(keys + ["_rank", "_vt", "symbol"], kind="mergesort")
+    kept = order.drop_duplicates(keys, keep="first").index
     return rows.loc[rows.index.isin(kept)]
 
 

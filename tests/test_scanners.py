@@ -4,7 +4,7 @@ import pytest
 
 from quantlib.errors import ProfileError
 from quantlib.scanners import (Filter, Scanner, candidate_document, dedupe_by_base, filter_mask, load_scanner,
-                               run_scanner, run_scanners, screener_table)
+                               run_scanner, run_scanner_by, run_scanners, screener_table)
 
 
 @pytest.fixture
@@ -78,13 +78,35 @@ def test_composition_appends_filters_after_parent():
     assert len(long_.filters) == len(base.filters) + 1
 
 
-def test_market_only_skips_technical_steps(table):
-    scanner = Scanner(name="s", filters=[Filter(field="value_traded", op=">", value=5e6),
+def test_market_only_keeps_static_steps_only(table):
+    """The base universe: static market filters (quote, type, ...) only; no time-varying filter
+    (value traded, ratings), no dedupe, sort or limit -- those are decided point-in-time."""
+    scanner = Scanner(name="s", filters=[Filter(field="quote", op="in", value=["USDT", "USDC"]),
+                                         Filter(field="value_traded", op=">", value=5e6),
                                          Filter(field="recommend_all", op=">", value=0.5)],
-                      sort_by="recommend_all", limit=1)
+                      dedupe_by_base=True, sort_by="recommend_all", limit=1)
     rows, funnel = run_scanner(scanner, table, market_only=True)
-    assert sorted(rows["symbol"]) == ["B:AUSDC", "B:AUSDT", "B:CFDUSD", "B:CUSDC"]
-    assert len(funnel) == 2
+    assert sorted(rows["symbol"]) == ["B:AUSDC", "B:AUSDT", "B:BUSDT", "B:CUSDC", "B:DUSDT"]
+    assert [f["filter"] for f in funnel] == ["universe", "quote in ['USDT', 'USDC']"]
+
+
+def test_grouped_run_equals_one_run_per_group(table):
+    """`run_scanner_by` over dates == `run_scanner` on each date's rows (filters, dedupe, sort, limit)."""
+    scanner = Scanner(name="s", filters=[Filter(field="recommend_all", op=">", value=-0.3)],
+                      dedupe_by_base=True, quote_priority=["USDT", "USDC", "FDUSD"],
+                      sort_by="recommend_all", order="desc", limit=2)
+    day2 = table.assign(recommend_all=-table["recommend_all"])
+    history = pd.concat([table.assign(date=1), day2.assign(date=2), table.iloc[:1].assign(date=3)],
+                        ignore_index=True)
+    rows, funnel = run_scanner_by(scanner, history, "date")
+    for date, frame in ((1, table), (2, day2), (3, table.iloc[:1])):
+        alone, steps = run_scanner(scanner, frame)
+        got = rows[rows["date"] == date].drop(columns="date").reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, alone.reset_index(drop=True))
+        mine = funnel[funnel["date"] == date]
+        assert list(mine["remaining"]) == [s["remaining"] for s in steps]
+        assert list(mine["filter"]) == [s["filter"] for s in steps]
+    assert list(rows["date"]) == sorted(rows["date"])
 
 
 def test_unknown_field_and_bad_values(table, tmp_path):
@@ -116,8 +138,10 @@ def test_parallel_run_equals_sequential_and_document_contract(sim):
         pd.testing.assert_frame_equal(parallel[s.name][0], rows)
     rows, funnel = parallel["binance_spot_base"]
     assert not rows["base"].isin(["USDC", "FDUSD", "TUSD", "DAI", "USDP", "PAXG", "XAUT"]).any()
-    assert rows["base"].is_unique and (rows["type"] == "spot").all() and (rows["value_traded"] > 5e6).all()
-    assert "BINANCE:DELISTUSDT" not in set(rows["symbol"])
+    assert (rows["type"] == "spot").all() and rows["quote"].isin(["USDT", "USDC", "FDUSD"]).all()
+    # the base universe is every market the static filters admit: illiquid and delisted ones too
+    # (their liquidity and trading status are decided point-in-time)
+    assert {"BINANCE:DELISTUSDT", "BINANCE:ZEROVOLUSDT"} <= set(rows["symbol"])
     doc = candidate_document(scanners[0], rows, funnel, "run-1", "2026-11-25T00:00:00+00:00")
     assert doc["count"] == len(doc["candidates"]) == len(rows)
     assert {"scanner", "run_id", "generated_at", "direction", "logic", "count", "funnel", "candidates"} <= set(doc)
