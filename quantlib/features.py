@@ -48,31 +48,58 @@ def compute_panel_ratings(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFr
     return ratings_panel(panel["open"], panel["high"], panel["low"], panel["close"], panel["volume"])
 
 
+PRICE_FIELDS = ("last", "value_traded", "change_pct", "perf_1w", "perf_1m", "perf_3m", "volatility_d")
+"""Screener fields computed from OHLCV alone, at every bar (`price_fields`)."""
+
+
+def price_fields(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The OHLCV-derived screener fields at every bar (dates x symbols, NaN where no bar), each using
+    bars <= that bar only: last close, value traded (close x volume: the bar's quote volume), change
+    over the symbol's previous bar, performance over 1w/1m/3m (percent, calendar offsets on the
+    symbol's own bars, as of the bar at or before the offset) and the bar's range (`volatility_d`)."""
+    close, high, low, volume = panel["close"], panel["high"], panel["low"], panel["volume"]
+    has_bar = close.notna().to_numpy()
+    known = close.ffill().to_numpy()
+    index = close.index
+
+    def as_of(offset: pd.Timedelta) -> np.ndarray:
+        rows = np.searchsorted(index.asi8, (index - offset).asi8, side="right") - 1
+        past = np.where((rows >= 0)[:, None], known[np.maximum(rows, 0)], np.nan)
+        return past
+
+    def percent_change(past: np.ndarray) -> pd.DataFrame:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = np.where(has_bar & (past > 0), (close.to_numpy() / past - 1.0) * 100.0, np.nan)
+        return pd.DataFrame(value, index=index, columns=close.columns)
+
+    previous = np.vstack([np.full((1, close.shape[1]), np.nan), known[:-1]]) if len(index) else known
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.where(low.to_numpy() > 0, (high - low).to_numpy() / low.to_numpy() * 100.0, np.nan)
+    return {"last": close, "value_traded": close * volume, "change_pct": percent_change(previous),
+            "perf_1w": percent_change(as_of(pd.Timedelta(days=7))),
+            "perf_1m": percent_change(as_of(pd.Timedelta(days=30))),
+            "perf_3m": percent_change(as_of(pd.Timedelta(days=90))),
+            "volatility_d": pd.DataFrame(spread, index=index, columns=close.columns)}
+
+
 def snapshot(panel: dict[str, pd.DataFrame], ratings: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Latest values per symbol: ratings, ADX, RSI, performance over 1w/1m/3m (percent, calendar
-    offsets on the symbol's own bars) and the last bar's range in percent (`volatility_d`)."""
+    """Latest values per symbol (its last bar): the three ratings, ADX, RSI and the `price_fields`."""
     from .ratings import rating_label
 
     close = panel["close"]
+    fields = price_fields(panel)
     rows = []
-    for symbol in close.columns:
-        bars = close[symbol].dropna()
-        if bars.empty:
+    for j, symbol in enumerate(close.columns):
+        bars = np.flatnonzero(close.iloc[:, j].notna().to_numpy())
+        if not len(bars):
             continue
-        ts = bars.index[-1]
-        last = bars.iloc[-1]
-
-        def perf(days: int) -> float:
-            past = bars.asof(ts - pd.Timedelta(days=days))
-            return float((last / past - 1.0) * 100.0) if np.isfinite(past) and past > 0 else np.nan
-
-        row = {"symbol": symbol, "ts": ts, "close": float(last)}
+        i = bars[-1]
+        row = {"symbol": symbol, "ts": close.index[i], "close": float(close.iat[i, j])}
         for key in ("recommend_all", "recommend_ma", "recommend_other", "adx", "rsi"):
-            row[key] = float(ratings[key].at[ts, symbol])
+            row[key] = float(ratings[key].iat[i, j])
+        for key in ("perf_1w", "perf_1m", "perf_3m", "volatility_d"):
+            row[key] = float(fields[key].iat[i, j])
         row["rating"] = rating_label(np.array([row["recommend_all"]]))[0]
-        high, low = panel["high"].at[ts, symbol], panel["low"].at[ts, symbol]
-        row.update(perf_1w=perf(7), perf_1m=perf(30), perf_3m=perf(90),
-                   volatility_d=float((high - low) / low * 100.0) if low > 0 else np.nan)
         rows.append(row)
     return pd.DataFrame(rows, columns=SNAPSHOT_COLUMNS)
 

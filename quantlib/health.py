@@ -1,13 +1,14 @@
-"""Strict-health aggregation (SPEC §2.1): a daily returns matrix and a per-symbol health table.
+"""Strict health (SPEC §2.1): a function of a window, vectorized over symbols.
 
-Pure functions on a close-price panel (timestamps x symbols, NaN where a symbol has no bar).
-The calendar of a venue is the union of the timestamps its symbols trade (24x7 for crypto, weekdays
-without holidays for equities), so no calendar is ever invented and no missing day is zero-filled.
-Within the window a symbol is:
-  MISSING        no bar at all
-  TOXIC          in the toxic registry, or any |r| >= toxic_return (the one bounds policy, LESSONS L-D4)
-  STALE          last bar older than the window end (delisted or not updated)
-  GAPS           a missing bar after its first bar (strict health: dropped)
+Pure functions on a returns matrix (dates x symbols, NaN where a symbol has no return): the calendar
+of a venue is the union of the dates its symbols trade (24x7 for crypto, weekdays without holidays
+for equities), so no calendar is ever invented and no missing day is zero-filled. The production
+decision assesses the last `lookback_days` bars; the walk-forward re-assesses every training window
+on its own rows only (never on bars after the decision). Within the window a symbol is:
+  MISSING        no return at all
+  TOXIC          in the toxic registry, or any |ln(1 + r)| >= ln(1 + toxic_return) (`quantlib.bounds`)
+  STALE          last return before the window end (delisted or not updated)
+  GAPS           a missing return after its first one (strict health: dropped)
   SHORT_HISTORY  fewer than `min_history_days` returns
   ZERO_VARIANCE  all returns equal (a flat or dead market)
   OK             kept
@@ -21,13 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .bounds import is_toxic
+
 STATUSES = ("OK", "MISSING", "TOXIC", "STALE", "GAPS", "SHORT_HISTORY", "ZERO_VARIANCE")
+HEALTH_COLUMNS = ["symbol", "status", "returns", "first_return", "last_return", "max_abs_return", "detail"]
 
 
 @dataclass(frozen=True)
 class HealthResult:
     returns: pd.DataFrame  # dates x healthy symbols
-    health: pd.DataFrame   # symbol, status, bars, first_bar, last_bar, max_abs_return, detail
+    health: pd.DataFrame   # HEALTH_COLUMNS
     window: tuple[pd.Timestamp, pd.Timestamp]
 
     @property
@@ -38,55 +42,65 @@ class HealthResult:
         return {k: int(v) for k, v in self.health["status"].value_counts().items()}
 
 
-def window_of(close: pd.DataFrame, lookback_days: int) -> pd.DataFrame:
-    """The last `lookback_days` rows of the venue calendar (rows where any symbol has a bar)."""
-    calendar = close.dropna(how="all")
-    return calendar.iloc[-lookback_days:]
+def close_to_returns(close: pd.DataFrame) -> pd.DataFrame:
+    """Simple returns close_t / close_{t-1} - 1 on the panel's own calendar (first row dropped);
+    NaN wherever either bar is missing (never a zero-filled day)."""
+    returns = (close / close.shift(1) - 1.0).iloc[1:]
+    returns.index.name = "date"
+    return returns
+
+
+def assess_window(window: pd.DataFrame, symbols: Iterable[str], *, min_history_days: int,
+                  toxic_return: float, toxic: Iterable[str] = ()) -> pd.DataFrame:
+    """The health table (HEALTH_COLUMNS, one row per symbol in the order given) of the returns
+    `window` (its rows are the window: the caller slices it; columns absent from it are MISSING)."""
+    symbols = list(dict.fromkeys(symbols))
+    r = window.reindex(columns=symbols).to_numpy(dtype=float)
+    n_rows = r.shape[0]
+    present = ~np.isnan(r)
+    count = present.sum(axis=0)
+    seen = count > 0
+    first = np.argmax(present, axis=0)
+    last = n_rows - 1 - np.argmax(present[::-1], axis=0)
+    gaps = np.where(seen, last - first + 1 - count, 0)
+    max_abs = np.where(seen, np.max(np.abs(r), axis=0, initial=-np.inf, where=present), np.nan)
+    spread = np.max(r, axis=0, initial=-np.inf, where=present) - np.min(r, axis=0, initial=np.inf, where=present)
+    registered = np.isin(np.array(symbols, dtype=object), list(set(toxic)))
+    spiked = is_toxic(r, toxic_return).any(axis=0) if n_rows else np.zeros(len(symbols), bool)
+    conditions = [~seen, registered | spiked, seen & (last < n_rows - 1), gaps > 0,
+                  count < min_history_days, spread == 0.0]
+    status = np.select(conditions, STATUSES[1:], default="OK")
+    end = window.index[-1] if n_rows else None
+    details = {
+        "MISSING": lambda j: "no return in the window",
+        "TOXIC": lambda j: ("in the toxic registry" if registered[j]
+                            else f"|ln(1 + r)| >= ln(1 + {toxic_return}) (max |r| = {max_abs[j]:.2f})"),
+        "STALE": lambda j: f"last return {window.index[last[j]]} before window end {end}",
+        "GAPS": lambda j: f"{gaps[j]} missing return(s) after the first one",
+        "SHORT_HISTORY": lambda j: f"{count[j]} returns < min_history_days {min_history_days}",
+        "ZERO_VARIANCE": lambda j: "all returns equal",
+        "OK": lambda j: "",
+    }
+    index = window.index
+    return pd.DataFrame({
+        "symbol": symbols, "status": status, "returns": count,
+        "first_return": [index[f] if s else pd.NaT for f, s in zip(first, seen)],
+        "last_return": [index[x] if s else pd.NaT for x, s in zip(last, seen)],
+        "max_abs_return": max_abs,
+        "detail": [details[s](j) for j, s in enumerate(status)],
+    }, columns=HEALTH_COLUMNS)
 
 
 def assess(close: pd.DataFrame, symbols: Iterable[str], *, lookback_days: int, min_history_days: int,
            toxic_return: float, toxic: Iterable[str] = ()) -> HealthResult:
-    """Health of each of `symbols` on the window of `close` and the returns of the healthy ones."""
-    window = window_of(close, lookback_days)
+    """Health of each of `symbols` on the last `lookback_days` bars of the close panel (its
+    calendar: rows where any symbol has a bar) and the returns of the healthy ones."""
+    calendar = close.dropna(how="all")
+    window = calendar.iloc[-lookback_days:]
     if window.empty:
         raise ValueError("no bars in the panel: nothing to aggregate")
-    end = window.index[-1]
-    toxic = set(toxic)
-    rows, keep = [], []
-    for symbol in symbols:
-        col = window[symbol] if symbol in window.columns else pd.Series(np.nan, index=window.index)
-        present = col.notna().to_numpy()
-        row = {"symbol": symbol, "bars": int(present.sum()), "first_bar": None, "last_bar": None,
-               "max_abs_return": np.nan, "detail": ""}
-        if not present.any():
-            rows.append(row | {"status": "MISSING", "detail": "no bar in the window"})
-            continue
-        first, last = int(np.argmax(present)), len(present) - 1 - int(np.argmax(present[::-1]))
-        row.update(first_bar=window.index[first], last_bar=window.index[last])
-        values = col.to_numpy()[first:last + 1]
-        r = values[1:] / values[:-1] - 1.0
-        max_abs = float(np.nanmax(np.abs(r))) if np.isfinite(r).any() else np.nan
-        row["max_abs_return"] = max_abs
-        gaps = int((~present[first:last + 1]).sum())
-        if symbol in toxic:
-            status, detail = "TOXIC", "in the toxic registry"
-        elif np.isfinite(max_abs) and max_abs >= toxic_return:
-            status, detail = "TOXIC", f"|r| = {max_abs:.2f} >= {toxic_return}"
-        elif last < len(present) - 1:
-            status, detail = "STALE", f"last bar {window.index[last]} before window end {end}"
-        elif gaps:
-            status, detail = "GAPS", f"{gaps} missing bar(s) after the first bar"
-        elif len(r) < min_history_days:
-            status, detail = "SHORT_HISTORY", f"{len(r)} returns < min_history_days {min_history_days}"
-        elif np.nanstd(r) == 0.0:
-            status, detail = "ZERO_VARIANCE", "all returns equal"
-        else:
-            status, detail = "OK", ""
-            keep.append(symbol)
-        rows.append(row | {"status": status, "detail": detail})
-    health = pd.DataFrame(rows, columns=["symbol", "status", "bars", "first_bar", "last_bar",
-                                         "max_abs_return", "detail"])
-    prices = window[keep] if keep else pd.DataFrame(index=window.index)
-    returns = (prices / prices.shift(1) - 1.0).iloc[1:]
-    returns.index.name = "date"
-    return HealthResult(returns=returns, health=health, window=(window.index[0], end))
+    returns = close_to_returns(window)
+    health = assess_window(returns, symbols, min_history_days=min_history_days, toxic_return=toxic_return,
+                           toxic=toxic)
+    keep = health.loc[health["status"].eq("OK"), "symbol"].tolist()
+    return HealthResult(returns=returns[keep], health=health, window=(window.index[0], window.index[-1]))
