@@ -12,6 +12,10 @@ Inputs
   non-NaN value is a rebalance day; NaN entries of a rebalance row mean target 0.
   Orders execute at that day's close, the valuation price of the targets is the same close.
 - `fees`: cost as a fraction of traded notional (slippage + commission), paid on buys and sells.
+- `exits` (optional): a boolean DataFrame like `prices`; True on the last bar of an asset that stops
+  trading (a delisting). Its whole position is sold at that close into cash (fees paid), nothing
+  else trades that day unless it is also a rebalance day (then the exited asset's target is 0).
+  An exit needs a finite positive price that day.
 - `init_cash`: starting wealth (all cash).
 
 Conventions
@@ -85,6 +89,8 @@ class _Inputs:
     reb_days: np.ndarray    # K row numbers of the rebalance days
     weights: np.ndarray     # K x N target weights on rebalance days (NaN -> 0)
     tradeable: np.ndarray   # K x N bool on rebalance days: close finite and > 0
+    exit_days: np.ndarray   # E row numbers of days with an exit (sorted)
+    exits: np.ndarray       # E x N bool: the assets liquidated on those days
     index: pd.Index
     columns: pd.Index
     fees: float
@@ -99,7 +105,8 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     return a[rows, np.arange(a.shape[1])[None, :]]
 
 
-def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash: float) -> _Inputs:
+def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash: float,
+             exits: pd.DataFrame | None = None) -> _Inputs:
     """Validate the inputs and derive the arrays both simulators use (large arrays are only
     copied when they must change: allocation dominates the reference simulator's run time)."""
     if not isinstance(prices, pd.DataFrame) or not isinstance(targets, pd.DataFrame):
@@ -145,9 +152,31 @@ def _prepare(prices: pd.DataFrame, targets: pd.DataFrame, fees: float, init_cash
     if over.any():
         raise ValueError(f"target weights sum to more than 1 on {targets.index[reb_days[over][0]]} (no leverage)")
     np.clip(w, 0.0, None, out=w)
+    exit_days, exit_mask = _exit_events(prices, exits, close)
     c = close[reb_days]
     tradeable = np.isfinite(c) & (c > 0.0)
-    return _Inputs(close, val, reb_days, w, tradeable, prices.index, prices.columns, fees, init_cash)
+    on_reb = np.isin(reb_days, exit_days)
+    if on_reb.any():                          # an exit on a rebalance day: the target is 0
+        rows = np.searchsorted(exit_days, reb_days[on_reb])
+        w[on_reb] = np.where(exit_mask[rows], 0.0, w[on_reb])
+    return _Inputs(close, val, reb_days, w, tradeable, exit_days, exit_mask, prices.index, prices.columns,
+                   fees, init_cash)
+
+
+def _exit_events(prices: pd.DataFrame, exits: pd.DataFrame | None, close: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with at least one exit and the (rows x assets) exit mask; validated against prices."""
+    if exits is None:
+        return np.zeros(0, dtype=int), np.zeros((0, close.shape[1]), dtype=bool)
+    if not exits.index.equals(prices.index) or not exits.columns.equals(prices.columns):
+        raise ValueError("exits must have exactly the index (dates) and columns (assets) of prices")
+    mask = exits.to_numpy(dtype=bool)
+    bad = mask & ~(np.isfinite(close) & (close > 0.0))
+    if bad.any():
+        t, i = np.argwhere(bad)[0]
+        raise ValueError(f"exit of {prices.columns[i]} on {prices.index[t]} has no positive price to sell at")
+    days = np.flatnonzero(mask.any(axis=1))
+    return days, mask[days]
 
 
 def _result(inp: _Inputs, equity: np.ndarray, asset_value: np.ndarray, turnover: np.ndarray,
@@ -251,35 +280,51 @@ def _rebalance(pos: np.ndarray, cash: float, w: np.ndarray, p: np.ndarray, ps: n
     return pos, cash, paid
 
 
+def _liquidate(pos: np.ndarray, cash: float, p: np.ndarray, m: np.ndarray, fees: float
+               ) -> tuple[np.ndarray, float, float]:
+    """Sell the whole position of the assets `m` at close p (an exit); returns shares, cash, fees."""
+    pos = pos.copy()
+    acq = pos[m] * p[m]
+    fee = acq * fees
+    pos[m] = 0.0
+    return pos, cash + float((acq - fee).sum()), float(fee.sum())
+
+
 def simulate_reference(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
-                       init_cash: float = 1.0) -> SimResult:
-    """Numpy simulator of the rebalanced portfolio: a loop over rebalance days only (vectorized
-    across assets), holdings constant in shares between rebalances (vectorized over time)."""
-    inp = _prepare(prices, targets, fees, init_cash)
+                       init_cash: float = 1.0, exits: pd.DataFrame | None = None) -> SimResult:
+    """Numpy simulator of the rebalanced portfolio: a loop over trading days only (rebalances and
+    exits, vectorized across assets), holdings constant in shares in between (vectorized over time)."""
+    inp = _prepare(prices, targets, fees, init_cash, exits)
     T, N = inp.close.shape
-    reb_days = inp.reb_days
-    K = reb_days.size
-    val_r = inp.val[reb_days]
-    w_r = np.where(inp.tradeable, inp.weights, 0.0)
-    ps_r = np.where(inp.tradeable, val_r, 1.0)
-    pos_tab = np.zeros((K + 1, N))          # row k+1: shares after rebalance k; row 0: the start
+    days = np.union1d(inp.reb_days, inp.exit_days)
+    K = days.size
+    reb_row = {int(t): k for k, t in enumerate(inp.reb_days)}
+    exit_row = {int(t): e for e, t in enumerate(inp.exit_days)}
+    pos_tab = np.zeros((K + 1, N))          # row k+1: shares after trading day k; row 0: the start
     cash_tab = np.empty(K + 1)
     cash_tab[0] = inp.init_cash
     paid = np.zeros(K)
     pos, cash = pos_tab[0], inp.init_cash
-    for k in range(K):
-        pos, cash, paid[k] = _rebalance(pos, cash, w_r[k], val_r[k], ps_r[k], inp.tradeable[k], inp.fees)
+    for k, t in enumerate(days):
+        p = inp.val[t]
+        if t in reb_row:
+            r = reb_row[t]
+            m = inp.tradeable[r]
+            pos, cash, paid[k] = _rebalance(pos, cash, np.where(m, inp.weights[r], 0.0), p, np.where(m, p, 1.0),
+                                            m, inp.fees)
+        else:
+            pos, cash, paid[k] = _liquidate(pos, cash, p, inp.exits[exit_row[t]], inp.fees)
         pos_tab[k + 1] = pos
         cash_tab[k + 1] = cash
 
-    counts = np.diff(np.concatenate(([0], reb_days, [T])))     # days each row of pos_tab is held
+    counts = np.diff(np.concatenate(([0], days, [T])))         # days each row of pos_tab is held
     asset_value = np.repeat(pos_tab, counts, axis=0)
     asset_value *= inp.val
     equity = np.repeat(cash_tab, counts) + asset_value.sum(axis=1)
     costs = np.zeros(T)
-    costs[reb_days] = paid
+    costs[days] = paid
     turnover = np.zeros(T)
-    turnover[reb_days] = _turnover(pos_tab[:-1], cash_tab[:-1], pos_tab[1:], cash_tab[1:], val_r)
+    turnover[days] = _turnover(pos_tab[:-1], cash_tab[:-1], pos_tab[1:], cash_tab[1:], inp.val[days])
     return _result(inp, equity, asset_value, turnover, costs)
 
 
@@ -325,16 +370,18 @@ def _filter_vectorbt_warnings() -> None:
 
 
 def simulate_vectorbt(prices: pd.DataFrame, targets: pd.DataFrame, fees: float,
-                      init_cash: float = 1.0) -> SimResult:
+                      init_cash: float = 1.0, exits: pd.DataFrame | None = None) -> SimResult:
     """The same portfolio simulated by vectorbt's `Portfolio.from_orders` (target percent,
     one cash-sharing group, auto call sequence, long-only, `min_size=0`: vectorbt's default
     minimum order of 1e-8 shares would skip small rebalancing trades at `init_cash=1`).
     Dead / missing prices are not traded (NaN size), since vectorbt refuses orders at a price <= 0."""
-    inp = _prepare(prices, targets, fees, init_cash)
+    inp = _prepare(prices, targets, fees, init_cash, exits)
     vbt = _import_vectorbt()
-    reb = inp.reb_days
     size = np.full(inp.close.shape, np.nan)
-    size[reb] = np.where(inp.tradeable, inp.weights, np.nan)
+    size[inp.reb_days] = np.where(inp.tradeable, inp.weights, np.nan)
+    exit_rows, exit_cols = np.nonzero(inp.exits)
+    size[inp.exit_days[exit_rows], exit_cols] = 0.0         # target 0 %: sell the whole position
+    reb = np.union1d(inp.reb_days, inp.exit_days)
     close = pd.DataFrame(inp.close, index=inp.index, columns=inp.columns)
     size_df = pd.DataFrame(size, index=inp.index, columns=inp.columns, copy=False)
     freq = "1D" if isinstance(inp.index, pd.DatetimeIndex) else None

@@ -223,6 +223,58 @@ def test_reference_matches_vectorbt(seed):
     assert (ref.costs[reb] > 0).all() and (ref.costs[~reb] == 0).all()
 
 
+# ------------------------------------------------------------------------------- delisting exits
+@pytest.mark.parametrize("sim", SIMULATORS, ids=sim_ids)
+def test_exit_sells_the_position_at_its_last_close_into_cash(sim):
+    """B stops trading after day 2: its shares are sold at that close (fees paid), the cash is kept,
+    nothing else trades and no price is carried forward."""
+    prices = frame([[1.0, 1.0], [1.1, 2.0], [1.2, 4.0], [1.3, np.nan], [1.4, np.nan]])
+    targets = targets_like(prices, {0: [0.5, 0.5]})
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    exits.iloc[2, 1] = True
+    fees = 0.01
+    res = sim(prices, targets, fees, exits=exits)
+    # day 0: equal order values, A filled first (0.5 shares for 0.505), B partly with the 0.495 left
+    shares_b = 0.495 / 1.01
+    cash = shares_b * 4.0 * (1 - fees)                  # day 2: B sold at its last close, net of fees
+    np.testing.assert_allclose(res.equity.to_numpy(), [1.0 - 0.5 * 0.01 - (0.495 - shares_b),
+                                                       0.55 + 2.0 * shares_b, 0.6 + cash, 0.65 + cash, 0.7 + cash])
+    assert res.costs.iloc[2] == pytest.approx(shares_b * 4.0 * fees)
+    assert res.weights.iloc[2:, 1].eq(0).all()          # B is cash from its last close on
+    assert res.turnover.iloc[2] > 0 and res.turnover.iloc[[1, 3, 4]].eq(0).all()
+
+
+def test_exit_reference_and_vectorbt_agree_on_a_random_book():
+    prices, targets = random_case(3)
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    last = 70
+    prices.iloc[last + 1:, 0] = np.nan                            # atom0 delisted after day 70
+    exits.iloc[last, 0] = True
+    targets.iloc[last + 1:, 0] = np.where(targets.iloc[last + 1:, 0].notna(), 0.0, np.nan)
+    ref = simulate_reference(prices, targets, 0.0014, exits=exits)
+    vb = simulate_vectorbt(prices, targets, 0.0014, exits=exits)
+    assert_parity(ref, vb)
+    assert (ref.weights.iloc[last:, 0] == 0).all() and ref.costs.iloc[last] > 0
+
+
+@pytest.mark.parametrize("sim", SIMULATORS, ids=sim_ids)
+def test_exit_on_a_rebalance_day_sets_the_target_to_zero(sim):
+    prices = frame([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    targets = targets_like(prices, {0: [0.5, 0.5], 1: [0.2, 0.8]})
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    exits.iloc[1, 1] = True
+    res = sim(prices, targets, 0.0, exits=exits)
+    np.testing.assert_allclose(res.weights.iloc[1].to_numpy(), [0.2, 0.0], atol=1e-12)
+
+
+def test_exit_without_a_price_is_rejected():
+    prices = frame([[1.0, 1.0], [1.0, np.nan]])
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    exits.iloc[1, 1] = True
+    with pytest.raises(ValueError, match="exit of B .* no positive price"):
+        simulate_reference(prices, targets_like(prices, {0: [0.5, 0.5]}), 0.0, exits=exits)
+
+
 def test_naive_simulator_would_fail_parity():
     """Guards the point of modelling vectorbt: exact target weights from the pre-trade value minus
     fees (a naive vectorized simulator) is more than 1e-6 away from vectorbt."""
