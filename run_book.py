@@ -107,14 +107,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(ok for ok, _ in results) else 1
 
 
+def pd_date(value) -> str:
+    """A timestamp as an ISO date (no 00:00:00)."""
+    return str(value)[:10]
+
+
 def cmd_audit_lookahead(args: argparse.Namespace) -> int:
     from quantlib.lookahead import audit_run
     from quantlib.runs import Run
 
     run = Run.open(_runs_dir(args), args.run_id)
-    print(f"look-ahead audit of {run.id}: replaying its walk-forward decisions with the data after the cutoff perturbed ...")
-    result = audit_run(run, args.at, args.seed)
-    print(f"cutoff {result['cutoff']} · {result['windows_checked']} of {result['windows_total']} windows decided by then")
+    print(f"look-ahead audit of {run.id}: rerunning its walk-forward from a copy of the lakehouse whose bars and "
+          f"features after the cutoff are noise (events: {', '.join(args.events)}) ...")
+    result = audit_run(run, args.at, args.seed, args.events)
+    print(f"cutoff {pd_date(result['cutoff'])} · {result['windows_checked']} of {result['windows_total']} windows "
+          f"decided by then · planted: " + (", ".join(f"{k} {v['symbol']}" for k, v in result["events"].items())
+                                             or "nothing (no held symbol)"))
     for check in result["checks"]:
         print(f"  {'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {check['detail']}")
     print(f"{'PASS' if result['passed'] else 'FAIL'} · {run.path('backtest/lookahead_audit.json')}")
@@ -194,12 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",
-                       description="Rerun RUN_ID's walk-forward decisions with every return and feature after a "
-                                   "cutoff perturbed and check that eligibility, selection, weights, trades and "
-                                   "returns up to the cutoff are unchanged.")
+                       description="Copy the lakehouse RUN_ID read, replace every OHLCV bar and features row after "
+                                   "a cutoff by noise, plant events after it, rerun the walk-forward from the raw "
+                                   "data and check that the universe, eligibility, selection, weights, trades, "
+                                   "strategy and benchmark returns up to the cutoff are unchanged.")
     p.add_argument("run_id", metavar="RUN_ID", help="a sleeve run")
     p.add_argument("--at", help="cutoff date (ISO; default: the middle window's decision date)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbation")
+    p.add_argument("--events", nargs="*", default=["delist", "spike", "listing"], metavar="EVENT",
+                   choices=["delist", "spike", "listing"],
+                   help="events planted after the cutoff: a held symbol delisted, a held symbol +600 %%, "
+                        "a new listing (default: all three)")
     p.set_defaults(func=cmd_audit_lookahead)
 
     p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")

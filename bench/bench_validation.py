@@ -3,7 +3,10 @@
 Makes an offline data run and a sleeve run (`--skip-validation`) in a temp workspace, then runs
 `backtest.run` in this process on that run's artifacts (~1 year of daily out-of-sample bars, 10-day
 steps, all five risk profiles) with `optimizer.engine` native and riskfolio, and reports wall time, the
-ratio, and where the time goes (selection, optimization, simulation incl. vectorbt, the rest).
+ratio, and where the time goes (the point-in-time universe rebuild, selection, optimization,
+simulation incl. vectorbt, the rest). The reference run for the universe rebuild is the same
+walk-forward with the production universe held fixed in every window (the cost model of a
+survivorship-biased backtest): the rebuild's ratio to it is the price of honest universes.
 Usage: python bench/bench_validation.py [--profile demo_crypto_long]
 """
 from __future__ import annotations
@@ -44,33 +47,57 @@ def main() -> None:
 
         from quantlib import backtest, sleeveflow
         from quantlib.profiles import load_profile
+        from quantlib.scanners import load_scanner
 
         art = {n: pd.read_parquet(sleeve / "artifacts" / f"{n}.parquet")
-               for n in ("returns", "candidates", "features", "benchmark")}
+               for n in ("returns", "screener", "candidates", "benchmark")}
+        scanners = [load_scanner(n) for n in load_profile(args.profile).profile.sleeve.scanners]
+
+        def walk_forward(profile, universe=None):
+            return backtest.run(art["returns"], art["screener"], scanners, art["benchmark"]["benchmark"], profile,
+                                universe=universe)
+
+        def fixed_universe(returns, screener, scanners_, profile, dates, window):
+            """Today's candidates in every window (no rebuild): the reference cost model."""
+            today = art["candidates"]
+            return pd.concat([today.assign(date=d) for d in dates], ignore_index=True), pd.DataFrame(
+                {"date": dates, "scanner": "fixed", "step": 0, "filter": "universe", "remaining": len(today)})
+
         results = {}
         for engine in ("native", "riskfolio"):
             profile = load_profile(args.profile, env={"FW_OPTIMIZER__ENGINE": engine}).profile
             table: dict[str, float] = defaultdict(float)
-            originals = (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate)
+            originals = (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate,
+                         backtest.point_in_time_pool)
             sleeveflow.select_window = timed(table, "selection", originals[0])
             sleeveflow.optimize_window = timed(table, "optimization", originals[1])
             backtest._simulate = timed(table, "simulation", originals[2])
+            backtest.point_in_time_pool = timed(table, "universe", originals[3])
             try:
                 if engine == "native":  # warm imports and vectorbt's numba cache outside the timing
-                    backtest.run(art["returns"], art["candidates"], art["features"], art["benchmark"]["benchmark"], profile)
+                    walk_forward(profile)
+                    table.clear()
+                    start = time.perf_counter()
+                    fixed = walk_forward(profile, universe=fixed_universe)
+                    results["fixed"] = time.perf_counter() - start
                     table.clear()
                 start = time.perf_counter()
-                wf = backtest.run(art["returns"], art["candidates"], art["features"], art["benchmark"]["benchmark"], profile)
+                wf = walk_forward(profile)
                 wall = time.perf_counter() - start
             finally:
-                sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate = originals
+                (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate,
+                 backtest.point_in_time_pool) = originals
             results[engine] = wall
             rest = wall - sum(table.values())
             print(f"{engine:<9} {wall:6.1f} s for {len(wf.windows)} windows x {len(profile.optimizer.profiles)} profiles "
-                  f"({len(wf.returns)} days): selection {table['selection']:.1f} s, optimization "
+                  f"({len(wf.returns)} days): universe rebuild {table['universe']:.2f} s, "
+                  f"selection {table['selection']:.1f} s, optimization "
                   f"{table['optimization']:.1f} s, simulation (reference + vectorbt) {table['simulation']:.1f} s, "
                   f"other {rest:.1f} s")
         print(f"riskfolio / native wall time: {results['riskfolio'] / results['native']:.1f}x")
+        print(f"point-in-time universe / fixed universe (native, {fixed.windows['eligible'].mean():.0f} vs "
+              f"{wf.windows['eligible'].mean():.0f} eligible per window): "
+              f"{results['native'] / results['fixed']:.2f}x wall time")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Walk-forward validation backtest (SPEC §2.7): point-in-time decisions, two simulators, benchmarks.
 
-Timeline of window k: the decision date d_k is the last bar of the training window; eligibility
-comes from the features matrix at the last bar strictly before the first test bar (ts <= d_k), then
+Timeline of window k: the decision date d_k is the last bar of the training window. The universe is
+rebuilt point-in-time at d_k (`universe.candidates_at`: the sleeve's scanners on the screener rows
+of d_k -- symbols trading then, value traded from OHLCV up to then, ratings at that bar, toxic
+flags dated before -- and strict health on the training window only), then
 `sleeveflow.decide_window` runs selection -> synthesis -> analysis -> optimization on the training
 rows <= d_k only. Orders execute at d_k's close and the book is held through the test window
 (d_k+1 ... d_k+test_days); the next decision date is d_k + test_days bars (step = test window).
@@ -13,6 +15,9 @@ worthless) -- the same synthesis the optimizer saw (LESSONS L-X3).
 Costs: (slippage + commission) x traded notional. Benchmarks: the profile's market benchmark
 bought and held, and an equal weight of the eligible universe in the sleeve's direction, rebalanced
 on the same dates. Both simulated by the reference simulator with the same costs.
+A held symbol that stops trading (its bars end before the span does) is liquidated at its last close
+into cash (`events`); no price is carried forward. The simulators' columns are sorted by atom id,
+so which buy a fee cuts short never depends on atoms that only appear in later windows.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ import pandas as pd
 from .errors import GateError
 from .metrics import metrics_table
 from .profiles import ANNUALIZATION, Profile
-from .synthesis import Direction, atom_id, synthetic_returns
+from .scanners import Scanner
+from .synthesis import atom_id, synthetic_returns
+from .universe import candidates_at, funnel_text
 
 ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
                         "equities": {"test_days": 21, "slippage_bp": 5.0, "commission_bp": 1.0}}
@@ -79,80 +86,123 @@ def windows(index: pd.DatetimeIndex, train_days: int, test_days: int, profile_na
     return out
 
 
-def eligible(candidates: pd.DataFrame, features: pd.DataFrame, before: pd.Timestamp) -> pd.DataFrame:
-    """Candidates eligible at a rebalance whose first test bar is `before`: the features row of the
-    last bar strictly before it (point-in-time), recommend_all > 0 for LONG, < 0 for SHORT; all of
-    them if fewer than 2 pass."""
-    past = features[features["ts"] < before]
-    latest = past.sort_values("ts").groupby("symbol").tail(1).set_index("symbol")["recommend_all"]
-    rating = candidates["symbol"].map(latest)
-    long = candidates["direction"] == Direction.LONG.value
-    ok = (long & (rating > 0)) | (~long & (rating < 0))
-    return candidates[ok] if int(ok.sum()) >= 2 else candidates
+def point_in_time_pool(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], profile: Profile,
+                       dates: list[pd.Timestamp], window: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sleeve's candidates at each decision date with their health on the `window` rows up to it."""
+    return candidates_at(returns, screener, scanners, dates, window=window,
+                         min_history_days=profile.sleeve.min_history_days, toxic_return=profile.data.toxic_return)
 
 
 @dataclass
 class WalkForward:
     returns: pd.DataFrame      # date x risk profile: out-of-sample daily returns (reference simulator)
     benchmarks: pd.DataFrame   # date x {market_benchmark, universe_equal_weight}
-    windows: pd.DataFrame      # one row per window: decision, start, end, eligible, selected, regime, stage
-    eligibility: pd.DataFrame  # decision, symbol, logic, direction: the eligible pool of each window
+    windows: pd.DataFrame      # one row per window: decision, start, end, universe, eligible, selected, ...
+    universe: pd.DataFrame     # decision, symbol, logic, direction, scanner, health, ...: the rebuilt universe
+    funnel: pd.DataFrame       # decision, scanner, step, filter, remaining: the scanner funnel per window
+    eligibility: pd.DataFrame  # decision, symbol, logic, direction: the healthy pool of each window
     holdings: pd.DataFrame     # decision, profile, atom_id, symbol, direction, weight, cluster
+    targets: dict              # risk profile -> dates x atom_id target weights (the trades' inputs)
     turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
     costs: pd.DataFrame        # date x risk profile, as a fraction of the previous equity
+    events: pd.DataFrame       # date, atom_id, symbol, event, profile, weight: delistings liquidated
     parity: dict               # reference vs vectorbt per profile
     metrics: pd.DataFrame      # one row per risk profile and benchmark
 
 
-def run(returns: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, benchmark: pd.Series,
-        profile: Profile, progress: Callable | None = None, decide: Callable | None = None) -> WalkForward:
-    """The whole walk-forward validation of one sleeve (decisions, simulations, benchmarks, metrics)."""
+def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], benchmark: pd.Series,
+        profile: Profile, progress: Callable | None = None, decide: Callable | None = None,
+        universe: Callable | None = None) -> WalkForward:
+    """The whole walk-forward validation of one sleeve (universes, decisions, simulations, benchmarks,
+    metrics). `universe` and `decide` default to the production functions (tests plant others)."""
     from .sleeveflow import decide_window
 
     decide = decide or decide_window
+    universe = universe or point_in_time_pool
     cfg = settings(profile)
     plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
-    decisions, rows, universe = [], [], []
+    pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
+    decisions, rows, eligible = [], [], []
     iterator = progress(plan) if progress else plan
     for w in iterator:
-        pool = eligible(candidates[candidates["health"].eq("OK")], features, w.start)
-        if pool.empty:
-            raise BacktestError(f"validate: no eligible candidate at the rebalance after {w.decision.date()} "
-                                f"(profile {profile.name}); check the data run's candidate lists (sleeve.scanners)")
+        pool = pools[pools["date"] == w.decision]
+        healthy = pool[pool["health"].eq("OK")]
+        if healthy.empty:
+            raise BacktestError(f"validate: the point-in-time universe at the rebalance of {w.decision.date()} "
+                                f"is empty (profile {profile.name}; funnel: {funnel_text(funnel, w.decision)}); "
+                                f"widen sleeve.scanners or shorten backtest.train_days")
         try:
-            d = decide(returns, pool, features, profile, w.decision)
+            d = decide(returns, pool.drop(columns="date"), profile, w.decision)
         except GateError as exc:
             raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
         decisions.append((w, d))
-        universe.append(pool.assign(decision=w.decision))
-        rows.append({"decision": w.decision, "start": w.start, "end": w.end, "eligible": len(pool),
-                     "selected": len(d.atoms), "regime": d.regime["label"],
+        eligible.append(healthy.rename(columns={"date": "decision"}))
+        rows.append({"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
+                     "eligible": len(healthy), "selected": len(d.atoms), "regime": d.regime["label"],
                      "stage_reached": d.selection.audit["stage_reached"]})
     holdings = pd.concat([d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
                           for w, d in decisions], ignore_index=True)
     span = returns.loc[returns.index >= plan[0].decision]
     atoms = holdings[["atom_id", "symbol", "logic", "direction"]].drop_duplicates("atom_id")
-    eligible_atoms = _eligible_atoms(pd.concat(universe, ignore_index=True))
-    all_atoms = pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
+    eligible_atoms = _eligible_atoms(pd.concat(eligible, ignore_index=True))
+    all_atoms = (pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
+                 .sort_values("atom_id", ignore_index=True))
     prices = synthetic_prices(span, all_atoms)
-    results, turnover, costs, parity = {}, {}, {}, {}
+    exits = delisting_exits(span, all_atoms, prices)
+    results, turnover, costs, parity, targets, events = {}, {}, {}, {}, {}, []
     for method in profile.optimizer.profiles:
-        targets = _targets(holdings[holdings["profile"] == method], prices)
-        sims = {name: _simulate(name, prices, targets, cfg.fees) for name in cfg.simulators}
+        targets[method] = _targets(holdings[holdings["profile"] == method], prices)
+        sims = {name: _simulate(name, prices, targets[method], cfg.fees, exits) for name in cfg.simulators}
         ref = sims.get("reference") or next(iter(sims.values()))
         results[method], turnover[method] = ref.returns, ref.turnover
         costs[method] = ref.costs / ref.equity.shift(1).fillna(1.0)
+        events.append(_liquidations(ref, exits, all_atoms, method))
         if "vectorbt" in sims and "reference" in sims:
             parity[method] = _parity(sims["reference"], sims["vectorbt"])
-    benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees)
+    benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees, exits)
     out = pd.DataFrame(results)
     metrics = _metrics(out, benchmarks, pd.DataFrame(turnover), pd.DataFrame(costs), len(plan), cfg)
     par = {"tolerance": cfg.parity_tolerance, "profiles": parity,
            "passed": all(p["final_rel_diff"] <= cfg.parity_tolerance and p["max_return_diff"] <= cfg.parity_tolerance
                          for p in parity.values()) if parity else None}
-    pools = pd.concat(universe, ignore_index=True)[["decision", "symbol", "logic", "direction"]]
-    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), pd.DataFrame(rows), pools, holdings,
-                       pd.DataFrame(turnover), pd.DataFrame(costs), par, metrics)
+    events = pd.concat(events, ignore_index=True)
+    keys = ["decision", "symbol", "logic", "direction"]
+    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), _with_delistings(pd.DataFrame(rows), events),
+                       pools.rename(columns={"date": "decision"}), funnel.rename(columns={"date": "decision"}),
+                       pd.concat(eligible, ignore_index=True)[keys], holdings, targets,
+                       pd.DataFrame(turnover), pd.DataFrame(costs), events, par, metrics)
+
+
+def delisting_exits(span: pd.DataFrame, atoms: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """(dates x atoms) True on the last bar of each atom whose symbol stops trading inside the span
+    (its returns end before the span's last date) and whose price there is still positive."""
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    last = span.reindex(columns=atoms["symbol"].unique()).apply(pd.Series.last_valid_index)
+    for atom, symbol in zip(atoms["atom_id"], atoms["symbol"]):
+        when = last.get(symbol)
+        if when is not None and not pd.isna(when) and when < span.index[-1] and prices.at[when, atom] > 0:
+            exits.at[when, atom] = True
+    return exits
+
+
+def _liquidations(sim, exits: pd.DataFrame, atoms: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The delisting events of one simulation where a position was actually sold."""
+    symbol = atoms.set_index("atom_id")["symbol"]
+    held = sim.weights.shift(1).fillna(0.0)
+    rows = []
+    for t, j in zip(*np.nonzero(exits.to_numpy())):
+        when, atom = exits.index[t], exits.columns[j]
+        if held.at[when, atom] > 0:
+            rows.append({"date": when, "atom_id": atom, "symbol": symbol[atom], "event": "delisted",
+                         "profile": method, "weight": float(held.at[when, atom])})
+    return pd.DataFrame(rows, columns=["date", "atom_id", "symbol", "event", "profile", "weight"])
+
+
+def _with_delistings(table: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """The window table with the symbols liquidated inside each window's test span."""
+    table["delisted"] = [", ".join(sorted(set(events.loc[(events["date"] > d) & (events["date"] <= e), "symbol"])))
+                         for d, e in zip(table["decision"], table["end"])]
+    return table
 
 
 def _eligible_atoms(pools: pd.DataFrame) -> pd.DataFrame:
@@ -181,10 +231,10 @@ def _targets(holdings: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
     return targets
 
 
-def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: float):
+def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: float, exits: pd.DataFrame):
     from .simulate import simulate_reference, simulate_vectorbt
 
-    return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees)
+    return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees, exits=exits)
 
 
 def _parity(ref, vbt) -> dict:
@@ -195,7 +245,7 @@ def _parity(ref, vbt) -> dict:
 
 
 def _benchmarks(span: pd.DataFrame, benchmark: pd.Series, eligible_atoms: pd.DataFrame, prices: pd.DataFrame,
-                plan: list[Window], fees: float) -> pd.DataFrame:
+                plan: list[Window], fees: float, exits: pd.DataFrame) -> pd.DataFrame:
     from .simulate import simulate_reference
 
     bench = benchmark.reindex(span.index)
@@ -209,7 +259,7 @@ def _benchmarks(span: pd.DataFrame, benchmark: pd.Series, eligible_atoms: pd.Dat
         ids = eligible_atoms.loc[eligible_atoms["decision"] == w.decision, "atom_id"].unique()
         targets.loc[w.decision] = 0.0
         targets.loc[w.decision, ids] = 1.0 / len(ids)
-    equal = simulate_reference(prices, targets, fees).returns
+    equal = simulate_reference(prices, targets, fees, exits=exits).returns
     return pd.DataFrame({"market_benchmark": market, "universe_equal_weight": equal})
 
 

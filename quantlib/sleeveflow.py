@@ -1,9 +1,10 @@
-"""Phase 2 stage functions: one sleeve's book (SPEC §2.1-2.6). The sleeve notebooks are thin wrappers.
+"""Phase 2 stage functions: one sleeve's book (SPEC §2.1-2.7). The sleeve notebooks are thin wrappers.
 
 aggregate -> select -> synthesize -> pre_opt -> optimize -> report -> validate (optional) ->
-post_analysis (optional). Only `aggregate` reads the shared
-lakehouse and the data run: it copies what the sleeve needs into the run (and records the hashes of
-what it read); every later stage reads the run's own artifacts.
+post_analysis (optional). Only `aggregate` reads the shared lakehouse and the data run: it copies
+what the sleeve needs into the run -- the base universe's returns and the point-in-time screener
+history its scanners are evaluated on -- and records the hashes of what it read; every later stage
+reads the run's own artifacts. The production universe is the walk-forward's universe at t = now.
 """
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ import pandas as pd
 
 from . import storage
 from .errors import DataError, GateError
+from .features import load_panel
+from .health import assess, close_to_returns
+from .lakehouse import Lakehouse
 from .profiles import ANNUALIZATION, Profile
 from .runs import Run, list_runs, utc_now
+from .scanners import Scanner, load_scanner
 from .stage import StageContext
+from .synthesis import check_directions
+from .universe import (base_universe, candidates_at, check_point_in_time, funnel_text, require_symbols_table,
+                       screener_history)
 
 CANDIDATE_FIELDS = ["symbol", "direction", "logic", "scanner", "value_traded", "recommend_all", "recommend_ma"]
 
@@ -57,7 +65,9 @@ def locate_data_run(runs_root: Path, scanners: list[str], pinned: str | None) ->
 
 
 def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
-    """Union of the data run's candidate lists, one row per (symbol, logic, direction)."""
+    """Union of the data run's candidate lists (today's scan), one row per (symbol, logic, direction).
+
+    Recorded beside the sleeve's own point-in-time universe for comparison; never its universe."""
     frames = []
     for scanner in scanners:
         doc = storage.read_json(data_run.dir / "export" / f"{scanner}.json")
@@ -70,79 +80,122 @@ def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
         raise DataError(f"aggregate: the candidate lists {scanners} of data run {data_run.id} are empty; "
                         f"check the scanner funnels in that run's scan notebook (or widen the scanners)")
     out = pd.concat(frames, ignore_index=True).drop_duplicates(["symbol", "logic", "direction"])
-    from .synthesis import check_directions
     out["direction"] = check_directions(out["direction"], f"data run {data_run.id} export")
     return out.reset_index(drop=True)
 
 
-def aggregate(ctx: StageContext) -> dict:
-    """Candidates + strict-health returns matrix + point-in-time features, copied into the run."""
-    from .features import load_panel
-    from .health import assess
+@dataclass
+class SleeveInputs:
+    """What a sleeve decides on, read from the lakehouse as of its last bar (`load_sleeve_inputs`)."""
 
+    base: list[str]              # the base universe: symbol-table symbols passing the static filters
+    returns: pd.DataFrame        # dates x base symbols over the lookback (NaN where no bar)
+    close: pd.DataFrame          # dates x (base + benchmark) closes over the lookback window
+    screener: pd.DataFrame       # date, symbol, point-in-time screener fields (universe.screener_history)
+    files: list[Path]            # lakehouse files read
+
+
+def load_sleeve_inputs(lake: Lakehouse, profile: Profile, scanners: list[Scanner],
+                       end: pd.Timestamp | None = None) -> SleeveInputs:
+    """The sleeve's raw inputs from the lakehouse: base universe, returns and the point-in-time
+    screener over the last `sleeve.lookback_days` bars up to `end` (default: the last bar). The
+    aggregate stage and the look-ahead audit (on a perturbed copy of the lakehouse) both call it."""
+    cfg, data = profile.sleeve, profile.data
+    check_point_in_time(scanners)
+    symbols = require_symbols_table(lake.read_table(lake.symbols_path) if lake.symbols_path.exists() else None,
+                                    str(lake.symbols_path))
+    base = base_universe(symbols, scanners, lake.stored_symbols(data.timeframe))
+    if not base:
+        raise DataError(f"aggregate: no symbol of the lakehouse symbol table {lake.symbols_path} with stored "
+                        f"{data.timeframe} bars passes the static filters of {[s.name for s in scanners]} "
+                        f"(sleeve.scanners); run the data phase with these scanners")
+    loaded = sorted(set(base) | {cfg.benchmark})
+    panel = load_panel(lake, loaded, data.timeframe)
+    if end is not None:
+        panel = {f: frame.loc[frame.index <= end] for f, frame in panel.items()}
+    close = panel["close"]
+    if close.empty:
+        raise HealthError(f"aggregate: the lakehouse {lake.root} has no bars for the {len(base)} base-universe "
+                          f"symbols; run `python run_book.py data` first")
+    window = close.dropna(how="all").index[-cfg.lookback_days:]
+    returns = close_to_returns(close.loc[window]).reindex(columns=base)
+    features = _features_for(lake, loaded)
+    screener = screener_history(panel, symbols, features, lake.read_registry(), data.flat_bars)
+    screener = screener[screener["date"].isin(returns.index)].reset_index(drop=True)
+    files = [lake.ohlcv_path(s, data.timeframe) for s in loaded] + [lake.symbols_path, lake.registry_path,
+                                                                    lake.features_path]
+    return SleeveInputs(base, returns, close.loc[window], screener, [p for p in files if p.exists()])
+
+
+def benchmark_returns(inputs: SleeveInputs, profile: Profile) -> pd.Series:
+    """The market benchmark's daily returns over the sleeve's window (NaN where it has no bar)."""
+    name = profile.sleeve.benchmark
+    close = inputs.close[[name]] if name in inputs.close.columns else pd.DataFrame({name: np.nan}, index=inputs.close.index)
+    return close_to_returns(close)[name].rename("benchmark")
+
+
+def scanners_of(ctx: StageContext) -> list[Scanner]:
+    """The sleeve's scanner definitions as resolved by its aggregate stage (recorded in universe.json)."""
+    doc = storage.read_json(ctx.require("artifacts/universe.json"))
+    return [Scanner.model_validate(s) for s in doc["scanners"]]
+
+
+def aggregate(ctx: StageContext) -> dict:
+    """The point-in-time inputs copied into the run (returns, screener history, benchmark) and the
+    production universe: the sleeve's scanners evaluated at its last bar, strict health on the
+    last `lookback_days` bars."""
     cfg, data = ctx.profile.sleeve, ctx.profile.data
     runs_root = Path(ctx.run.manifest.get("runs_root") or ctx.run.dir.parent)
     data_run = locate_data_run(runs_root, cfg.scanners, cfg.data_run_id)
-    candidates = read_candidates(data_run, cfg.scanners)
+    scanners = [load_scanner(name) for name in cfg.scanners]
     lake = ctx.lake
-    symbols = sorted(set(candidates["symbol"]))
-    loaded = sorted(set(symbols) | {cfg.benchmark})
-    panel = load_panel(lake, loaded, data.timeframe)
-    close = panel["close"]
-    toxic = lake.excluded_symbols()
-    common = dict(lookback_days=cfg.lookback_days, min_history_days=cfg.min_history_days,
-                  toxic_return=data.toxic_return, toxic=toxic)
-    if close.empty:
-        raise HealthError(f"aggregate: the lakehouse {lake.root} has no bars for the {len(symbols)} candidates; "
-                          f"run `python run_book.py data` first")
-    result = assess(close, symbols, **common)
-    bench = assess(close, [cfg.benchmark], **common)
+    inputs = load_sleeve_inputs(lake, ctx.profile, scanners)
+    returns, now = inputs.returns, inputs.returns.index[-1]
+    bench = assess(inputs.close, [cfg.benchmark], lookback_days=cfg.lookback_days,
+                   min_history_days=cfg.min_history_days, toxic_return=data.toxic_return)
     bench_row = bench.health.iloc[0]
     if bench_row["status"] != "OK":
         raise HealthError(f"aggregate: benchmark {cfg.benchmark} (sleeve.benchmark) is {bench_row['status']} "
                           f"({bench_row['detail'] or 'no bars'}); ingest it (data.anchors) or choose another benchmark")
-    counts = result.counts()
-    if len(result.healthy) < cfg.min_assets_after_health:
-        raise HealthError(f"aggregate: strict health left {len(result.healthy)} asset(s) < "
-                          f"sleeve.min_assets_after_health={cfg.min_assets_after_health} (status counts {counts}); "
-                          f"widen the scanners or refresh the data run")
+    candidates, funnel = candidates_at(returns, inputs.screener, scanners, [now], window=len(returns),
+                                       min_history_days=cfg.min_history_days, toxic_return=data.toxic_return)
+    counts = {k: int(v) for k, v in candidates["health"].value_counts().items()}
+    healthy = int(candidates["health"].eq("OK").sum())
+    if healthy < cfg.min_assets_after_health:
+        raise HealthError(f"aggregate: strict health left {healthy} asset(s) of the universe at {now.date()} < "
+                          f"sleeve.min_assets_after_health={cfg.min_assets_after_health} (status counts {counts}; "
+                          f"funnel: {funnel_text(funnel, now)}); widen the scanners or refresh the data run")
 
-    meta = _metadata(lake, symbols)
-    health = result.health.set_index("symbol")
-    candidates = candidates.merge(meta, on="symbol", how="left")
-    candidates["health"] = candidates["symbol"].map(health["status"])
-    candidates["toxic"] = candidates["health"].eq("TOXIC")
-    features = _features_for(lake, result.healthy)
-
-    storage.write_parquet(ctx.path("artifacts/returns.parquet"), result.returns)
-    storage.write_parquet(ctx.path("artifacts/benchmark.parquet"),
-                          bench.returns.rename(columns={cfg.benchmark: "benchmark"}))
+    storage.write_parquet(ctx.path("artifacts/returns.parquet"), returns)
+    storage.write_parquet(ctx.path("artifacts/benchmark.parquet"), benchmark_returns(inputs, ctx.profile).to_frame())
+    storage.write_parquet(ctx.path("artifacts/screener.parquet"), inputs.screener)
     storage.write_parquet(ctx.path("artifacts/candidates.parquet"), candidates)
-    storage.write_parquet(ctx.path("artifacts/features.parquet"), features)
+    storage.write_parquet(ctx.path("artifacts/funnel.parquet"), funnel)
+    health = candidates.drop_duplicates("symbol")[["symbol", "scanner", "health", "health_detail"]]
     doc = {"run_id": ctx.run.id, "generated_at": utc_now(), "data_run": data_run.id,
-           "data_run_dir": str(data_run.dir), "window": [result.window[0], result.window[1]],
-           "benchmark": cfg.benchmark, "counts": counts, "healthy": len(result.healthy),
-           "symbols": result.health.replace({np.nan: None}).to_dict(orient="records")}
+           "window": [returns.index[0], now], "benchmark": cfg.benchmark, "counts": counts, "healthy": healthy,
+           "symbols": health.rename(columns={"health": "status", "health_detail": "detail"}).to_dict(orient="records")}
     storage.write_json(ctx.path("artifacts/health.json"), doc)
-    read = {f"lakehouse/{p.relative_to(lake.root)}": storage.sha256_file(p)
-            for p in [lake.ohlcv_path(s, data.timeframe) for s in loaded]
-            + [lake.symbols_path, lake.registry_path, lake.features_path] if p.exists()}
+    today = read_candidates(data_run, cfg.scanners)
+    universe = {"run_id": ctx.run.id, "as_of": now, "base_universe": {
+                    "source": f"lakehouse/{lake.symbols_path.name} (every symbol ever ingested) with stored "
+                              f"{data.timeframe} bars, static filters of the scanners",
+                    "count": len(inputs.base), "symbols": inputs.base},
+                "scanners": [s.model_dump() for s in scanners],
+                "production": {"count": len(candidates), "healthy": healthy},
+                "data_run_export": {"data_run": data_run.id, "count": len(today),
+                                    "not_in_point_in_time": sorted(set(today["symbol"]) - set(candidates["symbol"])),
+                                    "only_in_point_in_time": sorted(set(candidates["symbol"]) - set(today["symbol"]))}}
+    storage.write_json(ctx.path("artifacts/universe.json"), universe)
+    read = {f"lakehouse/{p.relative_to(lake.root)}": storage.sha256_file(p) for p in inputs.files}
     read.update({f"{data_run.id}/export/{s}.json": storage.sha256_file(data_run.dir / "export" / f"{s}.json")
                  for s in cfg.scanners})
     storage.write_json(ctx.path("artifacts/data_inputs.json"), {"data_run": data_run.id, "files": read})
-    return doc
+    return {**doc, "universe": universe, "funnel": funnel}
 
 
-def _metadata(lake, symbols: list[str]) -> pd.DataFrame:
-    cols = ["symbol", "tick_size", "lot_size"]
-    if not lake.symbols_path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=float if c != "symbol" else object) for c in cols})
-    meta = lake.read_table(lake.symbols_path)
-    return meta.loc[meta["symbol"].isin(symbols), cols].drop_duplicates("symbol", keep="last")
-
-
-def _features_for(lake, symbols: list[str]) -> pd.DataFrame:
-    """The features-matrix rows of `symbols` (every bar: the validation backtest needs history)."""
+def _features_for(lake: Lakehouse, symbols: list[str]) -> pd.DataFrame:
+    """The features-matrix rows of `symbols` (every bar: the screener history needs them)."""
     if not lake.features_path.exists():
         raise DataError(f"aggregate: missing {lake.features_path}; run the data phase's backfill stage")
     try:
@@ -156,12 +209,6 @@ def _features_for(lake, symbols: list[str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # 2. select
 # ----------------------------------------------------------------------------------------------
-def features_asof(features: pd.DataFrame, when: pd.Timestamp) -> pd.DataFrame:
-    """Per symbol, the features row with the last ts <= `when` (point-in-time)."""
-    past = features[features["ts"] <= when]
-    return past.sort_values("ts").groupby("symbol", sort=True).tail(1).set_index("symbol")
-
-
 def training_window(returns: pd.DataFrame, train_days: int, end: pd.Timestamp | None = None) -> pd.DataFrame:
     """The last `train_days` rows of `returns` up to and including `end` (default: the last row)."""
     if end is not None:
@@ -179,29 +226,26 @@ def selection_params(profile: Profile):
 
 
 def select(ctx: StageContext):
-    """HTR selection on the training window with the ratings at the last training date."""
+    """HTR selection on the training window of the production universe (ratings at its last bar)."""
     returns = storage.read_parquet(ctx.require("artifacts/returns.parquet"))
     candidates = storage.read_parquet(ctx.require("artifacts/candidates.parquet"))
-    features = storage.read_parquet(ctx.require("artifacts/features.parquet"))
     train = training_window(returns, ctx.profile.sleeve.train_days)
-    result = select_window(train, candidates, features, ctx.profile.sleeve.asset_class, selection_params(ctx.profile))
+    result = select_window(train, candidates, ctx.profile.sleeve.asset_class, selection_params(ctx.profile))
     result.audit.update(run_id=ctx.run.id, train_start=train.index[0], train_end=train.index[-1])
     storage.write_parquet(ctx.path("artifacts/selection.parquet"), result.selection)
     storage.write_json(ctx.path("artifacts/selection_audit.json"), result.audit)
     return result
 
 
-def select_window(train: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, asset_class: str, params):
-    """Selection for one training window: healthy candidates with a return on every day of the window
-    (a later listing joins once it covers a whole window), point-in-time ratings at its last date."""
+def select_window(train: pd.DataFrame, candidates: pd.DataFrame, asset_class: str, params):
+    """Selection for one training window: the universe's healthy candidates (toxic ones too, so the
+    selection audit counts their veto) with a return on every day of the window; their ratings and
+    value traded are the screener's at the window's last bar (`universe.candidates_at`)."""
     from .selection import select as htr
 
     complete = train.columns[train.notna().all()]  # strict health on this window: no missing return
     pool = candidates[candidates["health"].eq("OK") | candidates["toxic"]].copy()
     pool = pool[pool["symbol"].isin(complete) | pool["toxic"]]
-    pit = features_asof(features, train.index[-1])
-    for col in ("recommend_all", "recommend_ma"):
-        pool[col] = pool["symbol"].map(pit[col]) if not pit.empty else np.nan
     return htr(train[[c for c in complete if c in set(pool["symbol"])]], pool.reset_index(drop=True),
                asset_class=asset_class, params=params)
 
@@ -311,15 +355,15 @@ class WindowDecision:
     weights: pd.DataFrame        # profile, atom_id, weight, cluster
 
 
-def decide_window(returns: pd.DataFrame, candidates: pd.DataFrame, features: pd.DataFrame, profile: Profile,
+def decide_window(returns: pd.DataFrame, candidates: pd.DataFrame, profile: Profile,
                   end: pd.Timestamp, methods: list[str] | None = None) -> WindowDecision:
     """Selection -> synthesis -> analysis -> optimization on the training window ending at `end` (the
     same functions the production stages call, so the validated decisions are the produced ones).
-    Uses only rows of `returns` and `features` dated <= `end`."""
+    `candidates` is the universe at `end`; uses only rows of `returns` dated <= `end`."""
     from .synthesis import build_atoms, synthetic_returns
 
     train = training_window(returns, profile.sleeve.train_days, end)
-    result = select_window(train, candidates, features, profile.sleeve.asset_class, selection_params(profile))
+    result = select_window(train, candidates, profile.sleeve.asset_class, selection_params(profile))
     atoms = build_atoms(result.selection)
     synthetic = synthetic_returns(train, atoms)
     clusters, state = analyze_window(synthetic, profile)
@@ -392,14 +436,14 @@ def validate(ctx: StageContext, progress: bool = True):
 
         bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window", file=sys.stdout,  # noqa: E731
                               mininterval=1.0)
-    wf = backtest.run(art("returns.parquet"), art("candidates.parquet"), art("features.parquet"),
+    wf = backtest.run(art("returns.parquet"), art("screener.parquet"), scanners_of(ctx),
                       art("benchmark.parquet")["benchmark"], ctx.profile, progress=bar)
     for name, frame in (("returns", wf.returns), ("benchmarks", wf.benchmarks), ("turnover", wf.turnover),
                         ("costs", wf.costs)):
         storage.write_parquet(ctx.path(f"backtest/{name}.parquet"), frame.rename_axis("date"))
     storage.write_parquet(ctx.path("backtest/metrics.parquet"), wf.metrics.rename_axis("name"))
-    storage.write_parquet(ctx.path("backtest/windows.parquet"), wf.windows)
-    storage.write_parquet(ctx.path("backtest/holdings.parquet"), wf.holdings)
+    for name in ("windows", "universe", "funnel", "holdings", "events"):
+        storage.write_parquet(ctx.path(f"backtest/{name}.parquet"), getattr(wf, name))
     storage.write_json(ctx.path("backtest/parity.json"), {"run_id": ctx.run.id, **wf.parity})
     if wf.parity["passed"] is False:
         worst = max(wf.parity["profiles"].items(), key=lambda kv: kv[1]["final_rel_diff"])

@@ -1,5 +1,6 @@
-"""Walk-forward validation (SPEC §2.7): windows, point-in-time eligibility, synthetic prices, settings,
-the validated demo sleeve end to end, the look-ahead audit and the bad-input messages."""
+"""Walk-forward validation (SPEC §2.7): windows, delisting exits, synthetic prices, settings, the
+validated demo sleeve end to end on point-in-time universes, the look-ahead audit on perturbed raw
+data (it passes on the real pipeline and catches planted look-ahead) and the bad-input messages."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import art
 from quantlib import backtest, lookahead
-from quantlib.backtest import BacktestError, eligible, synthetic_prices, windows
+from quantlib.backtest import BacktestError, delisting_exits, synthetic_prices, windows
 from quantlib.profiles import load_profile
 from quantlib.synthesis import build_atoms
 
@@ -31,23 +32,18 @@ def test_windows_name_the_profile_key_when_the_data_is_too_short():
         windows(DAYS, train_days=20, test_days=25, profile_name="p")
 
 
-def _features(rows):
-    return pd.DataFrame(rows, columns=["ts", "symbol", "recommend_all"]).assign(ts=lambda f: pd.to_datetime(f["ts"], utc=True))
-
-
-def test_eligibility_uses_the_last_bar_strictly_before_the_rebalance():
-    cands = pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r", "direction": "LONG"})
-    feats = _features([("2026-01-09", "X:A", 0.5), ("2026-01-10", "X:A", -0.5),   # flips ON the rebalance bar
-                       ("2026-01-09", "X:B", 0.2), ("2026-01-09", "X:C", -0.1)])
-    start = pd.Timestamp("2026-01-10", tz="UTC")
-    assert eligible(cands, feats, start)["symbol"].tolist() == ["X:A", "X:B"]  # A's same-bar value ignored
-    assert eligible(cands, feats, start + pd.Timedelta(days=1))["symbol"].tolist() == ["X:A", "X:B", "X:C"]  # < 2 pass
-
-
-def test_eligibility_is_direction_aware():
-    cands = pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r", "direction": "SHORT"})
-    feats = _features([("2026-01-09", "X:A", 0.5), ("2026-01-09", "X:B", -0.2), ("2026-01-09", "X:C", -0.1)])
-    assert eligible(cands, feats, pd.Timestamp("2026-01-10", tz="UTC"))["symbol"].tolist() == ["X:B", "X:C"]
+def test_a_symbol_that_stops_trading_exits_on_its_last_bar_once_it_has_a_price():
+    idx = DAYS[:6]
+    raw = pd.DataFrame({"X:A": [0.0, 0.1, 0.1, np.nan, np.nan, np.nan], "X:B": [0.0, 0.1, 2.0, 0.1, 0.1, np.nan],
+                        "X:C": [0.0, 0.1, 0.1, 0.1, 0.1, 0.1]}, index=idx)
+    atoms = build_atoms(pd.DataFrame({"symbol": ["X:A", "X:B", "X:C"], "logic": "r",
+                                      "direction": ["LONG", "SHORT", "LONG"]}))
+    prices = synthetic_prices(raw, atoms)
+    exits = delisting_exits(raw, atoms, prices)
+    a, b, c = atoms["atom_id"]
+    assert exits.index[exits[a]].tolist() == [idx[2]]     # A's last close
+    assert not exits[b].any()                             # B's short died at +200 % (worth 0): nothing to sell
+    assert not exits[c].any()                             # C trades to the end
 
 
 def test_synthetic_prices_compound_the_synthesis_and_a_short_can_lose_everything_once():
@@ -92,21 +88,83 @@ def test_validation_writes_oos_streams_for_every_profile_with_simulator_parity(l
         assert "Plotly.newPlot" in (run.dir / "plots" / f"{name}.html").read_text()
 
 
+def test_windows_record_the_point_in_time_universe_and_its_funnel(long_sleeve):
+    _, run = long_sleeve
+    w, universe, funnel = (art(run, f"backtest/{n}.parquet") for n in ("windows", "universe", "funnel"))
+    assert (w["universe"] >= w["eligible"]).all() and (w["eligible"] >= 1).all()
+    assert set(universe["decision"]) == set(w["decision"]) and universe["health"].notna().all()
+    last = funnel.sort_values("step").groupby(["decision", "scanner"]).tail(1)
+    assert set(last["filter"]) == {"strict health"}
+    assert universe.groupby("decision").size().reindex(w["decision"]).tolist() == w["universe"].tolist()
+    doc = art(run, "artifacts/universe.json")
+    assert doc["base_universe"]["count"] >= len(set(universe["symbol"])) and doc["scanners"]
+
+
 def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve):
     _, run = long_sleeve
     result = workspace.book("audit-lookahead", run.id)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     doc = json.loads((run.dir / "backtest" / "lookahead_audit.json").read_text())
     assert doc["passed"] and doc["windows_checked"] >= 1 and doc["perturbation_changed_later_decisions"]
+    assert set(doc["events"]) == {"delist", "spike", "listing"}
+    assert {c["check"] for c in doc["checks"]} >= {"universe", "eligibility", "weights", "trades",
+                                                    "strategy_returns", "benchmark_returns"}
 
 
-def test_the_lookahead_audit_catches_a_planted_same_bar_eligibility_bug(long_sleeve, monkeypatch):
+def test_the_lookahead_audit_passes_on_a_short_sleeve(short_sleeve):
+    _, run = short_sleeve
+    doc = lookahead.audit_run(run)
+    assert doc["passed"], doc["checks"]
+    assert doc["events"], "no held symbol to plant events on"
+
+
+REAL_POOL = backtest.point_in_time_pool
+
+
+def _todays_universe(returns, screener, scanners, profile, dates, window):
+    """Planted bug: today's scanner output (the last date's universe) used in every window."""
+    pool, funnel = REAL_POOL(returns, screener, scanners, profile, [returns.index[-1]], window)
+    return (pd.concat([pool.assign(date=d) for d in dates], ignore_index=True),
+            pd.concat([funnel.assign(date=d) for d in dates], ignore_index=True))
+
+
+def _whole_window_health(returns, screener, scanners, profile, dates, window):
+    """Planted bug: strict health assessed over the whole lookback, future bars included."""
+    from quantlib.health import assess_window
+    from quantlib.universe import universe_at
+
+    pool, funnel = universe_at(screener, scanners, dates)
+    health = assess_window(returns, pool["symbol"].unique(), min_history_days=profile.sleeve.min_history_days,
+                           toxic_return=profile.data.toxic_return).set_index("symbol")
+    pool = pool.assign(health=pool["symbol"].map(health["status"]), health_detail="")
+    return pool.assign(toxic=pool["health"].eq("TOXIC")), funnel
+
+
+@pytest.mark.parametrize("planted", [_todays_universe, _whole_window_health], ids=["todays_list", "whole_health"])
+def test_the_lookahead_audit_catches_planted_survivorship(long_sleeve, monkeypatch, planted):
     _, run = long_sleeve
-    real = backtest.eligible
-    monkeypatch.setattr(backtest, "eligible", lambda c, f, before: real(c, f, before + pd.Timedelta(days=1)))
+    monkeypatch.setattr(backtest, "point_in_time_pool", planted)
     doc = lookahead.audit_run(run)
     assert not doc["passed"]
-    assert not {c["check"]: c["passed"] for c in doc["checks"]}["eligibility"]
+    failed = {c["check"] for c in doc["checks"] if not c["passed"]}
+    assert {"universe", "eligibility"} & failed and "strategy_returns" in failed, failed
+
+
+def test_an_empty_point_in_time_universe_names_the_date_and_the_funnel(long_sleeve, monkeypatch):
+    _, run = long_sleeve
+    def unhealthy(*args):
+        pool, funnel = REAL_POOL(*args)
+        return pool.assign(health="STALE"), funnel
+
+    monkeypatch.setattr(backtest, "point_in_time_pool", unhealthy)
+    returns, screener = art(run, "artifacts/returns.parquet"), art(run, "artifacts/screener.parquet")
+    from quantlib.scanners import Scanner
+
+    scanners = [Scanner.model_validate(s) for s in art(run, "artifacts/universe.json")["scanners"]]
+    with pytest.raises(BacktestError, match=r"point-in-time universe at the rebalance of \d{4}-\d\d-\d\d is empty "
+                                            r".*funnel: rating_all_long: universe \d+ -> .* -> strict health \d+\); "
+                                            r"widen sleeve.scanners"):
+        backtest.run(returns, screener, scanners, art(run, "artifacts/benchmark.parquet")["benchmark"], run.profile)
 
 
 @pytest.mark.parametrize("key,value,expected", [("FW_BACKTEST__TRAIN_DAYS", "5000", r"backtest\.train_days=5000"),
