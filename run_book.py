@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",
-                       description="Copy the lakehouse RUN_ID read, replace every OHLCV bar and features row after "
-                                   "a cutoff by noise, plant events after it, rerun the walk-forward from the raw "
+                       description="Copy the lakehouse RUN_ID read, with every OHLCV bar and features row after "
+                                   "a cutoff perturbed (noise) and events planted after it, rerun the walk-forward from the raw "
                                    "data and check that the universe, eligibility, selection, weights, trades, "
                                    "strategy and benchmark returns up to the cutoff are unchanged.")
     p.add_argument("run_id", metavar="RUN_ID", help="a sleeve run")

@@ -31,6 +31,7 @@ from .errors import GateError
 from .metrics import metrics_table
 from .profiles import ANNUALIZATION, Profile
 from .scanners import Scanner
+from .selection import SelectionError
 from .synthesis import atom_id, synthetic_returns
 from .universe import candidates_at, funnel_text
 
@@ -97,7 +98,7 @@ def point_in_time_pool(returns: pd.DataFrame, screener: pd.DataFrame, scanners: 
 class WalkForward:
     returns: pd.DataFrame      # date x risk profile: out-of-sample daily returns (reference simulator)
     benchmarks: pd.DataFrame   # date x {market_benchmark, universe_equal_weight}
-    windows: pd.DataFrame      # one row per window: decision, start, end, universe, eligible, selected, ...
+    windows: pd.DataFrame      # one row per window: decision, start, end, universe, eligible, selected, ..., note
     universe: pd.DataFrame     # decision, symbol, logic, direction, scanner, health, ...: the rebuilt universe
     funnel: pd.DataFrame       # decision, scanner, step, filter, remaining: the scanner funnel per window
     eligibility: pd.DataFrame  # decision, symbol, logic, direction: the healthy pool of each window
@@ -131,15 +132,22 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
             raise BacktestError(f"validate: the point-in-time universe at the rebalance of {w.decision.date()} "
                                 f"is empty (profile {profile.name}; funnel: {funnel_text(funnel, w.decision)}); "
                                 f"widen sleeve.scanners or shorten backtest.train_days")
+        row = {"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
+               "eligible": len(healthy), "selected": 0, "regime": None, "stage_reached": None, "note": ""}
+        eligible.append(healthy.rename(columns={"date": "decision"}))
         try:
             d = decide(returns, pool.drop(columns="date"), profile, w.decision)
+        except SelectionError as exc:   # too few survivors: the production sleeve would not trade either
+            rows.append(row | {"note": f"cash: {str(exc).splitlines()[0]}"})
+            continue
         except GateError as exc:
             raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
         decisions.append((w, d))
-        eligible.append(healthy.rename(columns={"date": "decision"}))
-        rows.append({"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
-                     "eligible": len(healthy), "selected": len(d.atoms), "regime": d.regime["label"],
-                     "stage_reached": d.selection.audit["stage_reached"]})
+        rows.append(row | {"selected": len(d.atoms), "regime": d.regime["label"],
+                           "stage_reached": d.selection.audit["stage_reached"]})
+    if not decisions:
+        raise BacktestError(f"validate: no window of profile {profile.name} selected 2 or more assets "
+                            f"(first: {rows[0]['note']}); widen sleeve.scanners or relax the selection")
     holdings = pd.concat([d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
                           for w, d in decisions], ignore_index=True)
     span = returns.loc[returns.index >= plan[0].decision]
@@ -151,7 +159,7 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     exits = delisting_exits(span, all_atoms, prices)
     results, turnover, costs, parity, targets, events = {}, {}, {}, {}, {}, []
     for method in profile.optimizer.profiles:
-        targets[method] = _targets(holdings[holdings["profile"] == method], prices)
+        targets[method] = _targets(holdings[holdings["profile"] == method], prices, [w.decision for w in plan])
         sims = {name: _simulate(name, prices, targets[method], cfg.fees, exits) for name in cfg.simulators}
         ref = sims.get("reference") or next(iter(sims.values()))
         results[method], turnover[method] = ref.returns, ref.turnover
@@ -222,11 +230,12 @@ def synthetic_prices(returns: pd.DataFrame, atoms: pd.DataFrame) -> pd.DataFrame
     return pd.concat([first, growth])
 
 
-def _targets(holdings: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
-    """Target-weight rows on decision dates (0 for atoms not held), NaN rows elsewhere."""
+def _targets(holdings: pd.DataFrame, prices: pd.DataFrame, decisions: list[pd.Timestamp]) -> pd.DataFrame:
+    """Target-weight rows on every decision date (0 for atoms not held: a window without a
+    selection is all cash), NaN rows elsewhere."""
     wide = holdings.pivot_table(index="decision", columns="atom_id", values="weight", aggfunc="sum")
     targets = pd.DataFrame(np.nan, index=prices.index, columns=prices.columns)
-    targets.loc[wide.index] = 0.0
+    targets.loc[decisions] = 0.0
     targets.loc[wide.index, wide.columns] = wide.fillna(0.0).to_numpy()
     return targets
 

@@ -109,6 +109,11 @@ def load_sleeve_inputs(lake: Lakehouse, profile: Profile, scanners: list[Scanner
         raise DataError(f"aggregate: no symbol of the lakehouse symbol table {lake.symbols_path} with stored "
                         f"{data.timeframe} bars passes the static filters of {[s.name for s in scanners]} "
                         f"(sleeve.scanners); run the data phase with these scanners")
+    venues = sorted({s.split(":", 1)[0] for s in base})
+    if len(venues) > 1:
+        raise DataError(f"aggregate: the static filters of {[s.name for s in scanners]} (sleeve.scanners) admit "
+                        f"symbols of several exchanges {venues}, whose calendars differ; add an "
+                        f"{{field: exchange, op: \"==\", value: ...}} filter to the scanner")
     loaded = sorted(set(base) | {cfg.benchmark})
     panel = load_panel(lake, loaded, data.timeframe)
     if end is not None:

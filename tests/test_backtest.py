@@ -174,3 +174,33 @@ def test_impossible_windows_fail_validation_naming_the_key(workspace, first, key
     assert result.returncode == 1
     index = (workspace.run_of(result).dir / "INDEX.md").read_text()
     assert "stage validate failed" in index and re.search(expected, index)
+
+
+def test_a_window_without_enough_survivors_holds_cash_and_says_why(long_sleeve):
+    """A rebalance where selection cannot form a book (the production sleeve would not trade either)
+    sells everything and holds cash until the next rebalance; the window table records the reason."""
+    from quantlib.scanners import Scanner
+    from quantlib.selection import SelectionError
+    from quantlib.sleeveflow import decide_window
+
+    _, run = long_sleeve
+    returns, screener = art(run, "artifacts/returns.parquet"), art(run, "artifacts/screener.parquet")
+    scanners = [Scanner.model_validate(s) for s in art(run, "artifacts/universe.json")["scanners"]]
+    profile = run.profile.model_copy(update={"backtest": run.profile.backtest.model_copy(
+        update={"simulators": ["reference"]})})
+    plan = windows(returns.index, 252, backtest.settings(profile).test_days)
+    skipped = plan[1].decision
+
+    def decide(r, c, p, end):
+        if end == skipped:
+            raise SelectionError("selection (HTR): only 1 asset(s) survive")
+        return decide_window(r, c, p, end)
+
+    wf = backtest.run(returns, screener, scanners, art(run, "artifacts/benchmark.parquet")["benchmark"], profile,
+                      decide=decide)
+    row = wf.windows.set_index("decision").loc[skipped]
+    assert row["selected"] == 0 and row["note"].startswith("cash: selection (HTR): only 1")
+    assert (wf.targets["hrp"].loc[skipped] == 0).all()           # everything sold at that close
+    held = wf.returns.loc[plan[1].start:plan[1].end, "hrp"]
+    assert (held.iloc[:-1] == 0).all()        # flat in cash until the next rebalance (its last bar) buys again
+    assert skipped not in set(wf.holdings["decision"])

@@ -145,3 +145,24 @@ def test_nothing_after_the_date_changes_the_universe_at_the_date_including_new_l
                           [DAYS[27]], window=10, min_history_days=5, toxic_return=5.0)
     pd.testing.assert_frame_equal(base[0], after[0])
     pd.testing.assert_frame_equal(base[1], after[1])
+
+
+def test_a_base_universe_spanning_two_exchanges_is_refused(tmp_path):
+    """Calendars differ across venues: a sleeve's scanners must name one exchange."""
+    from quantlib.errors import DataError
+    from quantlib.lakehouse import Lakehouse
+    from quantlib.profiles import load_profile
+    from quantlib.sleeveflow import load_sleeve_inputs
+
+    lake = Lakehouse(tmp_path / "lake")
+    table = pd.concat([_symbols().iloc[:1], _symbols().iloc[:1].assign(symbol="Y:AUSDT", exchange="Y")])
+    lake.root.mkdir(parents=True)
+    table.to_parquet(lake.symbols_path)
+    bars = pd.DataFrame({"ts": DAYS, "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0})
+    for symbol in table["symbol"]:
+        lake.ohlcv_path(symbol, "1d").parent.mkdir(parents=True, exist_ok=True)
+        bars.to_parquet(lake.ohlcv_path(symbol, "1d"))
+    profile = load_profile("demo_crypto_long").profile
+    scanner = Scanner(name="no_venue", direction="LONG", filters=[Filter(field="quote", op="==", value="USDT")])
+    with pytest.raises(DataError, match=r"several exchanges \['X', 'Y'\].*add an \{field: exchange"):
+        load_sleeve_inputs(lake, profile, [scanner])
