@@ -102,8 +102,7 @@ def load_sleeve_inputs(lake: Lakehouse, profile: Profile, scanners: list[Scanner
     aggregate stage and the look-ahead audit (on a perturbed copy of the lakehouse) both call it."""
     cfg, data = profile.sleeve, profile.data
     check_point_in_time(scanners)
-    symbols = require_symbols_table(lake.read_table(lake.symbols_path) if lake.symbols_path.exists() else None,
-                                    str(lake.symbols_path))
+    symbols = require_symbols_table(lake.read_symbols(), str(lake.symbols_path))
     base = base_universe(symbols, scanners, lake.stored_symbols(data.timeframe))
     if not base:
         raise DataError(f"aggregate: no symbol of the lakehouse symbol table {lake.symbols_path} with stored "

@@ -182,9 +182,9 @@ def funnel_text(funnel: pd.DataFrame, date: pd.Timestamp) -> str:
     return "; ".join(parts) if parts else "no screener rows"
 
 
-def require_symbols_table(symbols: pd.DataFrame | None, path: str) -> pd.DataFrame:
-    """The symbol table must exist and hold market fields: the base universe comes from it."""
-    if symbols is None or symbols.empty:
+def require_symbols_table(symbols: pd.DataFrame, path: str) -> pd.DataFrame:
+    """The symbol table must exist and hold markets: the base universe comes from it."""
+    if symbols.empty:
         raise DataError(f"the lakehouse symbol table {path} is missing or empty; run the data phase "
                         f"(`python run_book.py data`), whose metadata stage writes it")
     return symbols
