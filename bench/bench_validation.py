@@ -95,8 +95,8 @@ def main() -> None:
                   f"{table['optimization']:.1f} s, simulation (reference + vectorbt) {table['simulation']:.1f} s, "
                   f"other {rest:.1f} s")
         print(f"riskfolio / native wall time: {results['riskfolio'] / results['native']:.1f}x")
-        print(f"point-in-time universe / fixed universe (native, {fixed.windows['eligible'].mean():.0f} vs "
-              f"{wf.windows['eligible'].mean():.0f} eligible per window): "
+        print(f"point-in-time universe / fixed universe (native; eligible per window: fixed "
+              f"{fixed.windows['eligible'].mean():.0f}, point-in-time {wf.windows['eligible'].mean():.0f}): "
               f"{results['native'] / results['fixed']:.2f}x wall time")
 
 
