@@ -1,8 +1,10 @@
 """Phase 1 stage functions: each does one stage's work for a `StageContext` and writes its outputs.
 
 The data notebooks are thin wrappers over these, so everything here is reachable from tests.
-Order: universe (market-level scan) -> ingest -> metadata -> features -> scan -> backfill. Technical
-fields need history, so the flow ingests the symbols that pass the market-level filters first.
+Order: universe (static market filters) -> ingest -> metadata -> features -> scan -> backfill. Technical
+fields need history, so the flow first ingests the base universe: every market passing the scanners'
+static filters (exchange, base, quote, type), illiquid and delisted ones included, so that sleeves can
+evaluate the time-varying filters point-in-time.
 Every stage that uses stored bars (features, scan, backfill) skips flagged symbols and reports and
 skips unreadable OHLCV files, so one corrupt file never stops the run; a corrupt anchor does.
 """
@@ -42,7 +44,7 @@ def _funnel_table(results: dict[str, tuple[pd.DataFrame, list[dict]]]) -> pd.Dat
 
 
 def discover_universe(ctx: StageContext) -> ScanResult:
-    """Fetch markets and tickers once, run every scanner's market-level filters, union the symbols."""
+    """Fetch markets and tickers once, run every scanner's static market filters, union the symbols."""
     cfg = ctx.profile.data
     source = ctx.source()
     markets, tickers = source.markets(), source.tickers()

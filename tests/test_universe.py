@@ -9,6 +9,7 @@ import pytest
 from quantlib.errors import ProfileError
 from quantlib.health import close_to_returns
 from quantlib.scanners import Filter, Scanner, load_scanner
+from quantlib.sources.base import MARKET_COLUMNS
 from quantlib.universe import (base_universe, candidates_at, check_point_in_time, funnel_text, screener_history,
                                universe_at)
 
@@ -28,9 +29,15 @@ def _panel() -> dict[str, pd.DataFrame]:
 
 
 def _symbols() -> pd.DataFrame:
-    return pd.DataFrame({"symbol": SYMBOLS, "exchange": "X", "base": [s[2] for s in SYMBOLS], "quote": "USDT",
-                         "type": "spot", "active": [True, True, True, False, True], "tick_size": 0.01,
-                         "lot_size": 0.001, "inactive_since": [pd.NaT, pd.NaT, pd.NaT, DAYS[35], pd.NaT]})
+    """A symbol table as the data phase writes it (every market column, listing history)."""
+    table = pd.DataFrame({"symbol": SYMBOLS, "exchange": "X", "base": [s[2] for s in SYMBOLS], "quote": "USDT",
+                          "type": "spot", "active": [True, True, True, False, True], "tick_size": 0.01,
+                          "lot_size": 0.001})
+    for column in MARKET_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan
+    return table.assign(updated_at=DAYS[-1], first_seen=DAYS[0],
+                        inactive_since=[pd.NaT, pd.NaT, pd.NaT, DAYS[35], pd.NaT])
 
 
 def _features(panel) -> pd.DataFrame:
