@@ -214,6 +214,9 @@ def audit(lake: Lakehouse, profile, scanners, end: pd.Timestamp | None = None, c
         if "listing" in events and held:
             planted["listing"] = {"symbol": plant_listing(copy, held[0], timeframe, cutoff)}
         moved = run_backtest(load_sleeve_inputs(copy, quick, scanners, end), quick)
+    if "delist" in planted:   # the delisted holding is sold at its last close in the perturbed run
+        sold = moved.events[moved.events["symbol"] == planted["delist"]["symbol"]]
+        planted["delist"]["liquidated"] = sold[["date", "profile", "weight"]].to_dict(orient="records")
     checks = compare(base, moved, cutoff)
     windows_checked = int((base.windows["decision"] <= cutoff).sum())
     return {"passed": all(c["passed"] for c in checks) and windows_checked > 0, "cutoff": cutoff,

@@ -107,6 +107,8 @@ def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve)
     doc = json.loads((run.dir / "backtest" / "lookahead_audit.json").read_text())
     assert doc["passed"] and doc["windows_checked"] >= 1 and doc["perturbation_changed_later_decisions"]
     assert set(doc["events"]) == {"delist", "spike", "listing"}
+    delist = doc["events"]["delist"]   # the planted delisting is liquidated at the symbol's last close
+    assert delist["liquidated"] and {e["date"] for e in delist["liquidated"]} == {delist["last_bar"]}
     assert {c["check"] for c in doc["checks"]} >= {"universe", "eligibility", "weights", "trades",
                                                     "strategy_returns", "benchmark_returns"}
 
