@@ -67,18 +67,14 @@ def locate_data_run(runs_root: Path, scanners: list[str], pinned: str | None) ->
 def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
     """Union of the data run's candidate lists (today's scan), one row per (symbol, logic, direction).
 
-    Recorded beside the sleeve's own point-in-time universe for comparison; never its universe."""
-    frames = []
+    Recorded beside the sleeve's own point-in-time universe for comparison; never its universe, so an
+    empty list is no error here (the sleeve's own universe decides)."""
+    frames = [pd.DataFrame(columns=CANDIDATE_FIELDS)]
     for scanner in scanners:
         doc = storage.read_json(data_run.dir / "export" / f"{scanner}.json")
         rows = pd.DataFrame(doc.get("candidates", []))
-        if rows.empty:
-            continue
-        rows["scanner"] = scanner
-        frames.append(rows.reindex(columns=CANDIDATE_FIELDS))
-    if not frames:
-        raise DataError(f"aggregate: the candidate lists {scanners} of data run {data_run.id} are empty; "
-                        f"check the scanner funnels in that run's scan notebook (or widen the scanners)")
+        if not rows.empty:
+            frames.append(rows.assign(scanner=scanner).reindex(columns=CANDIDATE_FIELDS))
     out = pd.concat(frames, ignore_index=True).drop_duplicates(["symbol", "logic", "direction"])
     out["direction"] = check_directions(out["direction"], f"data run {data_run.id} export")
     return out.reset_index(drop=True)

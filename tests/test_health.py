@@ -79,14 +79,15 @@ def _data_run(tmp_path, exports: dict):
     return Run.open(tmp_path / "runs", "data-1")
 
 
-def test_empty_candidate_lists_fail_with_the_scanner_and_the_fix(tmp_path):
+def test_an_empty_export_is_only_an_empty_comparison_and_a_missing_data_run_names_the_fix(tmp_path):
+    """Today's export is recorded beside the point-in-time universe, never used as it: empty is fine."""
     from quantlib.errors import DataError
-    from quantlib.sleeveflow import locate_data_run, read_candidates
+    from quantlib.sleeveflow import CANDIDATE_FIELDS, locate_data_run, read_candidates
 
     run = _data_run(tmp_path, {"rating_all_short": []})
     assert locate_data_run(tmp_path / "runs", ["rating_all_short"], None).id == "data-1"
-    with pytest.raises(DataError, match=r"candidate lists \['rating_all_short'\] of data run data-1 are empty"):
-        read_candidates(run, ["rating_all_short"])
+    empty = read_candidates(run, ["rating_all_short"])
+    assert empty.empty and list(empty.columns) == CANDIDATE_FIELDS
     with pytest.raises(DataError, match=r"no passed data run .* exports \['rating_ma_long'\]"):
         locate_data_run(tmp_path / "runs", ["rating_ma_long"], None)
 
