@@ -24,7 +24,6 @@ import pytest
 
 from conftest import ROOT
 from quantlib import metaflow
-from quantlib.errors import WorkbookError
 from quantlib.profiles import load_profile
 from quantlib.runs import Run
 
