@@ -206,3 +206,23 @@ def test_a_window_without_enough_survivors_holds_cash_and_says_why(long_sleeve):
     held = wf.returns.loc[plan[1].start:plan[1].end, "hrp"]
     assert (held.iloc[:-1] == 0).all()        # flat in cash until the next rebalance (its last bar) buys again
     assert skipped not in set(wf.holdings["decision"])
+
+
+def test_audit_cutoff_must_be_a_date_inside_the_walk_forward():
+    from quantlib.errors import DataError
+
+    index = pd.date_range("2026-01-01", periods=40, freq="D", tz="UTC")
+    plan = windows(index, train_days=20, test_days=5)
+    assert lookahead._cutoff(None, plan, index) == plan[len(plan) // 2].decision
+    assert lookahead._cutoff("2026-01-25", plan, index) == pd.Timestamp("2026-01-25", tz="UTC")
+    with pytest.raises(DataError, match=r"--at 'not-a-date' is not a date; give an ISO date such as 2026-01-"):
+        lookahead._cutoff("not-a-date", plan, index)
+    with pytest.raises(DataError, match=r"--at 2025-06-01 is outside the walk-forward \(2026-01-20 \.\. 2026-02-08\)"):
+        lookahead._cutoff("2025-06-01", plan, index)
+
+
+def test_audit_of_a_data_run_says_it_is_not_a_sleeve_run(first):
+    from quantlib.errors import DataError
+
+    with pytest.raises(DataError, match=r"is a data run, not a sleeve run"):
+        lookahead.audit_run(first.run)
