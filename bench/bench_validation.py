@@ -45,7 +45,7 @@ def main() -> None:
         sleeve = next(p.parent for p in runs.glob(f"{args.profile}-*/manifest.json"))
         import pandas as pd
 
-        from quantlib import backtest, sleeveflow
+        from quantlib import backtest, window
         from quantlib.profiles import load_profile
         from quantlib.scanners import load_scanner
 
@@ -67,10 +67,10 @@ def main() -> None:
         for engine in ("native", "riskfolio"):
             profile = load_profile(args.profile, env={"FW_OPTIMIZER__ENGINE": engine}).profile
             table: dict[str, float] = defaultdict(float)
-            originals = (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate,
+            originals = (window.select_window, window.optimize_window, backtest._simulate,
                          backtest.point_in_time_pool)
-            sleeveflow.select_window = timed(table, "selection", originals[0])
-            sleeveflow.optimize_window = timed(table, "optimization", originals[1])
+            window.select_window = timed(table, "selection", originals[0])
+            window.optimize_window = timed(table, "optimization", originals[1])
             backtest._simulate = timed(table, "simulation", originals[2])
             backtest.point_in_time_pool = timed(table, "universe", originals[3])
             try:
@@ -85,7 +85,7 @@ def main() -> None:
                 wf = walk_forward(profile)
                 wall = time.perf_counter() - start
             finally:
-                (sleeveflow.select_window, sleeveflow.optimize_window, backtest._simulate,
+                (window.select_window, window.optimize_window, backtest._simulate,
                  backtest.point_in_time_pool) = originals
             results[engine] = wall
             rest = wall - sum(table.values())

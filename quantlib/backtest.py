@@ -4,7 +4,7 @@ Timeline of window k: the decision date d_k is the last bar of the training wind
 rebuilt point-in-time at d_k (`universe.candidates_at`: the sleeve's scanners on the screener rows
 of d_k -- symbols trading then, value traded from OHLCV up to then, ratings at that bar, toxic
 flags dated before -- and strict health on the training window only), then
-`sleeveflow.decide_window` runs selection -> synthesis -> analysis -> optimization on the training
+`window.decide_window` runs selection -> synthesis -> analysis -> optimization on the training
 rows <= d_k only. Orders execute at d_k's close and the book is held through the test window
 (d_k+1 ... d_k+test_days); the next decision date is d_k + test_days bars (step = test window).
 Wealth and holdings carry across windows (one simulation over the whole span, never reset).
@@ -34,6 +34,7 @@ from .scanners import Scanner
 from .selection import SelectionError
 from .synthesis import atom_id, synthetic_returns
 from .universe import candidates_at, funnel_text
+from .window import decide_window
 
 ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
                         "equities": {"test_days": 21, "slippage_bp": 5.0, "commission_bp": 1.0}}
@@ -116,8 +117,6 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
         universe: Callable | None = None) -> WalkForward:
     """The whole walk-forward validation of one sleeve (universes, decisions, simulations, benchmarks,
     metrics). `universe` and `decide` default to the production functions (tests plant others)."""
-    from .sleeveflow import decide_window
-
     decide = decide or decide_window
     universe = universe or point_in_time_pool
     cfg = settings(profile)

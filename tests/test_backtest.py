@@ -183,7 +183,7 @@ def test_a_window_without_enough_survivors_holds_cash_and_says_why(long_sleeve):
     sells everything and holds cash until the next rebalance; the window table records the reason."""
     from quantlib.scanners import Scanner
     from quantlib.selection import SelectionError
-    from quantlib.sleeveflow import decide_window
+    from quantlib.window import decide_window
 
     _, run = long_sleeve
     returns, screener = art(run, "artifacts/returns.parquet"), art(run, "artifacts/screener.parquet")

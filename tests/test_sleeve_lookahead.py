@@ -8,7 +8,7 @@ import pandas as pd
 from quantlib.analysis import antifragility
 from quantlib.profiles import load_profile
 from quantlib.scanners import Scanner
-from quantlib.sleeveflow import decide_window
+from quantlib.window import decide_window
 from quantlib.universe import candidates_at
 
 from conftest import art
