@@ -57,7 +57,7 @@ def main() -> None:
             return backtest.run(art["returns"], art["screener"], scanners, art["benchmark"]["benchmark"], profile,
                                 universe=universe)
 
-        def fixed_universe(returns, screener, scanners_, profile, dates, window):
+        def fixed_universe(returns, screener, scanners_, profile, dates, health_window):
             """Today's candidates in every window (no rebuild): the reference cost model."""
             today = art["candidates"]
             return pd.concat([today.assign(date=d) for d in dates], ignore_index=True), pd.DataFrame(
