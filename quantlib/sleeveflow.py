@@ -172,10 +172,12 @@ def aggregate(ctx: StageContext) -> dict:
     storage.write_parquet(ctx.path("artifacts/screener.parquet"), inputs.screener)
     storage.write_parquet(ctx.path("artifacts/candidates.parquet"), candidates)
     storage.write_parquet(ctx.path("artifacts/funnel.parquet"), funnel)
-    health = candidates.drop_duplicates("symbol")[["symbol", "scanner", "health", "health_detail"]]
+    health = candidates.drop_duplicates("symbol")[["symbol", "scanner", "health", "health_returns", "last_bar",
+                                                   "health_detail"]]
+    health = health.rename(columns={"health": "status", "health_returns": "returns", "health_detail": "detail"})
     doc = {"run_id": ctx.run.id, "generated_at": utc_now(), "data_run": data_run.id,
            "window": [returns.index[0], now], "benchmark": cfg.benchmark, "counts": counts, "healthy": healthy,
-           "symbols": health.rename(columns={"health": "status", "health_detail": "detail"}).to_dict(orient="records")}
+           "symbols": health.to_dict(orient="records")}
     storage.write_json(ctx.path("artifacts/health.json"), doc)
     today = read_candidates(data_run, cfg.scanners)
     universe = {"run_id": ctx.run.id, "as_of": now, "base_universe": {

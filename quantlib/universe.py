@@ -149,8 +149,8 @@ def candidates_at(returns: pd.DataFrame, screener: pd.DataFrame, scanners: Seque
     """The universe at each date (`universe_at`) with each candidate's strict health assessed on the
     `window` returns rows ending at that date (never on a later row).
 
-    Returns (pool with `health`, `health_detail` and `toxic` columns; funnel with a final
-    "strict health" step per scanner)."""
+    Returns (pool with `health`, `health_detail`, `health_returns` (returns in the window),
+    `last_bar` and `toxic` columns; funnel with a final "strict health" step per scanner)."""
     pool, funnel = universe_at(screener, scanners, dates)
     index = returns.index
     parts, steps = [], []
@@ -159,13 +159,16 @@ def candidates_at(returns: pd.DataFrame, screener: pd.DataFrame, scanners: Seque
         health = assess_window(returns.iloc[max(0, end - window):end], rows["symbol"].unique(),
                                min_history_days=min_history_days, toxic_return=toxic_return).set_index("symbol")
         rows = rows.assign(health=rows["symbol"].map(health["status"]),
-                           health_detail=rows["symbol"].map(health["detail"]))
+                           health_detail=rows["symbol"].map(health["detail"]),
+                           health_returns=rows["symbol"].map(health["returns"]),
+                           last_bar=rows["symbol"].map(health["last_return"]))
         parts.append(rows)
         last = funnel[funnel["date"] == date].groupby("scanner").tail(1)
         ok = rows[rows["health"] == "OK"].groupby("scanner").size()
         steps.append(last.assign(step=last["step"] + 1, filter="strict health",
                                  remaining=last["scanner"].map(ok).fillna(0).astype(int)))
-    pool = pd.concat(parts, ignore_index=True) if parts else pool.assign(health=[], health_detail=[])
+    pool = (pd.concat(parts, ignore_index=True) if parts else
+            pool.assign(health=[], health_detail=[], health_returns=[], last_bar=pd.NaT))
     pool["toxic"] = pool["health"].eq("TOXIC")
     funnel = pd.concat([funnel, *steps], ignore_index=True).sort_values(["date", "scanner", "step"],
                                                                         ignore_index=True)

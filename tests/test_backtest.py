@@ -98,6 +98,9 @@ def test_windows_record_the_point_in_time_universe_and_its_funnel(long_sleeve):
     assert universe.groupby("decision").size().reindex(w["decision"]).tolist() == w["universe"].tolist()
     doc = art(run, "artifacts/universe.json")
     assert doc["base_universe"]["count"] >= len(set(universe["symbol"])) and doc["scanners"]
+    health = art(run, "artifacts/health.json")["symbols"]   # SPEC §2.1: status, bars, last bar per symbol
+    assert health and {"symbol", "status", "returns", "last_bar", "detail"} <= set(health[0])
+    assert all(h["returns"] > 0 for h in health if h["status"] == "OK")
 
 
 def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve):
