@@ -28,9 +28,9 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
               extra: dict | None = None) -> tuple[bool, Path]:
     """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
-    from quantlib.book import run_phase as execute
-    from quantlib.profiles import load_profile
-    from quantlib.runs import Run
+    from quantlib.engine.executor import run_phase as execute
+    from quantlib.core.profiles import load_profile
+    from quantlib.core.runs import Run
 
     runs_dir = _runs_dir(args)
     run_id = getattr(args, "run_id", None)
@@ -64,7 +64,7 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
 
 
 def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
-    from quantlib.metaflow import check_meta_tree
+    from quantlib.stages.meta import check_meta_tree
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
     options = {"executor": args.executor, "ray_address": args.ray_address}
@@ -113,8 +113,8 @@ def pd_date(value) -> str:
 
 
 def cmd_audit_lookahead(args: argparse.Namespace) -> int:
-    from quantlib.lookahead import audit_run
-    from quantlib.runs import Run
+    from quantlib.backtest.lookahead import audit_run
+    from quantlib.core.runs import Run
 
     run = Run.open(_runs_dir(args), args.run_id)
     print(f"look-ahead audit of {run.id}: rerunning its walk-forward from a copy of the lakehouse whose bars and "
@@ -130,7 +130,7 @@ def cmd_audit_lookahead(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from quantlib.runs import list_runs
+    from quantlib.core.runs import list_runs
 
     rows = list_runs(_runs_dir(args))
     if not rows:
@@ -143,7 +143,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from quantlib.runs import INDEX, Run
+    from quantlib.core.runs import INDEX, Run
 
     run = Run.open(_runs_dir(args), args.run_id)
     print((run.dir / INDEX).read_text(encoding="utf-8") if (run.dir / INDEX).exists() else run.manifest)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # stage kernels must run this interpreter (the `python3` kernelspec launches `python` from PATH)
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    from quantlib.errors import WorkbookError
+    from quantlib.core.errors import WorkbookError
 
     try:
         return args.func(args)

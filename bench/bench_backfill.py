@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MAKE = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
-    from quantlib.lakehouse import Lakehouse
+    from quantlib.data.lakehouse import Lakehouse
     lake, n, t = Lakehouse(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(0)
     ts = pd.date_range("2020-01-01", periods=t, freq="D", tz="UTC")
@@ -31,8 +31,8 @@ MAKE = textwrap.dedent("""
 
 RUN = textwrap.dedent("""
     import resource, sys, time
-    from quantlib.features import backfill
-    from quantlib.lakehouse import Lakehouse
+    from quantlib.data.features import backfill
+    from quantlib.data.lakehouse import Lakehouse
     lake = Lakehouse(sys.argv[1])
     symbols = lake.stored_symbols("1d")
     start = time.perf_counter()

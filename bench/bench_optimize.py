@@ -1,4 +1,4 @@
-"""Benchmark: native vs riskfolio engine of quantlib.optimize (SPEC §2.5), a script, not a test.
+"""Benchmark: native vs riskfolio engine of quantlib.portfolio.optimize (SPEC §2.5), a script, not a test.
 
 For each method and size (atoms x 1000 days of seeded synthetic factor returns): the median time of
 one whole `optimize(...)` call per engine (validation, Ledoit-Wolf covariance, solve, caps) after a
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from quantlib.optimize import METHODS, optimize
+from quantlib.portfolio.optimize import METHODS, optimize
 
 
 def factor_returns(n_atoms: int, n_days: int = 1000, n_factors: int = 5, seed: int = 7) -> pd.DataFrame:

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from quantlib.ratings import MA_VOTES, OSC_VOTES, PANEL_DEFAULT_KEYS, compute_ratings, ratings_panel  # noqa: E402
+from quantlib.data.ratings import MA_VOTES, OSC_VOTES, PANEL_DEFAULT_KEYS, compute_ratings, ratings_panel  # noqa: E402
 from reference_ratings import ratings_reference  # noqa: E402
 
 TARGET = 3_000_000

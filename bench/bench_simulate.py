@@ -1,4 +1,4 @@
-"""Benchmark: numpy reference vs vectorbt simulator of quantlib.simulate (SPEC §2.7), a script, not a test.
+"""Benchmark: numpy reference vs vectorbt simulator of quantlib.backtest.simulate (SPEC §2.7), a script, not a test.
 
 Seeded random prices (assets x days) with monthly rebalances (every 21 days) to random weights
 (some rows not fully invested), fees 0.0014. Prints the median wall time of each simulator after
@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from quantlib.simulate import simulate_reference, simulate_vectorbt
+from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
 
 
 def make_inputs(n_assets: int, n_days: int, every: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

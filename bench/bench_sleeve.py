@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 def replay(run_dir: Path, env: dict) -> dict[str, float]:
     """Compute time of each stage's quantlib call on a copy of the run (same process, imports warm)."""
     os.environ.update({k: v for k, v in env.items() if k.startswith("FW_")})
-    from quantlib import sleeveflow
-    from quantlib.errors import GateError
-    from quantlib.book import find_stage, stages
-    from quantlib.runs import Run
-    from quantlib.stage import StageContext
+    from quantlib.stages import sleeve as sleeveflow
+    from quantlib.core.errors import GateError
+    from quantlib.engine.executor import find_stage, stages
+    from quantlib.core.runs import Run
+    from quantlib.engine.context import StageContext
 
     calls = {"aggregate": sleeveflow.aggregate, "select": sleeveflow.select, "synthesize": sleeveflow.synthesize,
              "pre_opt": sleeveflow.pre_opt, "optimize": sleeveflow.optimize, "report": sleeveflow.report,

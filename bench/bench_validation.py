@@ -45,9 +45,10 @@ def main() -> None:
         sleeve = next(p.parent for p in runs.glob(f"{args.profile}-*/manifest.json"))
         import pandas as pd
 
-        from quantlib import backtest, window
-        from quantlib.profiles import load_profile
-        from quantlib.scanners import load_scanner
+        from quantlib.backtest import walkforward as backtest
+        from quantlib.sleeve import window
+        from quantlib.core.profiles import load_profile
+        from quantlib.data.scanners import load_scanner
 
         art = {n: pd.read_parquet(sleeve / "artifacts" / f"{n}.parquet")
                for n in ("returns", "screener", "candidates", "benchmark")}

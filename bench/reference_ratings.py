@@ -5,7 +5,7 @@ from its Pine source (``x[1]`` = ``x.shift()``): strict crossovers written out a
 trend = close vs EMA(50), ``cci(close, 20)``, the undisplaced Ichimoku rule, the ultimate
 oscillator undefined when a true-range sum is 0, recommend_all = mean of the defined groups.
 
-Written independently of ``quantlib.indicators`` / ``quantlib.ratings`` (pandas rolling windows,
+Written independently of ``quantlib.data.indicators`` / ``quantlib.data.ratings`` (pandas rolling windows,
 ``ewm`` for the seeded EMAs, ``rolling.apply`` for WMA and the CCI mean deviation, row-by-row
 Series logic for the votes) so that it can serve as a cross-check in ``tests/test_ratings.py``
 and as the slow baseline in ``bench/bench_ratings.py``. Not optimized on purpose.
@@ -65,7 +65,7 @@ def _vote(buy: pd.Series, sell: pd.Series, defined: pd.Series) -> pd.Series:
 def ratings_reference(df: pd.DataFrame) -> pd.DataFrame:
     """Ratings of one symbol. ``df`` has columns open/high/low/close/volume (any case), one row per
     bar of the symbol (no missing rows), oldest first. Returns a DataFrame on df's index with the
-    same keys as :func:`quantlib.ratings.compute_ratings`."""
+    same keys as :func:`quantlib.data.ratings.compute_ratings`."""
     d = df.rename(columns=str.lower)
     h, l, c, v = (d[k].astype(float) for k in ("high", "low", "close", "volume"))
     out: dict[str, pd.Series] = {}

@@ -14,12 +14,12 @@ import json
 
 import pandas as pd
 
-from quantlib import storage
-from quantlib.runs import Run
+from quantlib.core import storage
+from quantlib.core.runs import Run
 
-from quantlib.lakehouse import Lakehouse
-from quantlib.profiles import load_profile
-from quantlib.sources.sim import SimExchange
+from quantlib.data.lakehouse import Lakehouse
+from quantlib.core.profiles import load_profile
+from quantlib.data.sources.simulated import SimExchange
 
 AS_OF = "2026-11-25T06:00:00Z"
 

@@ -1,4 +1,4 @@
-"""Pre-optimization analysis (quantlib.analysis): antifragility, regime, regime caps, clusters."""
+"""Pre-optimization analysis (quantlib.sleeve.analysis): antifragility, regime, regime caps, clusters."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.analysis import (ANTIFRAGILITY_COLUMNS, antifragility, atom_clusters, regime,
+from quantlib.sleeve.analysis import (ANTIFRAGILITY_COLUMNS, antifragility, atom_clusters, regime,
                                regime_cluster_cap, regime_label)
-from quantlib.stats import hurst_rs
+from quantlib.portfolio.stats import hurst_rs
 
 HAND = pd.DataFrame({"a": [0.1, -0.5, 0.2], "b": [-0.1, -0.1, 0.4], "c": [0.0, 0.05, -0.05]},
                     index=pd.date_range("2026-01-01", periods=3, name="date"))

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from conftest import art
-from quantlib import backtest, lookahead
-from quantlib.backtest import BacktestError, delisting_exits, synthetic_prices, windows
-from quantlib.profiles import load_profile
-from quantlib.synthesis import build_atoms
+from quantlib.backtest import walkforward as backtest
+from quantlib.backtest import lookahead
+from quantlib.backtest.walkforward import BacktestError, delisting_exits, synthetic_prices, windows
+from quantlib.core.profiles import load_profile
+from quantlib.sleeve.synthesis import build_atoms
 
 DAYS = pd.date_range("2026-01-01", periods=30, freq="D", tz="UTC")
 
@@ -135,8 +136,8 @@ def _todays_universe(returns, screener, scanners, profile, dates, window):
 
 def _whole_window_health(returns, screener, scanners, profile, dates, window):
     """Planted bug: strict health assessed over the whole lookback, future bars included."""
-    from quantlib.health import assess_window
-    from quantlib.universe import universe_at
+    from quantlib.sleeve.health import assess_window
+    from quantlib.sleeve.universe import universe_at
 
     pool, funnel = universe_at(screener, scanners, dates)
     health = assess_window(returns, pool["symbol"].unique(), min_history_days=profile.sleeve.min_history_days,
@@ -163,7 +164,7 @@ def test_an_empty_point_in_time_universe_names_the_date_and_the_funnel(long_slee
 
     monkeypatch.setattr(backtest, "point_in_time_pool", unhealthy)
     returns, screener = art(run, "artifacts/returns.parquet"), art(run, "artifacts/screener.parquet")
-    from quantlib.scanners import Scanner
+    from quantlib.data.scanners import Scanner
 
     scanners = [Scanner.model_validate(s) for s in art(run, "artifacts/universe.json")["scanners"]]
     with pytest.raises(BacktestError, match=r"point-in-time universe at the rebalance of \d{4}-\d\d-\d\d is empty "
@@ -184,9 +185,9 @@ def test_impossible_windows_fail_validation_naming_the_key(workspace, first, key
 def test_a_window_without_enough_survivors_holds_cash_and_says_why(long_sleeve):
     """A rebalance where selection cannot form a book (the production sleeve would not trade either)
     sells everything and holds cash until the next rebalance; the window table records the reason."""
-    from quantlib.scanners import Scanner
-    from quantlib.selection import SelectionError
-    from quantlib.window import decide_window
+    from quantlib.data.scanners import Scanner
+    from quantlib.sleeve.selection import SelectionError
+    from quantlib.sleeve.window import decide_window
 
     _, run = long_sleeve
     returns, screener = art(run, "artifacts/returns.parquet"), art(run, "artifacts/screener.parquet")
@@ -212,7 +213,7 @@ def test_a_window_without_enough_survivors_holds_cash_and_says_why(long_sleeve):
 
 
 def test_audit_cutoff_must_be_a_date_inside_the_walk_forward():
-    from quantlib.errors import DataError
+    from quantlib.core.errors import DataError
 
     index = pd.date_range("2026-01-01", periods=40, freq="D", tz="UTC")
     plan = windows(index, train_days=20, test_days=5)
@@ -225,7 +226,7 @@ def test_audit_cutoff_must_be_a_date_inside_the_walk_forward():
 
 
 def test_audit_of_a_data_run_says_it_is_not_a_sleeve_run(first):
-    from quantlib.errors import DataError
+    from quantlib.core.errors import DataError
 
     with pytest.raises(DataError, match=r"is a data run, not a sleeve run"):
         lookahead.audit_run(first.run)

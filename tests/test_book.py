@@ -1,7 +1,7 @@
 """The book orchestrator on tiny test notebooks: pass, failing cell, timeout, missing output, resume, HTML.
 
-`quantlib.book.REGISTRY` is replaced by a throw-away phase whose stages point at the notebooks in
-`tests/notebooks/` (via `quantlib.book.NOTEBOOKS_DIR`), and every run lives in `tmp_path` with its
+`quantlib.engine.executor.REGISTRY` is replaced by a throw-away phase whose stages point at the notebooks in
+`tests/notebooks/` (via `quantlib.engine.executor.NOTEBOOKS_DIR`), and every run lives in `tmp_path` with its
 lakehouse redirected there too, so nothing touches the repository's `runs/` or `lakehouse/`.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from quantlib import book, storage
-from quantlib.book import Stage
-from quantlib.profiles import load_profile
-from quantlib.runs import Run
+from quantlib.engine import executor as book
+from quantlib.core import storage
+from quantlib.engine.executor import Stage
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import Run
 
 TEST_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 PHASE = "testphase"
@@ -242,7 +243,7 @@ def test_resume_reruns_stage_whose_output_was_deleted(make_run):
 
 # ----------------------------------------------------------------------------------- (f) offline HTML
 def test_html_export_embeds_plotly_js_without_cdn(make_run):
-    from quantlib.report import plotly_js
+    from quantlib.core.figures import plotly_js
 
     run = make_run((Stage("chart", PLOTLY, ()),))
     ok, messages = run_collect(run)
@@ -266,7 +267,7 @@ def test_html_export_embeds_plotly_js_without_cdn(make_run):
 
 
 def test_html_export_without_plotly_does_not_embed_the_library(make_run):
-    from quantlib.report import plotly_js
+    from quantlib.core.figures import plotly_js
 
     run = make_run((ok_stage("alpha"),))
     assert run_collect(run)[0]
@@ -276,7 +277,7 @@ def test_html_export_without_plotly_does_not_embed_the_library(make_run):
 
 
 def plotly_notebook(path: Path) -> Path:
-    """An executed-looking notebook whose one output is what `quantlib.report.show` displays."""
+    """An executed-looking notebook whose one output is what `quantlib.core.figures.show` displays."""
     import plotly.graph_objects as go
 
     fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2], name="planted-bars"))

@@ -21,9 +21,9 @@ import pytest
 
 ccxt = pytest.importorskip("ccxt")
 
-from quantlib.errors import SourceError  # noqa: E402
-from quantlib.sources.base import MARKET_COLUMNS, OHLCV_COLUMNS, TICKER_COLUMNS  # noqa: E402
-from quantlib.sources.ccxt_source import CcxtSource  # noqa: E402
+from quantlib.core.errors import SourceError  # noqa: E402
+from quantlib.data.sources.base import MARKET_COLUMNS, OHLCV_COLUMNS, TICKER_COLUMNS  # noqa: E402
+from quantlib.data.sources.ccxt_source import CcxtSource  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "binance"
 DAY_MS = 86_400_000

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantlib import book
-from quantlib.errors import ProfileError
-from quantlib.profiles import default_profiles_dir, list_profiles, load_profile
-from quantlib.runs import Run
+from quantlib.engine import executor as book
+from quantlib.core.errors import ProfileError
+from quantlib.core.profiles import default_profiles_dir, list_profiles, load_profile
+from quantlib.core.runs import Run
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "run_book.py"

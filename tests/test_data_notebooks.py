@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantlib import book, storage
-from quantlib.runs import Run
+from quantlib.engine import executor as book
+from quantlib.core import storage
+from quantlib.core.runs import Run
 
 SCANNERS = ["binance_spot_base", "rating_all_long", "rating_all_short", "rating_ma_long", "rating_ma_short"]
 STAGES = ["universe", "ingest", "metadata", "features", "scan", "backfill"]

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import features
-from quantlib.lakehouse import Lakehouse
-from quantlib.storage import read_parquet
+from quantlib.data import features
+from quantlib.data.lakehouse import Lakehouse
+from quantlib.core.storage import read_parquet
 
 SYMBOLS = ["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT", "BINANCE:GAPPYUSDT"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.health import assess
+from quantlib.sleeve.health import assess
 
 
 def _panel(days: int = 40, start: str = "2026-01-01", freq: str = "D") -> pd.DataFrame:
@@ -68,7 +68,7 @@ def test_empty_panel_is_an_error():
 def _data_run(tmp_path, exports: dict):
     import json
 
-    from quantlib.runs import Run
+    from quantlib.core.runs import Run
 
     run_dir = tmp_path / "runs" / "data-1"
     (run_dir / "export").mkdir(parents=True)
@@ -81,8 +81,8 @@ def _data_run(tmp_path, exports: dict):
 
 def test_an_empty_export_is_only_an_empty_comparison_and_a_missing_data_run_names_the_fix(tmp_path):
     """Today's export is recorded beside the point-in-time universe, never used as it: empty is fine."""
-    from quantlib.errors import DataError
-    from quantlib.sleeveflow import CANDIDATE_FIELDS, locate_data_run, read_candidates
+    from quantlib.core.errors import DataError
+    from quantlib.stages.sleeve import CANDIDATE_FIELDS, locate_data_run, read_candidates
 
     run = _data_run(tmp_path, {"rating_all_short": []})
     assert locate_data_run(tmp_path / "runs", ["rating_all_short"], None).id == "data-1"
@@ -93,7 +93,7 @@ def test_an_empty_export_is_only_an_empty_comparison_and_a_missing_data_run_name
 
 
 def test_candidates_union_scanners_and_reject_an_untyped_direction(tmp_path):
-    from quantlib.sleeveflow import read_candidates
+    from quantlib.stages.sleeve import read_candidates
 
     row = {"symbol": "X:A", "direction": "LONG", "logic": "rating_all", "value_traded": 1e7,
            "recommend_all": 0.2, "recommend_ma": 0.1}
@@ -106,9 +106,9 @@ def test_candidates_union_scanners_and_reject_an_untyped_direction(tmp_path):
 
 
 def test_a_missing_features_matrix_names_the_backfill_stage(tmp_path):
-    from quantlib.errors import DataError
-    from quantlib.lakehouse import Lakehouse
-    from quantlib.sleeveflow import _features_for
+    from quantlib.core.errors import DataError
+    from quantlib.data.lakehouse import Lakehouse
+    from quantlib.stages.sleeve import _features_for
 
     with pytest.raises(DataError, match="features_matrix.parquet; run the data phase's backfill stage"):
         _features_for(Lakehouse(tmp_path / "lake"), ["X:A"])

@@ -1,11 +1,11 @@
-"""quantlib.indicators: hand-computed cases, TA-Lib / pandas parity on real OHLCV, per-column starts."""
+"""quantlib.data.indicators: hand-computed cases, TA-Lib / pandas parity on real OHLCV, per-column starts."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import indicators as ind
+from quantlib.data import indicators as ind
 
 talib = pytest.importorskip("talib")
 backtesting_test = pytest.importorskip("backtesting.test")

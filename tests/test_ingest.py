@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import bounds
-from quantlib.errors import GateError, ProfileError, SourceError
-from quantlib.ingest import (MAX_ANCHOR_BARS_BEHIND, RateLimiter, bars_behind, ingest, newest_closed_bar,
+from quantlib.data import bounds
+from quantlib.core.errors import GateError, ProfileError, SourceError
+from quantlib.data.ingest import (MAX_ANCHOR_BARS_BEHIND, RateLimiter, bars_behind, ingest, newest_closed_bar,
                              quality_flags, toxic_returns)
-from quantlib.profiles import load_profile
+from quantlib.core.profiles import load_profile
 
 GOOD = ["BINANCE:BTCUSDT", "BINANCE:ETHUSDT", "BINANCE:SOLUSDT"]
 

@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import dataflow, storage
-from quantlib.book import find_stage
-from quantlib.errors import DataError
-from quantlib.lakehouse import REGISTRY_COLUMNS, SYMBOLS_COLUMNS, Lakehouse
-from quantlib.profiles import load_profile
-from quantlib.runs import Run
-from quantlib.sources.base import MARKET_COLUMNS
-from quantlib.stage import StageContext
+from quantlib.stages import data as dataflow
+from quantlib.core import storage
+from quantlib.engine.executor import find_stage
+from quantlib.core.errors import DataError
+from quantlib.data.lakehouse import REGISTRY_COLUMNS, SYMBOLS_COLUMNS, Lakehouse
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import Run
+from quantlib.data.sources.base import MARKET_COLUMNS
+from quantlib.engine.context import StageContext
 
 from conftest import AS_OF
 

@@ -1,4 +1,4 @@
-"""Meta-portfolio logic (quantlib.meta, SPEC §3): gates, aggregation, weights, walk-forward, flattening, report."""
+"""Meta-portfolio logic (quantlib.meta.legacy, SPEC §3): gates, aggregation, weights, walk-forward, flattening, report."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import meta
-from quantlib.errors import GateError
-from quantlib.meta import (REQUIRED_SECTIONS, REQUIRED_SLEEVE_ARTIFACTS, SleeveRef, aggregate_streams,
+from quantlib.meta import legacy as meta
+from quantlib.core.errors import GateError
+from quantlib.meta.legacy import (REQUIRED_SECTIONS, REQUIRED_SLEEVE_ARTIFACTS, SleeveRef, aggregate_streams,
                            completeness_gate, exposures, flatten_meta, load_books, load_streams,
                            meta_weights, physical_cap_check, render_report, report_sections,
                            sign_test_gate, walk_forward_meta)
-from quantlib.optimize import ledoit_wolf
+from quantlib.portfolio.optimize import ledoit_wolf
 
 PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
 

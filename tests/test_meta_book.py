@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import OVERRIDES, SHORT_ENV, Workspace, art
-from quantlib.errors import ProfileError
-from quantlib.metaflow import check_meta_tree
+from quantlib.core.errors import ProfileError
+from quantlib.stages.meta import check_meta_tree
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def demo(demo_ws):
     result = demo_ws.book("demo")
     metas = [m for m in demo_ws.runs_dir.glob("*/manifest.json") if json.loads(m.read_text())["phase"] == "meta"]
     assert len(metas) == 1, f"{result.stdout}\n{result.stderr}"
-    from quantlib.runs import Run
+    from quantlib.core.runs import Run
     return result, Run.at(metas[0].parent)
 
 
@@ -149,7 +149,7 @@ def test_an_unknown_sleeve_profile_is_rejected_before_any_run(workspace, tmp_pat
 
 
 def _meta_profiles(tmp_path: Path, metas: dict[str, list[str]]) -> Path:
-    from quantlib.profiles import default_profiles_dir
+    from quantlib.core.profiles import default_profiles_dir
 
     for name in ("base", "demo_crypto_long", "binance_spot_rating_all_long"):
         (tmp_path / f"{name}.yaml").write_text((default_profiles_dir() / f"{name}.yaml").read_text())

@@ -1,4 +1,4 @@
-"""Performance metrics (quantlib.metrics) on hand-computed tiny series."""
+"""Performance metrics (quantlib.portfolio.metrics) on hand-computed tiny series."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.metrics import (METRIC_COLUMNS, drawdown, metrics_table, performance_metrics, turnover,
+from quantlib.portfolio.metrics import (METRIC_COLUMNS, drawdown, metrics_table, performance_metrics, turnover,
                               wealth)
 
 R = pd.Series([0.1, -0.1, 0.05, 0.0], index=pd.date_range("2026-01-01", periods=4, name="date"))

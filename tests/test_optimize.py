@@ -1,4 +1,4 @@
-"""quantlib.optimize: native engine == riskfolio engine, invariants, hand cases, Stable Sum Gate."""
+"""quantlib.portfolio.optimize: native engine == riskfolio engine, invariants, hand cases, Stable Sum Gate."""
 from __future__ import annotations
 
 import subprocess
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import optimize as opt
-from quantlib.errors import GateError
-from quantlib.optimize import (
+from quantlib.portfolio import optimize as opt
+from quantlib.core.errors import GateError
+from quantlib.portfolio.optimize import (
     ENGINES,
     METHODS,
     OptimizationError,
@@ -436,7 +436,7 @@ def test_solves_run_with_single_threaded_blas(synth, monkeypatch):
 
 
 def test_import_is_light():
-    code = ("import sys, quantlib.optimize; "
+    code = ("import sys, quantlib.portfolio.optimize; "
             "print(sorted(m for m in ('scipy', 'riskfolio', 'cvxpy', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

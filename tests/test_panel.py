@@ -1,4 +1,4 @@
-"""The workbook control panel (quantlib.panel) and notebooks/00_workbook.ipynb.
+"""The workbook control panel (quantlib.engine.panel) and notebooks/00_workbook.ipynb.
 
 Fast: fake runs are manifest files in tmp_path; the only subprocesses are `run_book.py runs` (no
 stage executes) and one papermill execution of the 00_workbook notebook.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from quantlib import panel
-from quantlib.profiles import default_profiles_dir
+from quantlib.engine import panel
+from quantlib.core.profiles import default_profiles_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKBOOK = ROOT / "notebooks" / "00_workbook.ipynb"
@@ -163,7 +163,7 @@ def test_index_html_renders_links(runs_dir, tmp_path):
 
 # ------------------------------------------------------------------------------------------- panel
 def test_import_is_light():
-    code = "import sys, quantlib.panel; print('ipywidgets' in sys.modules, 'mistune' in sys.modules)"
+    code = "import sys, quantlib.engine.panel; print('ipywidgets' in sys.modules, 'mistune' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import clustering, postanalysis as pa
+from quantlib.portfolio import clustering
+from quantlib.sleeve import postanalysis as pa
 
 
 def _two_blocks(n_days: int = 250, seed: int = 3) -> pd.DataFrame:
@@ -214,6 +215,6 @@ def test_write_plots_embeds_plotlyjs_without_cdn(tmp_path, blocks):
 
 
 def test_import_is_light():
-    code = "import sys, quantlib.postanalysis; print(any(m.split('.')[0] in ('plotly', 'scipy') for m in sys.modules))"
+    code = "import sys, quantlib.sleeve.postanalysis; print(any(m.split('.')[0] in ('plotly', 'scipy') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from quantlib.errors import IdentifierError, ProfileError
-from quantlib.ids import check_run_id, check_symbol, symbol_filename
-from quantlib.profiles import default_profiles_dir, list_profiles, load_profile
-from quantlib.scanners import load_scanner, scanners_dir
+from quantlib.core.errors import IdentifierError, ProfileError
+from quantlib.core.ids import check_run_id, check_symbol, symbol_filename
+from quantlib.core.profiles import default_profiles_dir, list_profiles, load_profile
+from quantlib.data.scanners import load_scanner, scanners_dir
 
 
 def _profiles(tmp_path: Path, files: dict[str, str]) -> Path:

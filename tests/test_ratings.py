@@ -1,4 +1,4 @@
-"""quantlib.ratings: the 26 vote rules, warm-up, groups, labels, point-in-time, panel compaction,
+"""quantlib.data.ratings: the 26 vote rules, warm-up, groups, labels, point-in-time, panel compaction,
 and a cross-check of everything against the per-symbol pandas reference (bench/reference_ratings.py)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import ratings as R
+from quantlib.data import ratings as R
 
 NAN = np.nan
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_trend_is_close_vs_ema50_not_sma50():
 
 
 def test_cci_vote_uses_cci_of_close():
-    from quantlib import indicators as ind
+    from quantlib.data import indicators as ind
 
     o, h, l, c, v = random_ohlcv(1500, 3, seed=17)
     res = R.compute_ratings(o, h, l, c, v)
@@ -334,7 +334,7 @@ def test_cci_vote_uses_cci_of_close():
 
 def test_ichimoku_votes_on_sim_demo_data():
     # SPEC §1.5: the Ichimoku component votes on real-looking data (the old rule never could)
-    from quantlib.sources.sim import SimExchange
+    from quantlib.data.sources.simulated import SimExchange
 
     sim = SimExchange(venue="crypto", seed=7, as_of="2026-11-30")
     markets = sim.markets()

@@ -23,9 +23,9 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT
-from quantlib import metaflow
-from quantlib.profiles import load_profile
-from quantlib.runs import Run
+from quantlib.stages import meta as metaflow
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import Run
 
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
@@ -207,7 +207,7 @@ def test_every_listening_socket_of_the_instance_is_on_loopback(session):
 
 
 def test_a_cluster_that_does_not_answer_fails_in_one_line_within_the_timeout(tmp_path):
-    code = ("import json, time\nfrom quantlib import metaflow\nstart = time.perf_counter()\n"
+    code = ("import json, time\nfrom quantlib.stages import meta as metaflow\nstart = time.perf_counter()\n"
             "try:\n    metaflow.execute([{'id': 'x'}], 'ray', '127.0.0.1:9', connect_timeout_s=2)\n"
             "except Exception as exc:\n"
             "    print(json.dumps({'seconds': time.perf_counter() - start, 'type': type(exc).__name__, 'msg': str(exc)}))\n")

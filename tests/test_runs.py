@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from quantlib import storage
-from quantlib.errors import DataError, IdentifierError, ProfileError, WorkbookError
-from quantlib.profiles import load_profile
-from quantlib.runs import Run, list_runs, new_run_id, newest_run
+from quantlib.core import storage
+from quantlib.core.errors import DataError, IdentifierError, ProfileError, WorkbookError
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import Run, list_runs, new_run_id, newest_run
 
 
 def test_create_records_definition_hashes_versions_and_resolved_profile(tmp_path):

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.errors import ProfileError
-from quantlib.scanners import (Filter, Scanner, candidate_document, dedupe_by_base, filter_mask, load_scanner,
+from quantlib.core.errors import ProfileError
+from quantlib.data.scanners import (Filter, Scanner, candidate_document, dedupe_by_base, filter_mask, load_scanner,
                                run_scanner, run_scanner_by, run_scanners, screener_table)
 
 

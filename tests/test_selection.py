@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy.optimize import brentq
 
-from quantlib import selection as sel
-from quantlib.errors import GateError
-from quantlib.selection import (
+from quantlib.sleeve import selection as sel
+from quantlib.core.errors import GateError
+from quantlib.sleeve.selection import (
     DEFAULT_WEIGHTS,
     SelectionError,
     SelectionParams,
@@ -22,7 +22,7 @@ from quantlib.selection import (
     resolve_weights,
     select,
 )
-from quantlib.stats import cvar_loss, efficiency_ratio, hurst_rs, permutation_entropy
+from quantlib.portfolio.stats import cvar_loss, efficiency_ratio, hurst_rs, permutation_entropy
 
 N_DAYS = 252
 WINDOW = 120

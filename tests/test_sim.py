@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.errors import SourceError
-from quantlib.sources import MARKET_COLUMNS, OHLCV_COLUMNS, TICKER_COLUMNS
-from quantlib.sources.sim import SimExchange
+from quantlib.core.errors import SourceError
+from quantlib.data.sources import MARKET_COLUMNS, OHLCV_COLUMNS, TICKER_COLUMNS
+from quantlib.data.sources.simulated import SimExchange
 
 AS_OF = "2026-11-25T06:00:00Z"
 

@@ -1,4 +1,4 @@
-"""quantlib.simulate: numpy reference vs vectorbt simulator of a rebalanced long-only portfolio (SPEC §2.7).
+"""quantlib.backtest.simulate: numpy reference vs vectorbt simulator of a rebalanced long-only portfolio (SPEC §2.7).
 
 Hand-checked tiny cases run through both simulators; random cases check parity (1e-6 required,
 both are exact models of the same order logic). One vectorbt numba warm-up per module.
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.simulate import SimResult, simulate_reference, simulate_vectorbt
+from quantlib.backtest.simulate import SimResult, simulate_reference, simulate_vectorbt
 
 SIMULATORS = [simulate_reference, simulate_vectorbt]
 sim_ids = ["reference", "vectorbt"]
@@ -54,7 +54,7 @@ def assert_parity(a: SimResult, b: SimResult, tol: float = 1e-6) -> None:
 
 # ------------------------------------------------------------------------------------ light import
 def test_import_does_not_load_vectorbt():
-    code = "import sys, quantlib.simulate; print('vectorbt' in sys.modules, 'numba' in sys.modules)"
+    code = "import sys, quantlib.backtest.simulate; print('vectorbt' in sys.modules, 'numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

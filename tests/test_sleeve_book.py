@@ -11,8 +11,9 @@ import re
 import numpy as np
 
 from conftest import art
-from quantlib import book, storage
-from quantlib.runs import Run
+from quantlib.engine import executor as book
+from quantlib.core import storage
+from quantlib.core.runs import Run
 
 
 def test_long_sleeve_passes_and_index_names_profile_run_and_gates(long_sleeve, first):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantlib.analysis import antifragility
-from quantlib.profiles import load_profile
-from quantlib.scanners import Scanner
-from quantlib.window import decide_window
-from quantlib.universe import candidates_at
+from quantlib.sleeve.analysis import antifragility
+from quantlib.core.profiles import load_profile
+from quantlib.data.scanners import Scanner
+from quantlib.sleeve.window import decide_window
+from quantlib.sleeve.universe import candidates_at
 
 from conftest import art
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import storage
-from quantlib.errors import DataError
-from quantlib.lakehouse import Lakehouse
+from quantlib.core import storage
+from quantlib.core.errors import DataError
+from quantlib.data.lakehouse import Lakehouse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ def test_registry_upsert_keeps_toxic_sticky(tmp_path):
 # ------------------------------------------------------------------ interrupted writes
 def _killed_mid_write(target) -> None:
     """A child process starts an atomic write of `target` and is SIGKILLed before the rename."""
-    code = ("import os, signal, sys\nfrom quantlib import storage\n"
+    code = ("import os, signal, sys\nfrom quantlib.core import storage\n"
             "with storage.atomic_path(sys.argv[1]) as tmp:\n"
             "    tmp.write_bytes(b'PAR1 half written')\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")

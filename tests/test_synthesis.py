@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib import signtest
-from quantlib.synthesis import build_atoms, contributions, flatten, synthetic_returns
+from quantlib.sleeve import signtest
+from quantlib.sleeve.synthesis import build_atoms, contributions, flatten, synthetic_returns
 
 
 def _selection() -> pd.DataFrame:

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.errors import ProfileError
-from quantlib.health import close_to_returns
-from quantlib.scanners import Filter, Scanner, load_scanner
-from quantlib.sources.base import MARKET_COLUMNS
-from quantlib.universe import (base_universe, candidates_at, check_point_in_time, funnel_text, screener_history,
+from quantlib.core.errors import ProfileError
+from quantlib.sleeve.health import close_to_returns
+from quantlib.data.scanners import Filter, Scanner, load_scanner
+from quantlib.data.sources.base import MARKET_COLUMNS
+from quantlib.sleeve.universe import (base_universe, candidates_at, check_point_in_time, funnel_text, screener_history,
                                universe_at)
 
 DAYS = pd.date_range("2026-01-01", periods=40, freq="D", tz="UTC")
@@ -156,10 +156,10 @@ def test_nothing_after_the_date_changes_the_universe_at_the_date_including_new_l
 
 def test_a_base_universe_spanning_two_exchanges_is_refused(tmp_path):
     """Calendars differ across venues: a sleeve's scanners must name one exchange."""
-    from quantlib.errors import DataError
-    from quantlib.lakehouse import Lakehouse
-    from quantlib.profiles import load_profile
-    from quantlib.sleeveflow import load_sleeve_inputs
+    from quantlib.core.errors import DataError
+    from quantlib.data.lakehouse import Lakehouse
+    from quantlib.core.profiles import load_profile
+    from quantlib.stages.sleeve import load_sleeve_inputs
 
     lake = Lakehouse(tmp_path / "lake")
     table = pd.concat([_symbols().iloc[:1], _symbols().iloc[:1].assign(symbol="Y:AUSDT", exchange="Y")])

@@ -1,0 +1,281 @@
+"""Walk-forward validation backtest (SPEC §2.7): point-in-time decisions, two simulators, benchmarks.
+
+Timeline of window k: the decision date d_k is the last bar of the training window. The universe is
+rebuilt point-in-time at d_k (`universe.candidates_at`: the sleeve's scanners on the screener rows
+of d_k -- symbols trading then, value traded from OHLCV up to then, ratings at that bar, toxic
+flags dated before -- and strict health on the training window only), then
+`window.decide_window` runs selection -> synthesis -> analysis -> optimization on the training
+rows <= d_k only. Orders execute at d_k's close and the book is held through the test window
+(d_k+1 ... d_k+test_days); the next decision date is d_k + test_days bars (step = test window).
+Wealth and holdings carry across windows (one simulation over the whole span, never reset).
+
+Assets of the simulation are strategy atoms priced by their synthetic stream (LONG: the raw price
+relative; SHORT: 1 - clip(r, upper=1), so a short loses at most 100 % and a +100 % day leaves it
+worthless) -- the same synthesis the optimizer saw (LESSONS L-X3).
+Costs: (slippage + commission) x traded notional. Benchmarks: the profile's market benchmark
+bought and held, and an equal weight of the eligible universe in the sleeve's direction, rebalanced
+on the same dates. Both simulated by the reference simulator with the same costs.
+A held symbol that stops trading (its bars end before the span does) is liquidated at its last close
+into cash (`events`); no price is carried forward. The simulators' columns are sorted by atom id,
+so which buy a fee cuts short never depends on atoms that only appear in later windows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quantlib.core.errors import GateError
+from quantlib.portfolio.metrics import metrics_table
+from quantlib.core.profiles import ANNUALIZATION, Profile
+from quantlib.data.scanners import Scanner
+from quantlib.sleeve.selection import SelectionError
+from quantlib.sleeve.synthesis import atom_id, synthetic_returns
+from quantlib.sleeve.universe import candidates_at, funnel_text
+from quantlib.sleeve.window import decide_window
+
+ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
+                        "equities": {"test_days": 21, "slippage_bp": 5.0, "commission_bp": 1.0}}
+
+
+class BacktestError(GateError):
+    """The walk-forward backtest cannot run (too little history, no eligible assets) or failed parity."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    train_days: int
+    test_days: int
+    fees: float  # fraction of traded notional (slippage + commission)
+    annualization: int
+    simulators: tuple[str, ...]
+    parity_tolerance: float
+
+
+def settings(profile: Profile) -> Settings:
+    """Resolve the profile's backtest section with the asset-class defaults."""
+    bt, cls = profile.backtest, profile.sleeve.asset_class
+    defaults = ASSET_CLASS_DEFAULTS[cls]
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
+    fees = (pick(bt.slippage_bp, "slippage_bp") + pick(bt.commission_bp, "commission_bp")) / 1e4
+    return Settings(train_days=bt.train_days or profile.sleeve.train_days, test_days=pick(bt.test_days, "test_days"),
+                    fees=fees, annualization=ANNUALIZATION[cls],
+                    simulators=tuple(bt.simulators), parity_tolerance=bt.parity_tolerance)
+
+
+@dataclass(frozen=True)
+class Window:
+    decision: pd.Timestamp   # last training bar: decide and trade at its close
+    start: pd.Timestamp      # first test bar
+    end: pd.Timestamp        # last test bar
+
+
+def windows(index: pd.DatetimeIndex, train_days: int, test_days: int, profile_name: str = "") -> list[Window]:
+    """Walk-forward windows over `index` (step = test window; the last one may be shorter)."""
+    if len(index) < train_days + 1:
+        raise BacktestError(f"validate: {len(index)} return rows cannot hold one window of backtest.train_days="
+                            f"{train_days} + 1 test bar (profile {profile_name}); lower backtest.train_days or "
+                            f"raise sleeve.lookback_days")
+    if len(index) < train_days + test_days:
+        raise BacktestError(f"validate: backtest.test_days={test_days} after backtest.train_days={train_days} needs "
+                            f"{train_days + test_days} return rows, the data has {len(index)} (profile {profile_name}); "
+                            f"lower backtest.test_days / backtest.train_days or raise sleeve.lookback_days")
+    out = []
+    for i in range(train_days, len(index), test_days):
+        out.append(Window(index[i - 1], index[i], index[min(i + test_days, len(index)) - 1]))
+    return out
+
+
+def point_in_time_pool(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], profile: Profile,
+                       dates: list[pd.Timestamp], window: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sleeve's candidates at each decision date with their health on the `window` rows up to it."""
+    return candidates_at(returns, screener, scanners, dates, window=window,
+                         min_history_days=profile.sleeve.min_history_days, toxic_return=profile.data.toxic_return)
+
+
+@dataclass
+class WalkForward:
+    returns: pd.DataFrame      # date x risk profile: out-of-sample daily returns (reference simulator)
+    benchmarks: pd.DataFrame   # date x {market_benchmark, universe_equal_weight}
+    windows: pd.DataFrame      # one row per window: decision, start, end, universe, eligible, selected, ..., note
+    universe: pd.DataFrame     # decision, symbol, logic, direction, scanner, health, ...: the rebuilt universe
+    funnel: pd.DataFrame       # decision, scanner, step, filter, remaining: the scanner funnel per window
+    eligibility: pd.DataFrame  # decision, symbol, logic, direction: the healthy pool of each window
+    holdings: pd.DataFrame     # decision, profile, atom_id, symbol, direction, weight, cluster
+    targets: dict              # risk profile -> dates x atom_id target weights (the trades' inputs)
+    turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
+    costs: pd.DataFrame        # date x risk profile, as a fraction of the previous equity
+    events: pd.DataFrame       # date, atom_id, symbol, event, profile, weight: delistings liquidated
+    parity: dict               # reference vs vectorbt per profile
+    metrics: pd.DataFrame      # one row per risk profile and benchmark
+
+
+def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], benchmark: pd.Series,
+        profile: Profile, progress: Callable | None = None, decide: Callable | None = None,
+        universe: Callable | None = None) -> WalkForward:
+    """The whole walk-forward validation of one sleeve (universes, decisions, simulations, benchmarks,
+    metrics). `universe` and `decide` default to the production functions (tests plant others)."""
+    decide = decide or decide_window
+    universe = universe or point_in_time_pool
+    cfg = settings(profile)
+    plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
+    pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
+    decisions, rows, eligible = [], [], []
+    iterator = progress(plan) if progress else plan
+    for w in iterator:
+        pool = pools[pools["date"] == w.decision]
+        healthy = pool[pool["health"].eq("OK")]
+        if healthy.empty:
+            raise BacktestError(f"validate: the point-in-time universe at the rebalance of {w.decision.date()} "
+                                f"is empty (profile {profile.name}; funnel: {funnel_text(funnel, w.decision)}); "
+                                f"widen sleeve.scanners or shorten backtest.train_days")
+        row = {"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
+               "eligible": len(healthy), "selected": 0, "regime": None, "stage_reached": None, "note": ""}
+        eligible.append(healthy.rename(columns={"date": "decision"}))
+        try:
+            d = decide(returns, pool.drop(columns="date"), profile, w.decision)
+        except SelectionError as exc:   # too few survivors: the production sleeve would not trade either
+            rows.append(row | {"note": f"cash: {str(exc).splitlines()[0]}"})
+            continue
+        except GateError as exc:
+            raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
+        decisions.append((w, d))
+        rows.append(row | {"selected": len(d.atoms), "regime": d.regime["label"],
+                           "stage_reached": d.selection.audit["stage_reached"]})
+    if not decisions:
+        raise BacktestError(f"validate: no window of profile {profile.name} selected 2 or more assets "
+                            f"(first: {rows[0]['note']}); widen sleeve.scanners or relax the selection")
+    holdings = pd.concat([d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
+                          for w, d in decisions], ignore_index=True)
+    span = returns.loc[returns.index >= plan[0].decision]
+    atoms = holdings[["atom_id", "symbol", "logic", "direction"]].drop_duplicates("atom_id")
+    eligible_atoms = _eligible_atoms(pd.concat(eligible, ignore_index=True))
+    all_atoms = (pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
+                 .sort_values("atom_id", ignore_index=True))
+    prices = synthetic_prices(span, all_atoms)
+    exits = delisting_exits(span, all_atoms, prices)
+    results, turnover, costs, parity, targets, events = {}, {}, {}, {}, {}, []
+    for method in profile.optimizer.profiles:
+        targets[method] = _targets(holdings[holdings["profile"] == method], prices, [w.decision for w in plan])
+        sims = {name: _simulate(name, prices, targets[method], cfg.fees, exits) for name in cfg.simulators}
+        ref = sims.get("reference") or next(iter(sims.values()))
+        results[method], turnover[method] = ref.returns, ref.turnover
+        costs[method] = ref.costs / ref.equity.shift(1).fillna(1.0)
+        events.append(_liquidations(ref, exits, all_atoms, method))
+        if "vectorbt" in sims and "reference" in sims:
+            parity[method] = _parity(sims["reference"], sims["vectorbt"])
+    benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees, exits)
+    out = pd.DataFrame(results)
+    metrics = _metrics(out, benchmarks, pd.DataFrame(turnover), pd.DataFrame(costs), len(plan), cfg)
+    par = {"tolerance": cfg.parity_tolerance, "profiles": parity,
+           "passed": all(p["final_rel_diff"] <= cfg.parity_tolerance and p["max_return_diff"] <= cfg.parity_tolerance
+                         for p in parity.values()) if parity else None}
+    events = pd.concat(events, ignore_index=True)
+    keys = ["decision", "symbol", "logic", "direction"]
+    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), _with_delistings(pd.DataFrame(rows), events),
+                       pools.rename(columns={"date": "decision"}), funnel.rename(columns={"date": "decision"}),
+                       pd.concat(eligible, ignore_index=True)[keys], holdings, targets,
+                       pd.DataFrame(turnover), pd.DataFrame(costs), events, par, metrics)
+
+
+def delisting_exits(span: pd.DataFrame, atoms: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
+    """(dates x atoms) True on the last bar of each atom whose symbol stops trading inside the span
+    (its returns end before the span's last date) and whose price there is still positive."""
+    exits = pd.DataFrame(False, index=prices.index, columns=prices.columns)
+    last = span.reindex(columns=atoms["symbol"].unique()).apply(pd.Series.last_valid_index)
+    for atom, symbol in zip(atoms["atom_id"], atoms["symbol"]):
+        when = last.get(symbol)
+        if when is not None and not pd.isna(when) and when < span.index[-1] and prices.at[when, atom] > 0:
+            exits.at[when, atom] = True
+    return exits
+
+
+def _liquidations(sim, exits: pd.DataFrame, atoms: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The delisting events of one simulation where a position was actually sold."""
+    symbol = atoms.set_index("atom_id")["symbol"]
+    held = sim.weights.shift(1).fillna(0.0)
+    rows = []
+    for t, j in zip(*np.nonzero(exits.to_numpy())):
+        when, atom = exits.index[t], exits.columns[j]
+        if held.at[when, atom] > 0:
+            rows.append({"date": when, "atom_id": atom, "symbol": symbol[atom], "event": "delisted",
+                         "profile": method, "weight": float(held.at[when, atom])})
+    return pd.DataFrame(rows, columns=["date", "atom_id", "symbol", "event", "profile", "weight"])
+
+
+def _with_delistings(table: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """The window table with the symbols liquidated inside each window's test span."""
+    table["delisted"] = [", ".join(sorted(set(events.loc[(events["date"] > d) & (events["date"] <= e), "symbol"])))
+                         for d, e in zip(table["decision"], table["end"])]
+    return table
+
+
+def _eligible_atoms(pools: pd.DataFrame) -> pd.DataFrame:
+    atoms = pools[["symbol", "logic", "direction", "decision"]].copy()
+    atoms["atom_id"] = [atom_id(s, l, d) for s, l, d in zip(atoms["symbol"], atoms["logic"], atoms["direction"])]
+    return atoms
+
+
+def synthetic_prices(returns: pd.DataFrame, atoms: pd.DataFrame) -> pd.DataFrame:
+    """Dates x atom price paths: 1.0 on the first row (the first decision date) for symbols trading
+    that day, then compounded synthetic returns; NaN before a later listing (not tradable), and a
+    SHORT that loses 100 % stays at 0."""
+    atoms = atoms[["atom_id", "symbol", "logic", "direction"]]
+    growth = (1.0 + synthetic_returns(returns.iloc[1:], atoms)).cumprod()  # NaN rows stay NaN
+    trading = returns.iloc[0][atoms["symbol"].to_list()].notna().to_numpy()
+    first = pd.DataFrame([np.where(trading, 1.0, np.nan)], index=returns.index[:1], columns=growth.columns)
+    return pd.concat([first, growth])
+
+
+def _targets(holdings: pd.DataFrame, prices: pd.DataFrame, decisions: list[pd.Timestamp]) -> pd.DataFrame:
+    """Target-weight rows on every decision date (0 for atoms not held: a window without a
+    selection is all cash), NaN rows elsewhere."""
+    wide = holdings.pivot_table(index="decision", columns="atom_id", values="weight", aggfunc="sum")
+    targets = pd.DataFrame(np.nan, index=prices.index, columns=prices.columns)
+    targets.loc[decisions] = 0.0
+    targets.loc[wide.index, wide.columns] = wide.fillna(0.0).to_numpy()
+    return targets
+
+
+def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: float, exits: pd.DataFrame):
+    from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
+
+    return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees, exits=exits)
+
+
+def _parity(ref, vbt) -> dict:
+    final_ref, final_vbt = float(ref.equity.iloc[-1]), float(vbt.equity.iloc[-1])
+    return {"final_equity_reference": final_ref, "final_equity_vectorbt": final_vbt,
+            "final_rel_diff": abs(final_ref - final_vbt) / max(abs(final_ref), 1e-300),
+            "max_return_diff": float(np.nanmax(np.abs(ref.returns.to_numpy() - vbt.returns.to_numpy())))}
+
+
+def _benchmarks(span: pd.DataFrame, benchmark: pd.Series, eligible_atoms: pd.DataFrame, prices: pd.DataFrame,
+                plan: list[Window], fees: float, exits: pd.DataFrame) -> pd.DataFrame:
+    from quantlib.backtest.simulate import simulate_reference
+
+    bench = benchmark.reindex(span.index)
+    market_price = pd.DataFrame({"market": np.concatenate([[1.0], np.cumprod(1.0 + bench.iloc[1:].fillna(0.0))])},
+                                index=span.index)
+    market_target = pd.DataFrame(np.nan, index=span.index, columns=["market"])
+    market_target.iloc[0] = 1.0
+    market = simulate_reference(market_price, market_target, fees).returns
+    targets = pd.DataFrame(np.nan, index=prices.index, columns=prices.columns)
+    for w in plan:
+        ids = eligible_atoms.loc[eligible_atoms["decision"] == w.decision, "atom_id"].unique()
+        targets.loc[w.decision] = 0.0
+        targets.loc[w.decision, ids] = 1.0 / len(ids)
+    equal = simulate_reference(prices, targets, fees, exits=exits).returns
+    return pd.DataFrame({"market_benchmark": market, "universe_equal_weight": equal})
+
+
+def _metrics(returns: pd.DataFrame, benchmarks: pd.DataFrame, turnover: pd.DataFrame, costs: pd.DataFrame,
+             n_rebalances: int, cfg: Settings) -> pd.DataFrame:
+    table = metrics_table(pd.concat([returns, benchmarks], axis=1), cfg.annualization)
+    years = len(returns) / cfg.annualization
+    table["turnover_per_rebalance"] = (turnover.sum() / n_rebalances).reindex(table.index)
+    table["turnover_annual"] = (turnover.sum() / years).reindex(table.index)
+    table["cost_drag"] = (costs.mean() * cfg.annualization).reindex(table.index)
+    return table

@@ -1,0 +1,313 @@
+"""Profiles: YAML files with `extends:` inheritance, one strict pydantic schema, env overrides.
+
+`profiles/base.yaml` is the one source of defaults: the schema declares types and bounds only, and
+every profile implicitly extends `base` unless it names another parent. Mappings deep-merge, lists
+replace. Unknown keys and cyclic inheritance are errors naming the file and key. Environment
+variables `FW_<SECTION>__<KEY>=value` (value parsed as YAML) are applied last and recorded.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quantlib.core.errors import ProfileError
+from quantlib.core.ids import check_name, check_symbol
+from quantlib.core.workspace import Workspace
+
+BASE_PROFILE = "base"
+ANNUALIZATION = {"crypto": 365, "equities": 252}  # periods per year: 24x7 crypto, weekday equities
+ENV_PREFIX = "FW_"
+
+
+class Strict(BaseModel):
+    """A frozen model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    kind: Literal["sim", "ccxt"]
+    venue: Literal["crypto", "equities"]
+    exchange: str
+    seed: int
+    as_of: str | None
+    n_bases: int | None = Field(ge=1)
+    retries: int = Field(ge=0)
+    backoff_s: float = Field(ge=0)
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso(cls, value: Any) -> Any:
+        """YAML turns `2026-11-25` into a date: keep it as ISO text."""
+        return value.isoformat() if isinstance(value, (date, datetime)) else value
+
+
+class DataConfig(Strict):
+    """Phase 1 (SPEC §1.3). No freshness knob: a symbol is fresh while the source cannot have a newer
+    closed bar than the last stored one (bar-period aware, judged from the data)."""
+
+    timeframe: Literal["1d"]
+    lookback_days: int = Field(ge=30)
+    workers: int = Field(ge=1, le=64)
+    toxic_return: float = Field(gt=0)
+    flat_bars: int = Field(ge=2)
+    scanners: list[str] = Field(min_length=1)
+    anchors: list[str]
+    backfill_chunk: int = Field(ge=1)
+    lakehouse: str
+
+
+class SleeveConfig(Strict):
+    """Phase 2: which candidate lists a sleeve consumes and the window it studies (SPEC §2.1)."""
+
+    scanners: list[str]
+    data_run_id: str | None
+    benchmark: str
+    asset_class: Literal["crypto", "equities"]
+    lookback_days: int = Field(ge=30)
+    min_history_days: int = Field(ge=2)
+    min_assets_after_health: int = Field(ge=2)
+    train_days: int = Field(ge=20)
+
+
+class SelectionConfig(Strict):
+    """HTR natural selection (SPEC §2.2); field names match `quantlib.sleeve.selection.SelectionParams`."""
+
+    top_n: int = Field(ge=1)
+    threshold: float = Field(gt=0)
+    max_clusters: int = Field(ge=1)
+    lookbacks: list[int] = Field(min_length=1)
+    min_assets: int = Field(ge=2)
+    max_assets: int = Field(ge=2)
+    entropy_max: float | None = Field(gt=0, le=1)
+    efficiency_min: float = Field(ge=0, le=1)
+    hurst_band: tuple[float, float]
+    hard_entropy_max: float = Field(gt=0, le=1)
+    window: int = Field(ge=10)
+    entropy_order: int = Field(ge=2, le=8)
+    entropy_delay: int = Field(ge=1)
+    weights: dict[str, float] | None
+    dominant_signal: str | None
+
+
+class OptimizerConfig(Strict):
+    """Optimization (SPEC §2.5): engine, risk profiles and caps."""
+
+    engine: Literal["native", "riskfolio"]
+    profiles: list[Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]] = Field(min_length=1)
+    atom_cap: float = Field(gt=0, le=1)
+    cluster_cap: float = Field(gt=0, le=1)
+    linkage: Literal["ward", "single", "complete", "average"]
+
+
+class BacktestConfig(Strict):
+    """Walk-forward validation (SPEC §2.7); null values take the asset-class defaults."""
+
+    train_days: int | None = Field(ge=20)
+    test_days: int | None = Field(ge=1)
+    slippage_bp: float | None = Field(ge=0)
+    commission_bp: float | None = Field(ge=0)
+    simulators: list[Literal["reference", "vectorbt"]] = Field(min_length=1)
+    parity_tolerance: float = Field(gt=0)
+    rolling_sharpe_days: int = Field(ge=5)
+
+
+class SleeveEntry(Strict):
+    """One sleeve of a meta profile: a sleeve profile (optionally pinned to a finished run) or a nested meta."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    profile: str | None = None
+    meta_profile: str | None = None
+    run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SleeveEntry":
+        if (self.profile is None) == (self.meta_profile is None):
+            raise ValueError(f"sleeve {self.id!r}: give exactly one of 'profile' or 'meta_profile'")
+        if self.run_id is not None and self.meta_profile is not None:
+            raise ValueError(f"sleeve {self.id!r}: 'run_id' pins a sleeve profile's run, not a meta_profile")
+        return self
+
+
+class AllocationConfig(Strict):
+    """Meta-optimization across sleeves (SPEC §3.5)."""
+
+    method: Literal["risk_parity", "hrp", "min_variance"]
+    min_weight: float = Field(ge=0, le=1)
+    max_weight: float = Field(gt=0, le=1)
+    risk_profile: Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]
+    train_days: int = Field(ge=10)
+    test_days: int = Field(ge=1)
+
+
+class MetaConfig(Strict):
+    """Phase 3: the sleeves of a meta portfolio (empty for data and sleeve profiles)."""
+
+    sleeves: list[SleeveEntry]
+    allocation: AllocationConfig
+    single_sleeve: bool
+    physical_cap: float = Field(gt=0, le=1)
+    ray_connect_timeout_s: float = Field(gt=0)  # joining --ray-address gives up after this (Ray retries for minutes)
+
+
+class FeatureFlags(Strict):
+    directional_sign_test_gate_atomic: bool
+    directional_sign_test_gate: bool
+
+
+class BookConfig(Strict):
+    cell_timeout_s: int = Field(ge=1)
+    export_html: bool
+
+
+class Profile(Strict):
+    """A fully resolved, validated profile."""
+
+    name: str
+    description: str
+    source: SourceConfig
+    data: DataConfig
+    features: FeatureFlags
+    book: BookConfig
+    sleeve: SleeveConfig
+    selection: SelectionConfig
+    optimizer: OptimizerConfig
+    backtest: BacktestConfig
+    meta: MetaConfig
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile plus where it came from: the inheritance chain and the env overrides applied."""
+
+    profile: Profile
+    chain: tuple[str, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def to_yaml(self) -> str:
+        doc = {"profile": self.profile.model_dump(mode="json"), "extends_chain": list(self.chain),
+               "env_overrides": self.overrides}
+        return yaml.safe_dump(doc, sort_keys=False)
+
+
+def default_profiles_dir() -> Path:
+    """`profiles/` of the current workspace (`Workspace.current`)."""
+    return Workspace.current().profiles
+
+
+def list_profiles(profiles_dir: Path | None = None) -> list[str]:
+    """Names of the profiles in `profiles_dir` (scanners excluded)."""
+    directory = profiles_dir or default_profiles_dir()
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_yaml_chain(name: str, directory: Path, kind: str = "profile") -> tuple[list[dict], list[str]]:
+    """Read `name` and its `extends` ancestors; return the documents (root first) and the chain.
+
+    Raises ProfileError for a missing file, invalid YAML, a non-mapping document or a cycle.
+    """
+    docs: list[dict] = []
+    chain: list[str] = []
+    current: str | None = name
+    while current is not None:
+        check_name(current, kind)
+        if current in chain:
+            cycle = " -> ".join(chain + [current])
+            raise ProfileError(f"cyclic 'extends' in {kind} {name!r}: {cycle}; remove one of the links")
+        path = directory / f"{current}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
+            raise ProfileError(f"{kind} {current!r} not found: no file {path} (known: {known})")
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ProfileError(f"{path}: invalid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(doc, dict):
+            raise ProfileError(f"{path}: top level must be a mapping of keys, got {type(doc).__name__}")
+        chain.append(current)
+        docs.append(doc)
+        parent = doc.get("extends")
+        if parent is None and kind == "profile" and current != BASE_PROFILE:
+            parent = BASE_PROFILE
+        current = parent
+    return list(reversed(docs)), chain
+
+
+def deep_merge(base: Mapping, override: Mapping) -> dict:
+    """Mappings merge recursively; anything else (lists included) in `override` replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`FW_DATA__LOOKBACK_DAYS=300` -> {"data": {"lookback_days": 300}} (values parsed as YAML)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, raw in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise ProfileError(f"environment {key}={raw!r}: not a valid YAML value") from None
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def load_profile(name: str, profiles_dir: Path | None = None, env: Mapping[str, str] | None = None,
+                 overrides: Mapping[str, Mapping[str, Any]] | None = None) -> ResolvedProfile:
+    """Resolve `name` (inheritance, then `overrides` {section: {key: value}} -- e.g. a parent meta run's,
+    passed explicitly -- then `FW_*` env overrides) and validate it against the schema."""
+    directory = profiles_dir or default_profiles_dir()
+    docs, chain = load_yaml_chain(name, directory)
+    merged: dict = {}
+    for doc in docs:
+        merged = deep_merge(merged, {k: v for k, v in doc.items() if k != "extends"})
+    merged["name"] = name
+    overrides = deep_merge(dict(overrides or {}), env_overrides(env or {}))
+    for section, values in overrides.items():
+        if not isinstance(merged.get(section), dict):
+            raise ProfileError(
+                f"environment override FW_{section.upper()}__...: unknown profile section {section!r}"
+            )
+        merged[section] = deep_merge(merged[section], values)
+    profile = validate(merged, directory / f"{name}.yaml", chain)
+    for key, symbol in [("data.anchors", a) for a in profile.data.anchors] + [("sleeve.benchmark", profile.sleeve.benchmark)]:
+        try:
+            check_symbol(symbol)
+        except Exception as exc:
+            raise ProfileError(f"{directory / f'{name}.yaml'}: {key}: {exc}") from None
+    return ResolvedProfile(profile=profile, chain=tuple(chain), overrides=overrides)
+
+
+def validate(doc: dict, path: Path, chain: list[str]) -> Profile:
+    """Validate a merged document; the first error names the file(s) and the dotted key."""
+    try:
+        return Profile.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        files = " <- ".join(f"{c}.yaml" for c in chain)
+        if err["type"] == "extra_forbidden":
+            hint = "unknown key; check the spelling against profiles/base.yaml"
+        elif err["type"] == "missing":
+            hint = "required key missing; add it to profiles/base.yaml or the profile"
+        else:
+            hint = err["msg"]
+        raise ProfileError(f"{path} (chain {files}): key '{key}': {hint}") from None

@@ -1,0 +1,198 @@
+"""Run directories: `runs/<RUN_ID>/` with the resolved profile, manifest, notebooks, artifacts, INDEX.md.
+
+The orchestrator is the only writer of `manifest.json` and `INDEX.md` (notebooks write artifacts only),
+so there is one writer per file. All writes are atomic.
+"""
+from __future__ import annotations
+
+import platform
+import secrets
+import subprocess
+from dataclasses import dataclass
+from functools import cached_property
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from quantlib.core import storage
+from quantlib.core.errors import DataError, WorkbookError
+from quantlib.core.ids import check_run_id
+from quantlib.core.profiles import Profile, ResolvedProfile
+
+MANIFEST = "manifest.json"
+RESOLVED_PROFILE = "profile.resolved.yaml"
+INDEX = "INDEX.md"
+TRACKED_PACKAGES = ("fractal-workbook", "numpy", "pandas", "pyarrow", "scipy", "pydantic", "papermill",
+                    "nbclient", "ccxt", "plotly", "riskfolio-lib", "vectorbt", "ray")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(profile_name: str) -> str:
+    """`<profile>-<UTC yyyymmddTHHMMSS>-<4 hex>`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return check_run_id(f"{profile_name}-{stamp}-{secrets.token_hex(2)}")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision(root: Path) -> str:
+    """`<sha>` or `<sha>-dirty` for the workspace's repository, `unknown` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class Run:
+    """One run directory and its manifest."""
+
+    dir: Path
+    manifest: dict[str, Any]
+
+    # construction
+    @classmethod
+    def create(cls, runs_dir: Path, resolved: ResolvedProfile, phase: str, workspace: Path,
+               run_id: str | None = None, extra: dict[str, Any] | None = None) -> "Run":
+        """A new run directory; `extra` adds manifest fields (`runs_root`, `parent_run` of a meta's sleeve)."""
+        run_id = check_run_id(run_id) if run_id else new_run_id(resolved.name)
+        run_dir = Path(runs_dir) / run_id
+        if run_dir.exists():
+            raise WorkbookError(f"run directory {run_dir} already exists; resume it with --run-id {run_id}")
+        for sub in ("notebooks", "artifacts"):
+            (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        storage.write_text(run_dir / RESOLVED_PROFILE, resolved.to_yaml())
+        manifest = {
+            "run_id": run_id, "profile": resolved.name, "phase": phase, "status": "RUNNING",
+            "created_at": utc_now(), "workspace": str(Path(workspace).resolve()),
+            "git_revision": git_revision(Path(workspace)), "versions": package_versions(),
+            "extends_chain": list(resolved.chain), "env_overrides": resolved.overrides,
+            "inputs": {}, "stages": {}, **(extra or {}),
+        }
+        run = cls(run_dir, manifest)
+        run.record_inputs(definition_files(resolved))
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, runs_dir: Path, run_id: str) -> "Run":
+        run_dir = Path(runs_dir) / check_run_id(run_id)
+        if not (run_dir / MANIFEST).exists():
+            raise DataError(f"no run {run_id!r} under {runs_dir} (missing {run_dir / MANIFEST}); "
+                            f"list runs with `python run_book.py runs`")
+        return cls(run_dir, storage.read_json(run_dir / MANIFEST))
+
+    @classmethod
+    def at(cls, run_dir: str | Path) -> "Run":
+        run_dir = Path(run_dir)
+        return cls.open(run_dir.parent, run_dir.name)
+
+    # properties
+    @property
+    def id(self) -> str:
+        return self.manifest["run_id"]
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.manifest["workspace"])
+
+    @cached_property
+    def resolved(self) -> ResolvedProfile:
+        """The run's resolved profile (parsed once: stages read it many times)."""
+        from pydantic import ValidationError
+
+        path = self.dir / RESOLVED_PROFILE
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            return ResolvedProfile(Profile.model_validate(doc["profile"]), tuple(doc["extends_chain"]),
+                                   doc.get("env_overrides") or {})
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValidationError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{path}: unreadable or from an older profile schema ({first}); "
+                            f"start a new run instead of resuming {self.dir.name}") from None
+
+    @property
+    def profile(self) -> Profile:
+        return self.resolved.profile
+
+    def path(self, relative: str) -> Path:
+        """A path inside the run directory (rejects escapes)."""
+        target = (self.dir / relative).resolve()
+        if self.dir.resolve() not in target.parents and target != self.dir.resolve():
+            raise DataError(f"path {relative!r} escapes run directory {self.dir}")
+        return target
+
+    # manifest updates (orchestrator only)
+    def save(self) -> None:
+        storage.write_json(self.dir / MANIFEST, self.manifest)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.manifest["stages"].setdefault(name, {"status": "pending"})
+
+    def record_read(self, doc: dict) -> None:
+        """Record files a stage read outside the run (`{"data_run": id, "files": {label: sha256}}`)."""
+        self.manifest["inputs"].update(doc.get("files", {}))
+        if doc.get("data_run"):
+            self.manifest["data_run"] = doc["data_run"]
+
+    def record_inputs(self, files: dict[str, Path]) -> None:
+        for label, path in files.items():
+            if Path(path).exists():
+                self.manifest["inputs"][label] = storage.sha256_file(path)
+
+
+def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> dict[str, Path]:
+    """The YAML files that define a run: its profile chain and its scanners (with their parents)."""
+    from quantlib.core.profiles import default_profiles_dir, load_yaml_chain
+
+    directory = profiles_dir or default_profiles_dir()
+    files = {f"profiles/{name}.yaml": directory / f"{name}.yaml" for name in resolved.chain}
+    for scanner in resolved.profile.data.scanners:
+        _, chain = load_yaml_chain(scanner, directory / "scanners", kind="scanner")
+        files.update({f"profiles/scanners/{name}.yaml": directory / "scanners" / f"{name}.yaml" for name in chain})
+    return files
+
+
+def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Summaries of every run under `runs_dir`, newest first; unreadable runs are listed as such."""
+    rows = []
+    for manifest in sorted(Path(runs_dir).glob(f"*/{MANIFEST}")):
+        try:
+            doc = storage.read_json(manifest)
+        except DataError:
+            rows.append({"run_id": manifest.parent.name, "profile": "?", "phase": "?",
+                         "status": "UNREADABLE", "created_at": "", "stages": ""})
+            continue
+        stages = doc.get("stages", {})
+        done = sum(1 for s in stages.values() if s.get("status") in ("completed", "skipped"))
+        rows.append({"run_id": doc["run_id"], "profile": doc["profile"], "phase": doc.get("phase", "?"),
+                     "status": doc.get("status", "?"), "created_at": doc.get("created_at", ""),
+                     "stages": f"{done}/{len(stages)}"})
+    return sorted(rows, key=lambda r: r["created_at"], reverse=True)
+
+
+def newest_run(runs_dir: Path, profile: str, phase: str | None = None, complete: bool = False) -> str | None:
+    """Id of the newest run of `profile` (optionally of a phase, optionally PASS only)."""
+    for row in list_runs(runs_dir):
+        if row["profile"] == profile and (phase is None or row["phase"] == phase):
+            if not complete or row["status"] == "PASS":
+                return row["run_id"]
+    return None

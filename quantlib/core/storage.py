@@ -1,0 +1,144 @@
+"""Atomic file I/O: every write goes to a temp file in the same folder, is fsynced, then renamed.
+
+A crash at any point leaves either the old file or the new one, never a half-written file; a
+process killed mid-write can leave its temp file (`.<name>.<8 random chars>.tmp`), which
+`remove_interrupted_writes` deletes on the next run (it matches that exact pattern and nothing else).
+Readers turn unreadable files into a one-line `DataError` that names the file and the fix.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from quantlib.core.errors import DataError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+TEMP_SUFFIX = ".tmp"
+TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+"""Names `atomic_path` gives its temp files: `.` + target name + `.` + mkstemp's 8 random characters
+(lower-case letters, digits, `_`) + `.tmp`. `remove_interrupted_writes` matches exactly this."""
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path next to `path`; on success fsync it and `os.replace` it onto `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_interrupted_writes(directory: str | os.PathLike, targets: set[str] | None = None) -> list[Path]:
+    """Delete the temp files of interrupted atomic writes in `directory` (not recursive); return them.
+
+    Only regular files whose name matches `TEMP_PATTERN` are touched, and with `targets` only those
+    whose target file name is in it (e.g. `{"registry.parquet"}`). Run it when no other process is
+    writing into `directory`: a live writer's temp file looks the same.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = TEMP_PATTERN.match(entry.name)
+        if not match or not entry.is_file() or entry.is_symlink():
+            continue
+        if targets is not None and match.group("target") not in targets:
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write `data` to `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 `text` to `path`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write `obj` as indented JSON (timestamps and numpy scalars become strings/numbers)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (pd.Timestamp, datetime.date)):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Atomically write a DataFrame as parquet (index dropped unless it is named)."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=frame.index.name is not None)
+    return Path(path)
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read parquet; a missing or corrupt file raises DataError naming it and the fix."""
+    target = Path(path)
+    if not target.exists():
+        raise DataError(f"missing file {target}: run the stage that writes it first")
+    try:
+        return pd.read_parquet(target, columns=columns)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(
+            f"corrupt parquet file {target} ({type(exc).__name__}: {exc}); "
+            f"delete it and re-run the stage that writes it"
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read JSON; a missing or corrupt file raises DataError naming it and the fix."""
+    target = Path(path)
+    if not target.exists():
+        raise DataError(f"missing file {target}: run the stage that writes it first")
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"corrupt JSON file {target} ({exc}); delete it and re-run its stage") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,496 @@
+"""The book: one stage registry per phase, executed with papermill into a run directory.
+
+The registry is the single table that the orchestrator, the resume logic and INDEX.md read, so
+artifact names cannot drift. A stage fails (and with it the run) on a failing cell, a timeout
+(papermill does not mark those in the saved notebook, so we record it) or a missing declared output.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantlib.core import storage
+from quantlib.core.errors import StageError, WorkbookError
+from quantlib.core.profiles import Profile
+from quantlib.core.runs import INDEX, Run, utc_now
+from quantlib.core.workspace import Workspace
+
+NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook of a phase, what it reads and writes (paths relative to the run directory)."""
+
+    name: str
+    notebook: str  # relative to notebooks/
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    lakehouse_outputs: tuple[str, ...] = ()  # files in the shared lakehouse (hashes recorded)
+    optional: bool = False  # skipped by a CLI flag (--skip-validation / --skip-analysis)
+    description: str = ""
+    gates: tuple[str, ...] = ()  # outputs that are JSON verdicts {passed, ...}, shown in INDEX.md
+
+    def expanded_outputs(self, profile: Profile) -> list[str]:
+        """Declared outputs with `{scanner}` expanded over the data scanners and `{profile}` over the
+        optimizer's risk profiles."""
+        out: list[str] = []
+        for item in self.outputs:
+            if "{scanner}" in item:
+                out.extend(item.format(scanner=s) for s in profile.data.scanners)
+            elif "{profile}" in item:
+                out.extend(item.format(profile=p) for p in profile.optimizer.profiles)
+            else:
+                out.append(item)
+        return out
+
+
+REGISTRY: dict[str, tuple[Stage, ...]] = {
+    "data": (
+        Stage("universe", "data/01_universe.ipynb",
+              ("artifacts/universe.json", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
+              description="market-level scan: the symbols to ingest"),
+        Stage("ingest", "data/02_ingest.ipynb", ("artifacts/ingest_report.parquet",),
+              inputs=("artifacts/universe.json",), lakehouse_outputs=("registry.parquet",),
+              description="parallel OHLCV ingestion with the toxic guard"),
+        Stage("metadata", "data/03_metadata.ipynb", ("artifacts/metadata_report.json",),
+              inputs=("artifacts/markets.parquet",), lakehouse_outputs=("symbols.parquet",), description="tick/lot sizes and fees"),
+        Stage("features", "data/04_features.ipynb", ("artifacts/technicals.parquet",),
+              inputs=("artifacts/universe.json",), lakehouse_outputs=("technicals.parquet",),
+              description="technical ratings snapshot"),
+        Stage("scan", "data/05_scan.ipynb", ("export/{scanner}.json", "artifacts/scan_summary.json"),
+              inputs=("artifacts/technicals.parquet", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
+              description="full scanners -> candidate lists"),
+        Stage("backfill", "data/06_backfill.ipynb", ("artifacts/backfill_report.json",),
+              lakehouse_outputs=("features_matrix.parquet",),
+              description="point-in-time features matrix"),
+    ),
+    "sleeve": (
+        Stage("aggregate", "sleeve/01_aggregate.ipynb",
+              ("artifacts/returns.parquet", "artifacts/benchmark.parquet", "artifacts/screener.parquet",
+               "artifacts/candidates.parquet", "artifacts/funnel.parquet", "artifacts/health.json",
+               "artifacts/universe.json", "artifacts/data_inputs.json"),
+              description="base-universe returns, point-in-time screener and the production universe "
+                          "(the only stage that reads the lakehouse)"),
+        Stage("select", "sleeve/02_select.ipynb", ("artifacts/selection.parquet", "artifacts/selection_audit.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/candidates.parquet"),
+              description="HTR natural selection"),
+        Stage("synthesize", "sleeve/03_synthesize.ipynb",
+              ("artifacts/atoms.parquet", "artifacts/synthetic_returns.parquet", "artifacts/sign_test_pre_opt.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/selection.parquet"),
+              gates=("artifacts/sign_test_pre_opt.json",), description="strategy atoms and the pre-opt sign test"),
+        Stage("pre_opt", "sleeve/04_pre_opt.ipynb",
+              ("artifacts/clusters.json", "artifacts/antifragility.parquet", "artifacts/regime.json"),
+              inputs=("artifacts/synthetic_returns.parquet",), description="clusters, antifragility, regime caps"),
+        Stage("optimize", "sleeve/05_optimize.ipynb",
+              ("artifacts/weights.parquet", "artifacts/flattened.parquet", "artifacts/sign_test.json",
+               "artifacts/optimization.json"),
+              inputs=("artifacts/synthetic_returns.parquet", "artifacts/atoms.parquet", "artifacts/clusters.json",
+                      "artifacts/regime.json"),
+              gates=("artifacts/sign_test.json",), description="risk profiles, Stable Sum Gate, flattening"),
+        Stage("report", "sleeve/06_report.ipynb",
+              ("artifacts/weights.csv", "artifacts/flattened.csv", "reports/tearsheet.md",
+               "reports/tearsheet_{profile}.html", "artifacts/audit.json"),
+              inputs=("artifacts/weights.parquet", "artifacts/flattened.parquet"),
+              gates=("artifacts/audit.json",), description="tearsheets, weight files and the atomic audit gate"),
+        Stage("validate", "sleeve/07_validate.ipynb",
+              ("backtest/returns.parquet", "backtest/benchmarks.parquet", "backtest/metrics.parquet",
+               "backtest/windows.parquet", "backtest/universe.parquet", "backtest/funnel.parquet",
+               "backtest/holdings.parquet", "backtest/events.parquet", "backtest/turnover.parquet",
+               "backtest/costs.parquet", "backtest/parity.json"),
+              inputs=("artifacts/returns.parquet", "artifacts/screener.parquet", "artifacts/universe.json",
+                      "artifacts/benchmark.parquet"),
+              optional=True, gates=("backtest/parity.json",),
+              description="walk-forward validation on point-in-time universes, two simulators, benchmarks"),
+        Stage("post_analysis", "sleeve/08_post_analysis.ipynb",
+              ("plots/cluster_map.html", "plots/factor_map.html", "plots/drift_{profile}.html",
+               "artifacts/drift.parquet"),
+              inputs=("artifacts/synthetic_returns.parquet", "artifacts/weights.parquet", "artifacts/clusters.json"),
+              optional=True, description="cluster map, factor map, drift monitors"),
+    ),
+    "meta": (
+        Stage("sleeves", "meta/01_sleeves.ipynb", ("artifacts/sleeves.json",),
+              description="every unpinned sleeve's whole book, in parallel on Ray"),
+        Stage("gates", "meta/02_gates.ipynb", ("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
+              inputs=("artifacts/sleeves.json",),
+              gates=("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
+              description="sign-test and sleeve-completeness gates"),
+        Stage("allocate", "meta/03_allocate.ipynb",
+              ("artifacts/sleeve_returns.parquet", "artifacts/meta_weights.parquet",
+               "artifacts/meta_weights_history.parquet", "artifacts/meta_returns.parquet", "artifacts/aggregation.json"),
+              inputs=("artifacts/sleeves.json",), description="sleeves become assets; meta weights; out-of-sample stream"),
+        Stage("flatten", "meta/04_flatten.ipynb", ("artifacts/meta_flattened.parquet", "artifacts/exposures.json"),
+              inputs=("artifacts/meta_weights.parquet",), description="physical weights, exposures, cap check"),
+        Stage("report", "meta/05_report.ipynb", ("meta_portfolio_report.md", "artifacts/meta_report.json"),
+              gates=("artifacts/meta_report.json",), description="meta_portfolio_report.md with computed verdicts"),
+    ),
+}
+
+
+#: modules a phase's stages import, loaded by the shared kernel as soon as it starts (in parallel with
+#: the orchestrator's own start-up); vectorbt is deliberately absent (only the validation stage needs it)
+WARM_IMPORTS = {
+    "data": "import pandas, plotly.express, quantlib.stages.data, quantlib.core.figures, quantlib.engine.context",
+    "sleeve": "import pandas, scipy.stats, scipy.cluster.hierarchy, plotly.express, plotly.subplots, "
+              "quantlib.stages.sleeve, quantlib.sleeve.selection, quantlib.sleeve.analysis, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
+              "quantlib.core.figures, quantlib.engine.context",
+    "meta": "import pandas, plotly.express, quantlib.stages.meta, quantlib.meta.legacy, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
+            "quantlib.core.figures, quantlib.engine.context",
+}
+
+
+def stages(phase: str) -> tuple[Stage, ...]:
+    if phase not in REGISTRY:
+        raise WorkbookError(f"unknown phase {phase!r}; known: {', '.join(REGISTRY)}")
+    return REGISTRY[phase]
+
+
+def find_stage(phase: str, name: str) -> tuple[int, Stage]:
+    for i, stage in enumerate(stages(phase), start=1):
+        if stage.name == name:
+            return i, stage
+    raise WorkbookError(f"unknown stage {name!r} in phase {phase!r}; known: "
+                        f"{', '.join(s.name for s in stages(phase))}")
+
+
+def notebook_name(index: int, stage: Stage) -> str:
+    return f"{index:02d}_{stage.name}.ipynb"
+
+
+def stage_complete(run: Run, stage: Stage) -> bool:
+    """Completed in the manifest and every declared output present with the recorded hash."""
+    record = run.manifest["stages"].get(stage.name, {})
+    if record.get("status") != "completed":
+        return False
+    for rel, digest in record.get("outputs", {}).items():
+        path = run.path(rel)
+        if not path.exists() or storage.sha256_file(path) != digest:
+            return False
+    return True
+
+
+def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: dict[str, str] | None = None) -> bool:
+    """Execute every stage of `phase` not yet complete; return True if the run passed.
+
+    `skip` maps optional stage names to the reason they are skipped (recorded, shown in INDEX.md).
+    """
+    plan = stages(phase)
+    profile = run.profile
+    skip = skip or {}
+    run.manifest["skipped"] = dict(skip)
+    rerun = False
+    kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
+    exports = HtmlExports()
+    try:
+        for index, stage in enumerate(plan, start=1):
+            if stage.optional and stage.name in skip:
+                run.stage(stage.name).update(status="skipped", reason=skip[stage.name])
+                say(f"[{index}/{len(plan)}] {stage.name}: skipped ({skip[stage.name]})")
+                continue
+            if not rerun and stage_complete(run, stage):
+                say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
+                continue
+            rerun = True
+            say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
+            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel,
+                                    exports)
+            say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
+        run.manifest["status"] = "PASS"
+        run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
+        return True
+    except Exception as exc:  # a WorkbookError carries its own message; anything else is named
+        message = str(exc) if isinstance(exc, WorkbookError) else f"internal error: {type(exc).__name__}: {exc}"
+        run.manifest["status"] = "FAIL"
+        run.manifest["error"] = message
+        for record in run.manifest["stages"].values():
+            if record.get("status") == "running":
+                record.update(status="failed", error=message)
+        say(f"FAIL: {message}")
+        return False
+    finally:
+        kernel.close()
+        exports.wait()
+        run.manifest["finished_at"] = utc_now()
+        run.save()
+        write_index(run, phase)
+
+
+class SharedKernel:
+    """One IPython kernel for all the stages of one run: heavy imports are paid once, not per stage.
+
+    Each stage notebook runs with a namespace-reset cell inserted before its parameters cell (see
+    `with_namespace_reset`), so a stage never sees another stage's variables; imported modules stay
+    cached. A failed stage closes the kernel (a timed-out or crashed kernel is never reused).
+    """
+
+    def __init__(self, warm: str = "") -> None:
+        self.warm = warm  # imports the kernel runs right after it starts (while this process goes on)
+        self.km = None
+        self.kc = None
+
+    def manager(self):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        if self.km is None:
+            # nbclient needs an async manager: with a blocking one, cell timeouts are not enforced
+            self.km = AsyncKernelManager(kernel_name="python3")
+            run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            if self.warm:  # queued in the kernel; the first stage's cells run after it
+                from jupyter_client import BlockingKernelClient
+
+                # a blocking client (its own threads, no event loop) so nbclient's async client is untouched
+                self.kc = BlockingKernelClient()
+                self.kc.load_connection_info(self.km.get_connection_info())
+                self.kc.start_channels()
+                self.kc.execute(self.warm, silent=True, store_history=False)
+        return self.km
+
+    def close(self) -> None:
+        """Shut the kernel down (after the run, or after a failed stage)."""
+        from jupyter_core.utils import run_sync
+
+        if self.kc is not None:
+            self.kc.stop_channels()
+        if self.km is not None and self.km.has_kernel:
+            run_sync(self.km.shutdown_kernel)(now=True)
+        self.km = self.kc = None
+
+
+RESET_SOURCE = """\
+# the book runs every stage of a run in one kernel: drop the previous stage's variables (imports stay cached;
+# cheaper than %reset -f, which also runs a full garbage collection)
+for _name in [n for n in get_ipython().user_ns if not n.startswith("_") and n not in get_ipython().user_ns_hidden]:
+    del get_ipython().user_ns[_name]
+Out.clear()"""
+
+
+def with_namespace_reset(source: Path):
+    """The notebook with a namespace-reset cell (tagged `book-reset`) before its parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(str(source), as_version=4)
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+    at = next((i for i, t in enumerate(tags) if "parameters" in t), 0)
+    cell = nbformat.v4.new_code_cell(RESET_SOURCE)
+    cell.metadata["tags"] = ["book-reset"]
+    nb.cells.insert(at, cell)
+    return nb
+
+
+def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool,
+                  kernel: SharedKernel | None = None, exports: "HtmlExports | None" = None) -> float:
+    """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
+    km = kernel.manager() if kernel else None  # start the kernel first: it boots while papermill imports
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    source = (NOTEBOOKS_DIR or Workspace(run.workspace).notebooks) / stage.notebook
+    target = run.dir / "notebooks" / notebook_name(index, stage)
+    record = run.stage(stage.name)
+    record.update(status="running", started_at=utc_now(), notebook=f"notebooks/{target.name}",
+                  outputs={}, error=None, html=None)
+    run.save()
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(with_namespace_reset(source) if kernel else str(source), str(target),
+                            parameters={"run_dir": str(run.dir.resolve())},
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
+                            report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            km=km)
+    except PapermillExecutionError as exc:
+        if kernel:
+            kernel.close()
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} failed in {target} cell {exc.exec_count}: {exc.ename}: "
+                    f"{_first_line(exc.evalue)}") from None
+    except Exception as exc:  # timeouts and dead kernels are not marked in the notebook by papermill
+        if kernel:
+            kernel.close()
+        cell = _running_cell(target)
+        kind = "timed out" if "timeout" in type(exc).__name__.lower() else "aborted"
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} {kind} in {target} cell {cell} "
+                    f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
+    finally:
+        if export_html and target.exists():
+            (exports.submit if exports else _export_html)(target, record)
+    seconds = time.perf_counter() - start
+    outputs = {}
+    missing = []
+    for rel in stage.expanded_outputs(run.profile):
+        path = run.path(rel)
+        if path.exists():
+            outputs[rel] = storage.sha256_file(path)
+        else:
+            missing.append(rel)
+    if missing:
+        raise _fail(run, stage, record, start,
+                    f"stage {stage.name} did not write declared output(s) {', '.join(missing)} ({target})")
+    lake_root = run.workspace / run.profile.data.lakehouse
+    record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
+                  lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
+                                     for rel in stage.lakehouse_outputs if (lake_root / rel).exists()})
+    if "artifacts/data_inputs.json" in outputs:  # what the stage read outside the run (lakehouse, data run)
+        run.record_read(storage.read_json(run.path("artifacts/data_inputs.json")))
+    run.save()
+    return seconds
+
+
+class HtmlExports:
+    """HTML exports in a background thread: nbconvert runs while the kernel computes the next stage.
+
+    The thread never touches the manifest: `wait` (called before the manifest and INDEX.md are
+    written for the last time) copies each result (`html` or `html_error`) into its stage record.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html-export")
+        self.pending: list = []
+
+    def submit(self, notebook: Path, record: dict) -> None:
+        self.pending.append((record, self.pool.submit(_html_result, notebook)))
+
+    def wait(self) -> None:
+        for record, future in self.pending:
+            record.update(future.result())
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+
+
+def _html_result(notebook: Path) -> dict:
+    """Export the HTML report; a failed export is recorded, never masks the stage's own outcome."""
+    try:
+        return {"html": f"notebooks/{export_notebook_html(notebook).name}"}
+    except Exception as exc:
+        return {"html_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _export_html(notebook: Path, record: dict) -> None:
+    record.update(_html_result(notebook))
+
+
+def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:
+    record.update(status="failed", ended_at=utc_now(), seconds=round(time.perf_counter() - start, 3),
+                  error=message)
+    run.save()
+    return StageError(message)
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _running_cell(notebook: Path) -> str:
+    """The execution count (or index) of the cell papermill marked running/last executed."""
+    try:
+        nb = json.loads(notebook.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    for i, cell in enumerate(nb.get("cells", [])):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+            return str(cell.get("execution_count") or f"#{i}")
+    return "?"
+
+
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+"""
+"""The lab template without require.js and MathJax, which it would load from a CDN."""
+
+
+def export_notebook_html(notebook: Path) -> Path:
+    """HTML export of an executed notebook with plotly.js embedded once (works offline, no CDN)."""
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from quantlib.core.figures import plotly_js
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    offline = jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[offline], template_file="offline.html.j2")
+    body, _ = exporter.from_notebook_node(nb)
+    if "plotly-graph-div" in body or "Plotly.newPlot" in body:
+        body = body.replace("</head>", f'<script type="text/javascript">{plotly_js()}</script>\n</head>', 1)
+    return storage.write_text(notebook.with_suffix(".html"), body)
+
+
+def write_index(run: Run, phase: str) -> Path:
+    """INDEX.md: profile name, run id, status, stage table with links, artifacts with hashes."""
+    m = run.manifest
+    lines = [f"# Run `{m['run_id']}`", "",
+             f"- **Status:** {m.get('status', '?')}",
+             f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
+             f"- **Run id:** `{m['run_id']}`",
+             f"- **Phase:** {phase}",
+             f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
+             f"- **Git revision:** `{m.get('git_revision', '')}`",
+             "- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
+             "[manifest.json](manifest.json)"]
+    if m.get("env_overrides"):
+        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
+    if m.get("error"):
+        lines += ["", f"> **FAIL:** {m['error']}"]
+    if m.get("skipped"):
+        lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
+    if m.get("data_run"):
+        lines.append(f"- **Data run:** `{m['data_run']}`")
+    if m.get("parent_run"):
+        lines.append(f"- **Parent run:** `{m['parent_run']}` ([INDEX.md](../../INDEX.md))")
+    lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
+    for index, stage in enumerate(stages(phase), start=1):
+        rec = m.get("stages", {}).get(stage.name, {})
+        nb = rec.get("notebook")
+        html = rec.get("html")
+        status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
+        lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
+                     f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
+    lines += _gate_lines(run, phase) + _children_lines(run)
+    lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
+    for stage in stages(phase):
+        rec = m.get("stages", {}).get(stage.name, {})
+        for rel, digest in rec.get("outputs", {}).items():
+            lines.append(f"| [{rel}]({rel}) | `{digest[:12]}` |")
+        for rel, digest in rec.get("lakehouse_outputs", {}).items():
+            lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
+    return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+
+
+def _children_lines(run: Run) -> list[str]:
+    """The sleeve runs of a meta run (runs/<META>/sleeves/<id>/), linked, with their status."""
+    rows = []
+    for manifest in sorted((run.dir / "sleeves").glob("*/manifest.json")):
+        try:
+            doc = storage.read_json(manifest)
+        except WorkbookError:
+            doc = {}
+        sid = manifest.parent.name
+        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | {doc.get('status', 'UNREADABLE')} | "
+                    f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
+    return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
+
+
+def _gate_lines(run: Run, phase: str) -> list[str]:
+    """Gate verdicts read from the gate artifacts the stages wrote (never assumed)."""
+    rows = []
+    for stage in stages(phase):
+        for rel in stage.gates:
+            path = run.dir / rel
+            if not path.exists():
+                rows.append(f"| {rel} | not run |")
+                continue
+            try:
+                passed = storage.read_json(path).get("passed")
+            except WorkbookError:
+                passed = None
+            verdict = "PASS" if passed is True else "FAIL" if passed is False else "not checked"
+            rows.append(f"| [{rel}]({rel}) | {verdict} |")
+    return ["", "## Gates", "", "| gate | verdict |", "|---|---|", *rows] if rows else []
