@@ -1,0 +1,103 @@
+"""One gate type: a `GateResult` of `Check`s, one file shape, one `enforce`.
+
+Every verdict the workbook computes (sign tests, the sleeve audit, simulator parity, the meta's
+completeness and sign-test gates, the meta report, the look-ahead audit) is a `GateResult`, written
+as JSON in one shape::
+
+    {"gate": "audit", "passed": true,
+     "checks": [{"code": "RETURNS", "passed": true, "required": true, "detail": "...", "subject": null}],
+     "info": {...}}
+
+`passed` is computed, never stored separately: at least one check, and every required check passed.
+A check that is not required (a warning) is reported but never fails the gate. INDEX.md, the meta's
+gates and `enforce` read only this shape.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quantlib.core.errors import GateError
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verified fact: `code` names the check, `subject` what it is about (a sleeve, an atom, a
+    risk profile; None for the whole), `required` False makes a failure a warning."""
+
+    code: str
+    passed: bool
+    detail: str
+    required: bool = True
+    subject: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "passed", bool(self.passed))
+
+    def label(self) -> str:
+        return f"{self.subject} {self.code}" if self.subject else self.code
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of gate `gate`: its checks and gate-specific facts (`info`, JSON-serializable)."""
+
+    gate: str
+    checks: tuple[Check, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", tuple(self.checks))
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks if c.required)
+
+    @property
+    def failed(self) -> list[Check]:
+        """Required checks that failed (what makes the gate FAIL)."""
+        return [c for c in self.checks if c.required and not c.passed]
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if not c.required and not c.passed]
+
+    def check(self, code: str, subject: str | None = None) -> Check:
+        """The check `code` (of `subject`); KeyError when the gate has none."""
+        for c in self.checks:
+            if c.code == code and (subject is None or c.subject == subject):
+                return c
+        raise KeyError(f"gate {self.gate} has no check {code!r}" + (f" for {subject!r}" if subject else ""))
+
+    def summary(self) -> str:
+        """One line: the failed checks (or how many passed)."""
+        if self.passed:
+            return f"{len(self.checks)} check(s) passed" + (f", {len(self.warnings)} warning(s)" if self.warnings else "")
+        if not self.checks:
+            return "no checks recorded"
+        return "; ".join(f"{c.label()}: {c.detail}" for c in self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate, "passed": self.passed, "checks": [asdict(c) for c in self.checks],
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "GateResult":
+        return cls(doc["gate"], tuple(Check(**c) for c in doc.get("checks", [])), doc.get("info") or {})
+
+
+def enforce(result: GateResult, fix: str) -> GateResult:
+    """Raise GateError naming the failed checks and `fix` (what to do); return `result` if it passed."""
+    if not result.passed:
+        raise GateError(f"{result.gate} gate failed: {result.summary()}; {fix}")
+    return result
+
+
+def verdict(doc: Any) -> bool | None:
+    """PASS/FAIL of a gate file's content (None when it is not a gate result)."""
+    if isinstance(doc, dict) and "gate" in doc and isinstance(doc.get("checks"), list):
+        try:
+            return GateResult.from_dict(doc).passed
+        except (TypeError, KeyError):
+            return None
+    return None
