@@ -1,7 +1,6 @@
-"""The book: one stage registry per phase, executed with papermill into a run directory.
+"""The executor: a phase's stages (`quantlib.core.registry`) run with papermill into a run directory.
 
-The registry is the single table that the orchestrator, the resume logic and INDEX.md read, so
-artifact names cannot drift. A stage fails (and with it the run) on a failing cell, a timeout
+A stage fails (and with it the run) on a failing cell, a timeout
 (papermill does not mark those in the saved notebook, so we record it) or a missing declared output.
 """
 from __future__ import annotations
@@ -9,125 +8,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from quantlib.core import storage
+from quantlib.core import registry, storage
 from quantlib.core.errors import StageError, WorkbookError
-from quantlib.core.profiles import Profile
+from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import INDEX, Run, utc_now
 from quantlib.core.workspace import Workspace
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One notebook of a phase, what it reads and writes (paths relative to the run directory)."""
-
-    name: str
-    notebook: str  # relative to notebooks/
-    outputs: tuple[str, ...]
-    inputs: tuple[str, ...] = ()
-    lakehouse_outputs: tuple[str, ...] = ()  # files in the shared lakehouse (hashes recorded)
-    optional: bool = False  # skipped by a CLI flag (--skip-validation / --skip-analysis)
-    description: str = ""
-    gates: tuple[str, ...] = ()  # outputs that are JSON verdicts {passed, ...}, shown in INDEX.md
-
-    def expanded_outputs(self, profile: Profile) -> list[str]:
-        """Declared outputs with `{scanner}` expanded over the data scanners and `{profile}` over the
-        optimizer's risk profiles."""
-        out: list[str] = []
-        for item in self.outputs:
-            if "{scanner}" in item:
-                out.extend(item.format(scanner=s) for s in profile.data.scanners)
-            elif "{profile}" in item:
-                out.extend(item.format(profile=p) for p in profile.optimizer.profiles)
-            else:
-                out.append(item)
-        return out
-
-
-REGISTRY: dict[str, tuple[Stage, ...]] = {
-    "data": (
-        Stage("universe", "data/01_universe.ipynb",
-              ("artifacts/universe.json", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
-              description="market-level scan: the symbols to ingest"),
-        Stage("ingest", "data/02_ingest.ipynb", ("artifacts/ingest_report.parquet",),
-              inputs=("artifacts/universe.json",), lakehouse_outputs=("registry.parquet",),
-              description="parallel OHLCV ingestion with the toxic guard"),
-        Stage("metadata", "data/03_metadata.ipynb", ("artifacts/metadata_report.json",),
-              inputs=("artifacts/markets.parquet",), lakehouse_outputs=("symbols.parquet",), description="tick/lot sizes and fees"),
-        Stage("features", "data/04_features.ipynb", ("artifacts/technicals.parquet",),
-              inputs=("artifacts/universe.json",), lakehouse_outputs=("technicals.parquet",),
-              description="technical ratings snapshot"),
-        Stage("scan", "data/05_scan.ipynb", ("export/{scanner}.json", "artifacts/scan_summary.json"),
-              inputs=("artifacts/technicals.parquet", "artifacts/markets.parquet", "artifacts/tickers.parquet"),
-              description="full scanners -> candidate lists"),
-        Stage("backfill", "data/06_backfill.ipynb", ("artifacts/backfill_report.json",),
-              lakehouse_outputs=("features_matrix.parquet",),
-              description="point-in-time features matrix"),
-    ),
-    "sleeve": (
-        Stage("aggregate", "sleeve/01_aggregate.ipynb",
-              ("artifacts/returns.parquet", "artifacts/benchmark.parquet", "artifacts/screener.parquet",
-               "artifacts/candidates.parquet", "artifacts/funnel.parquet", "artifacts/health.json",
-               "artifacts/universe.json", "artifacts/data_inputs.json"),
-              description="base-universe returns, point-in-time screener and the production universe "
-                          "(the only stage that reads the lakehouse)"),
-        Stage("select", "sleeve/02_select.ipynb", ("artifacts/selection.parquet", "artifacts/selection_audit.json"),
-              inputs=("artifacts/returns.parquet", "artifacts/candidates.parquet"),
-              description="HTR natural selection"),
-        Stage("synthesize", "sleeve/03_synthesize.ipynb",
-              ("artifacts/atoms.parquet", "artifacts/synthetic_returns.parquet", "artifacts/sign_test_pre_opt.json"),
-              inputs=("artifacts/returns.parquet", "artifacts/selection.parquet"),
-              gates=("artifacts/sign_test_pre_opt.json",), description="strategy atoms and the pre-opt sign test"),
-        Stage("pre_opt", "sleeve/04_pre_opt.ipynb",
-              ("artifacts/clusters.json", "artifacts/antifragility.parquet", "artifacts/regime.json"),
-              inputs=("artifacts/synthetic_returns.parquet",), description="clusters, antifragility, regime caps"),
-        Stage("optimize", "sleeve/05_optimize.ipynb",
-              ("artifacts/weights.parquet", "artifacts/flattened.parquet", "artifacts/sign_test.json",
-               "artifacts/optimization.json"),
-              inputs=("artifacts/synthetic_returns.parquet", "artifacts/atoms.parquet", "artifacts/clusters.json",
-                      "artifacts/regime.json"),
-              gates=("artifacts/sign_test.json",), description="risk profiles, Stable Sum Gate, flattening"),
-        Stage("report", "sleeve/06_report.ipynb",
-              ("artifacts/weights.csv", "artifacts/flattened.csv", "reports/tearsheet.md",
-               "reports/tearsheet_{profile}.html", "artifacts/audit.json"),
-              inputs=("artifacts/weights.parquet", "artifacts/flattened.parquet"),
-              gates=("artifacts/audit.json",), description="tearsheets, weight files and the atomic audit gate"),
-        Stage("validate", "sleeve/07_validate.ipynb",
-              ("backtest/returns.parquet", "backtest/benchmarks.parquet", "backtest/metrics.parquet",
-               "backtest/windows.parquet", "backtest/universe.parquet", "backtest/funnel.parquet",
-               "backtest/holdings.parquet", "backtest/events.parquet", "backtest/turnover.parquet",
-               "backtest/costs.parquet", "backtest/parity.json"),
-              inputs=("artifacts/returns.parquet", "artifacts/screener.parquet", "artifacts/universe.json",
-                      "artifacts/benchmark.parquet"),
-              optional=True, gates=("backtest/parity.json",),
-              description="walk-forward validation on point-in-time universes, two simulators, benchmarks"),
-        Stage("post_analysis", "sleeve/08_post_analysis.ipynb",
-              ("plots/cluster_map.html", "plots/factor_map.html", "plots/drift_{profile}.html",
-               "artifacts/drift.parquet"),
-              inputs=("artifacts/synthetic_returns.parquet", "artifacts/weights.parquet", "artifacts/clusters.json"),
-              optional=True, description="cluster map, factor map, drift monitors"),
-    ),
-    "meta": (
-        Stage("sleeves", "meta/01_sleeves.ipynb", ("artifacts/sleeves.json",),
-              description="every unpinned sleeve's whole book, in parallel on Ray"),
-        Stage("gates", "meta/02_gates.ipynb", ("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
-              inputs=("artifacts/sleeves.json",),
-              gates=("artifacts/meta_sign_test_gate.json", "artifacts/completeness.json"),
-              description="sign-test and sleeve-completeness gates"),
-        Stage("allocate", "meta/03_allocate.ipynb",
-              ("artifacts/sleeve_returns.parquet", "artifacts/meta_weights.parquet",
-               "artifacts/meta_weights_history.parquet", "artifacts/meta_returns.parquet", "artifacts/aggregation.json"),
-              inputs=("artifacts/sleeves.json",), description="sleeves become assets; meta weights; out-of-sample stream"),
-        Stage("flatten", "meta/04_flatten.ipynb", ("artifacts/meta_flattened.parquet", "artifacts/exposures.json"),
-              inputs=("artifacts/meta_weights.parquet",), description="physical weights, exposures, cap check"),
-        Stage("report", "meta/05_report.ipynb", ("meta_portfolio_report.md", "artifacts/meta_report.json"),
-              gates=("artifacts/meta_report.json",), description="meta_portfolio_report.md with computed verdicts"),
-    ),
-}
+DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
 
 
 #: modules a phase's stages import, loaded by the shared kernel as soon as it starts (in parallel with
@@ -140,20 +30,6 @@ WARM_IMPORTS = {
     "meta": "import pandas, plotly.express, quantlib.stages.meta, quantlib.meta.legacy, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
             "quantlib.core.figures, quantlib.engine.context",
 }
-
-
-def stages(phase: str) -> tuple[Stage, ...]:
-    if phase not in REGISTRY:
-        raise WorkbookError(f"unknown phase {phase!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[phase]
-
-
-def find_stage(phase: str, name: str) -> tuple[int, Stage]:
-    for i, stage in enumerate(stages(phase), start=1):
-        if stage.name == name:
-            return i, stage
-    raise WorkbookError(f"unknown stage {name!r} in phase {phase!r}; known: "
-                        f"{', '.join(s.name for s in stages(phase))}")
 
 
 def notebook_name(index: int, stage: Stage) -> str:
@@ -330,12 +206,12 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     if missing:
         raise _fail(run, stage, record, start,
                     f"stage {stage.name} did not write declared output(s) {', '.join(missing)} ({target})")
-    lake_root = run.workspace / run.profile.data.lakehouse
+    lake_root = Workspace(run.workspace).resolve(run.profile.data.lakehouse)
     record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
                   lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
-                                     for rel in stage.lakehouse_outputs if (lake_root / rel).exists()})
-    if "artifacts/data_inputs.json" in outputs:  # what the stage read outside the run (lakehouse, data run)
-        run.record_read(storage.read_json(run.path("artifacts/data_inputs.json")))
+                                     for rel in stage.lakehouse_writes if (lake_root / rel).exists()})
+    if stage.writes_name(DATA_INPUTS):  # what the stage read outside the run (lakehouse, data run)
+        run.record_read(storage.read_json(run.path(registry.path(run.manifest["phase"], DATA_INPUTS))))
     run.save()
     return seconds
 
@@ -482,7 +358,8 @@ def _gate_lines(run: Run, phase: str) -> list[str]:
     """Gate verdicts read from the gate artifacts the stages wrote (never assumed)."""
     rows = []
     for stage in stages(phase):
-        for rel in stage.gates:
+        for gate in stage.gates:
+            rel = gate.path
             path = run.dir / rel
             if not path.exists():
                 rows.append(f"| {rel} | not run |")
