@@ -26,7 +26,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
-              extra: dict | None = None) -> tuple[bool, Path]:
+              options=None) -> tuple[bool, Path]:
     """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
     from quantlib.engine.executor import run_phase as execute
     from quantlib.core.profiles import load_profile
@@ -40,7 +40,7 @@ def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str
             print(f"note: resuming run {run_id} of profile {run.manifest['profile']}", file=sys.stderr)
         print(f"resuming run {run.id} ({run.dir})")
     else:
-        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id, extra=extra)
+        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, ROOT, run_id=run_id, options=options)
         print(f"run {run.id} ({run.dir})")
     start = time.perf_counter()
     ok = execute(run, phase, skip=skip)
@@ -67,8 +67,9 @@ def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
     from quantlib.stages.meta import check_meta_tree
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
-    options = {"executor": args.executor, "ray_address": args.ray_address}
-    return run_phase("meta", profile, args, extra={"options": options})
+    from quantlib.core.runs import RunOptions
+
+    return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address))
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
@@ -114,19 +115,21 @@ def pd_date(value) -> str:
 
 def cmd_audit_lookahead(args: argparse.Namespace) -> int:
     from quantlib.backtest.lookahead import audit_run
+    from quantlib.core import registry
     from quantlib.core.runs import Run
 
     run = Run.open(_runs_dir(args), args.run_id)
     print(f"look-ahead audit of {run.id}: rerunning its walk-forward from a copy of the lakehouse whose bars and "
           f"features after the cutoff are noise (events: {', '.join(args.events)}) ...")
     result = audit_run(run, args.at, args.seed, args.events)
-    print(f"cutoff {pd_date(result['cutoff'])} · {result['windows_checked']} of {result['windows_total']} windows "
-          f"decided by then · planted: " + (", ".join(f"{k} {v['symbol']}" for k, v in result["events"].items())
+    info = result.info
+    print(f"cutoff {pd_date(info['cutoff'])} · {info['windows_checked']} of {info['windows_total']} windows "
+          f"decided by then · planted: " + (", ".join(f"{k} {v['symbol']}" for k, v in info["events"].items())
                                              or "nothing (no held symbol)"))
-    for check in result["checks"]:
-        print(f"  {'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {check['detail']}")
-    print(f"{'PASS' if result['passed'] else 'FAIL'} · {run.path('backtest/lookahead_audit.json')}")
-    return 0 if result["passed"] else 1
+    for check in result.checks:
+        print(f"  {'PASS' if check.passed else 'FAIL'}  {check.code}: {check.detail}")
+    print(f"{'PASS' if result.passed else 'FAIL'} · {run.path(registry.path('sleeve', 'lookahead_audit'))}")
+    return 0 if result.passed else 1
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

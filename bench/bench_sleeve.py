@@ -26,7 +26,7 @@ def replay(run_dir: Path, env: dict) -> dict[str, float]:
     os.environ.update({k: v for k, v in env.items() if k.startswith("FW_")})
     from quantlib.stages import sleeve as sleeveflow
     from quantlib.core.errors import GateError
-    from quantlib.engine.executor import find_stage, stages
+    from quantlib.core.registry import find_stage, stages
     from quantlib.core.runs import Run
     from quantlib.engine.context import StageContext
 

@@ -74,7 +74,9 @@ def test_validation_writes_oos_streams_for_every_profile_with_simulator_parity(l
     returns, metrics = art(run, "backtest/returns.parquet"), art(run, "backtest/metrics.parquet")
     assert list(returns.columns) == run.profile.optimizer.profiles and returns.notna().all().all()
     parity = art(run, "backtest/parity.json")
-    assert parity["passed"] and max(p["final_rel_diff"] for p in parity["profiles"].values()) <= 1e-6
+    assert parity["gate"] == "parity" and parity["passed"]
+    assert {c["subject"] for c in parity["checks"]} == set(run.profile.optimizer.profiles)
+    assert max(p["final_rel_diff"] for p in parity["info"]["profiles"].values()) <= 1e-6
     assert {"market_benchmark", "universe_equal_weight", "hrp"} <= set(metrics.index)
     assert {"cagr", "sharpe", "sortino", "max_drawdown", "calmar", "turnover_per_rebalance", "cost_drag",
             "var95", "cvar95", "hit_rate"} <= set(metrics.columns)
@@ -109,19 +111,21 @@ def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve)
     result = workspace.book("audit-lookahead", run.id)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     doc = json.loads((run.dir / "backtest" / "lookahead_audit.json").read_text())
-    assert doc["passed"] and doc["windows_checked"] >= 1 and doc["perturbation_changed_later_decisions"]
-    assert set(doc["events"]) == {"delist", "spike", "listing"}
-    delist = doc["events"]["delist"]   # the planted delisting is liquidated at the symbol's last close
+    info = doc["info"]
+    assert doc["gate"] == "lookahead" and doc["passed"]
+    assert info["windows_checked"] >= 1 and info["perturbation_changed_later_decisions"]
+    assert set(info["events"]) == {"delist", "spike", "listing"}
+    delist = info["events"]["delist"]   # the planted delisting is liquidated at the symbol's last close
     assert delist["liquidated"] and {e["date"] for e in delist["liquidated"]} == {delist["last_bar"]}
-    assert {c["check"] for c in doc["checks"]} >= {"universe", "eligibility", "weights", "trades",
+    assert {c["code"] for c in doc["checks"]} >= {"universe", "eligibility", "weights", "trades",
                                                     "strategy_returns", "benchmark_returns"}
 
 
 def test_the_lookahead_audit_passes_on_a_short_sleeve(short_sleeve):
     _, run = short_sleeve
-    doc = lookahead.audit_run(run)
-    assert doc["passed"], doc["checks"]
-    assert doc["events"], "no held symbol to plant events on"
+    result = lookahead.audit_run(run)
+    assert result.passed, result.summary()
+    assert result.info["events"], "no held symbol to plant events on"
 
 
 REAL_POOL = backtest.point_in_time_pool
@@ -150,9 +154,9 @@ def _whole_window_health(returns, screener, scanners, profile, dates, window):
 def test_the_lookahead_audit_catches_planted_survivorship(long_sleeve, monkeypatch, planted):
     _, run = long_sleeve
     monkeypatch.setattr(backtest, "point_in_time_pool", planted)
-    doc = lookahead.audit_run(run)
-    assert not doc["passed"]
-    failed = {c["check"] for c in doc["checks"] if not c["passed"]}
+    result = lookahead.audit_run(run)
+    assert not result.passed
+    failed = {c.code for c in result.failed}
     assert {"universe", "eligibility"} & failed and "strategy_returns" in failed, failed
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from quantlib.engine import executor as book
 from quantlib.core import storage
-from quantlib.engine.executor import Stage
+from quantlib.core import registry
+from quantlib.core.registry import Artifact, Stage
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
 
@@ -30,9 +31,14 @@ NO_OUTPUT = "no_output.ipynb"
 PLOTLY = "shows_plotly.ipynb"
 
 
+def stage(name: str, notebook: str, *outputs: str) -> Stage:
+    """A test stage whose notebook writes `outputs` itself (the test notebooks take no context)."""
+    return Stage(name, notebook, "tests:notebook", tuple(Artifact(Path(o).stem, o) for o in outputs))
+
+
 def ok_stage(name: str) -> Stage:
     # ok_writes_output.ipynb writes artifacts/<running stage>.txt
-    return Stage(name, OK, (f"artifacts/{name}.txt",))
+    return stage(name, OK, f"artifacts/{name}.txt")
 
 
 @pytest.fixture
@@ -42,7 +48,7 @@ def make_run(tmp_path, monkeypatch):
     lake = tmp_path / "lakehouse"
 
     def factory(stages: tuple[Stage, ...], env: dict[str, str] | None = None) -> Run:
-        monkeypatch.setitem(book.REGISTRY, PHASE, tuple(stages))
+        monkeypatch.setitem(registry.PHASES, PHASE, tuple(stages))
         resolved = load_profile("demo", env={"FW_DATA__LAKEHOUSE": str(lake), "FW_SOURCE__AS_OF": AS_OF,
                                              **(env or {})})
         return Run.create(tmp_path / "runs", resolved, PHASE, workspace=tmp_path)
@@ -122,7 +128,7 @@ def test_passing_stage_records_hashes_notebook_html_and_index(make_run):
 
 # ----------------------------------------------------------------------------------- (b) failing cell
 def test_failing_cell_fails_run_names_notebook_cell_and_error(make_run):
-    run = make_run((ok_stage("alpha"), Stage("beta", BROKEN, ("artifacts/beta.txt",)), ok_stage("gamma")))
+    run = make_run((ok_stage("alpha"), stage("beta", BROKEN, "artifacts/beta.txt"), ok_stage("gamma")))
     ok, messages = run_collect(run)
     assert ok is False
 
@@ -154,7 +160,7 @@ def test_failing_cell_fails_run_names_notebook_cell_and_error(make_run):
 
 # ----------------------------------------------------------------------------------- (c) timeout
 def test_cell_timeout_fails_with_timed_out_and_notebook_path(make_run):
-    run = make_run((Stage("slow", SLEEPS, ("artifacts/slow.txt",)),), env={"FW_BOOK__CELL_TIMEOUT_S": "2"})
+    run = make_run((stage("slow", SLEEPS, "artifacts/slow.txt"),), env={"FW_BOOK__CELL_TIMEOUT_S": "2"})
     assert run.profile.book.cell_timeout_s == 2
     ok, messages = run_collect(run)
     assert ok is False
@@ -172,7 +178,7 @@ def test_cell_timeout_fails_with_timed_out_and_notebook_path(make_run):
 
 # ----------------------------------------------------------------------------------- (d) missing output
 def test_missing_declared_output_fails_naming_the_file(make_run):
-    run = make_run((Stage("quiet", NO_OUTPUT, ("artifacts/never_written.parquet",)), ok_stage("after")))
+    run = make_run((stage("quiet", NO_OUTPUT, "artifacts/never_written.parquet"), ok_stage("after")))
     ok, _ = run_collect(run)
     assert ok is False
 
@@ -188,7 +194,7 @@ def test_missing_declared_output_fails_naming_the_file(make_run):
 
 # ----------------------------------------------------------------------------------- (e) resume
 def test_resume_skips_completed_and_reruns_modified_output(make_run, monkeypatch):
-    plan = (ok_stage("alpha"), Stage("beta", BROKEN, ("artifacts/beta.txt",)), ok_stage("gamma"))
+    plan = (ok_stage("alpha"), stage("beta", BROKEN, "artifacts/beta.txt"), ok_stage("gamma"))
     run = make_run(plan)
     ok, _ = run_collect(run)
     assert ok is False
@@ -196,7 +202,7 @@ def test_resume_skips_completed_and_reruns_modified_output(make_run, monkeypatch
     alpha_mtime = alpha_nb.stat().st_mtime_ns
 
     # fix the failure: beta now runs the ok notebook; resume the same run (as a later process would)
-    monkeypatch.setitem(book.REGISTRY, PHASE, (plan[0], ok_stage("beta"), plan[2]))
+    monkeypatch.setitem(registry.PHASES, PHASE, (plan[0], ok_stage("beta"), plan[2]))
     resumed = reopen(run)
     ok, messages = run_collect(resumed)
     assert ok, messages
@@ -208,7 +214,7 @@ def test_resume_skips_completed_and_reruns_modified_output(make_run, monkeypatch
     stored = reopen(run)
     assert stored.manifest["status"] == "PASS"
     assert all(stored.manifest["stages"][s]["status"] == "completed" for s in ("alpha", "beta", "gamma"))
-    assert all(book.stage_complete(stored, s) for s in book.stages(PHASE))
+    assert all(book.stage_complete(stored, s) for s in registry.stages(PHASE))
     assert index_status(run) == "PASS"
     text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
     assert "FAIL" not in text, "a resumed run that passed must not show the old failure in INDEX.md"
@@ -245,7 +251,7 @@ def test_resume_reruns_stage_whose_output_was_deleted(make_run):
 def test_html_export_embeds_plotly_js_without_cdn(make_run):
     from quantlib.core.figures import plotly_js
 
-    run = make_run((Stage("chart", PLOTLY, ()),))
+    run = make_run((stage("chart", PLOTLY),))
     ok, messages = run_collect(run)
     assert ok, messages
     html_path = run.dir / reopen(run).manifest["stages"]["chart"]["html"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quantlib.core import registry
 from quantlib.engine import executor as book
 from quantlib.core import storage
 from quantlib.core.runs import Run
@@ -62,7 +63,7 @@ def test_data_run_passes_with_index(first):
 
 def test_every_declared_output_exists_and_matches_its_hash(first):
     run = first.run
-    for stage in book.stages("data"):
+    for stage in registry.stages("data"):
         rec = run.manifest["stages"][stage.name]
         assert rec["status"] == "completed", (stage.name, rec)
         declared = stage.expanded_outputs(run.profile)

@@ -11,7 +11,7 @@ import pytest
 
 from quantlib.stages import data as dataflow
 from quantlib.core import storage
-from quantlib.engine.executor import find_stage
+from quantlib.core.registry import find_stage
 from quantlib.core.errors import DataError
 from quantlib.data.lakehouse import REGISTRY_COLUMNS, SYMBOLS_COLUMNS, Lakehouse
 from quantlib.core.profiles import load_profile

@@ -199,19 +199,16 @@ def test_drift_monitor_and_cluster_composition():
 
 
 # ----------------------------------------------------------------------------- output
-def test_write_plots_embeds_plotlyjs_without_cdn(tmp_path, blocks):
+def test_figure_html_embeds_plotlyjs_without_cdn(tmp_path, blocks):
+    from quantlib.core.figures import write_figure_html
+
     labels = clustering.ward_clusters(blocks).labels
-    figures = {"cluster_map": pa.cluster_map(blocks), "factor_map": pa.factor_map(blocks, labels)}
-    paths = pa.write_plots(figures, tmp_path / "plots")
-    assert set(paths) == {"cluster_map", "factor_map"}
-    for name, path in paths.items():
-        assert path == tmp_path / "plots" / f"{name}.html"
+    for name, fig in {"cluster_map": pa.cluster_map(blocks), "factor_map": pa.factor_map(blocks, labels)}.items():
+        path = write_figure_html(fig, tmp_path / "plots" / f"{name}.html")
         html = path.read_text(encoding="utf-8")
         assert "Plotly.newPlot" in html
         assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?:", html, re.I)
         assert len(html) > 1_000_000  # the plotly.js bundle itself is inside
-    with pytest.raises(ValueError, match="invalid plot name"):
-        pa.write_plots({"../x": figures["cluster_map"]}, tmp_path)
 
 
 def test_import_is_light():

@@ -25,7 +25,7 @@ import pytest
 from conftest import ROOT
 from quantlib.stages import meta as metaflow
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import Run
+from quantlib.core.runs import Run, RunOptions
 
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
@@ -239,7 +239,7 @@ def test_private_folder_ignores_whatever_squats_the_old_predictable_path(tmp_pat
 
 def test_run_sleeves_removes_the_private_folder_on_ctrl_c_and_passes_the_profile_timeout(tmp_path, monkeypatch):
     resolved = load_profile("demo_meta", env={"FW_META__RAY_CONNECT_TIMEOUT_S": "7"})
-    run = Run.create(tmp_path / "runs", resolved, "meta", ROOT, extra={"options": {"executor": "ray"}})
+    run = Run.create(tmp_path / "runs", resolved, "meta", ROOT, options=RunOptions(executor="ray"))
     seen = {}
 
     def interrupted(specs, executor, address, private, on_done, *, connect_timeout_s):

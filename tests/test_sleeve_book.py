@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from conftest import art
+from quantlib.core import registry
 from quantlib.engine import executor as book
 from quantlib.core import storage
 from quantlib.core.runs import Run
@@ -33,7 +34,7 @@ def test_long_sleeve_passes_and_index_names_profile_run_and_gates(long_sleeve, f
 def test_every_declared_sleeve_output_exists_with_its_hash_and_the_reads_are_recorded(long_sleeve):
     _, run = long_sleeve
     manifest = run.manifest
-    for stage in book.stages("sleeve"):
+    for stage in registry.stages("sleeve"):
         recorded = manifest["stages"][stage.name]["outputs"]
         assert sorted(recorded) == sorted(stage.expanded_outputs(run.profile))
         for rel, digest in recorded.items():
@@ -97,7 +98,7 @@ def test_resume_of_a_complete_sleeve_skips_every_stage(workspace, long_sleeve):
     _, run = long_sleeve
     result = workspace.book("sleeve", "demo_crypto_long", "--run-id", run.id)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("complete, skipped (resume)") == len(book.stages("sleeve"))
+    assert result.stdout.count("complete, skipped (resume)") == len(registry.stages("sleeve"))
 
 
 # ------------------------------------------------------------------------------------- bad input

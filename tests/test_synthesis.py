@@ -60,7 +60,7 @@ def test_pre_opt_sign_test_passes_on_the_real_synthesis():
     sel = _selection()
     atoms = build_atoms(sel)
     result = signtest.pre_opt(atoms, _raw(), synthetic_returns(_raw(), atoms), sel)
-    assert result["passed"] and result["errors"] == 0
+    assert result.passed and result.info["errors"] == 0 and result.gate == "sign_test_pre_opt"
 
 
 def test_pre_opt_catches_a_broken_synthesis():
@@ -70,8 +70,8 @@ def test_pre_opt_catches_a_broken_synthesis():
     bbb = atoms.loc[atoms["symbol"] == "X:BBB", "atom_id"].item()
     broken[bbb] = -_raw()["X:BBB"]  # inverted but not capped: the +150 % day becomes -150 %
     result = signtest.pre_opt(atoms, _raw(), broken, sel)
-    assert not result["passed"]
-    assert [(f["code"], f["atom"]) for f in result["findings"]] == [("INVERSION_MISMATCH", bbb)]
+    assert not result.passed
+    assert [(c.code, c.subject) for c in result.failed if c.code != "SIGNS"] == [("INVERSION_MISMATCH", bbb)]
     with pytest.raises(signtest.SignTestError, match="INVERSION_MISMATCH"):
         signtest.enforce(result, gate=True, where="synthesize")
     signtest.enforce(result, gate=False, where="synthesize")  # gate off: recorded, not raised
@@ -81,20 +81,20 @@ def test_pre_opt_catches_a_direction_lost_to_long_and_a_missing_column():
     sel = _selection()
     lost = build_atoms(sel.assign(direction="LONG"))  # the SHORT sleeve silently became LONG (LESSONS L-X1)
     result = signtest.pre_opt(lost, _raw(), synthetic_returns(_raw(), lost), sel)
-    assert {f["code"] for f in result["findings"]} == {"DIRECTION_MISMATCH"}
+    assert {c.code for c in result.checks if c.code != "SIGNS"} == {"DIRECTION_MISMATCH"}
     atoms = build_atoms(sel)
     result = signtest.pre_opt(atoms, _raw().drop(columns="X:CCC"), synthetic_returns(_raw(), atoms), sel)
-    assert "MISSING_PHYSICAL" in {f["code"] for f in result["findings"]}
+    assert "MISSING_PHYSICAL" in {c.code for c in result.checks if c.code != "SIGNS"}
     empty = signtest.pre_opt(atoms.iloc[:0], _raw(), synthetic_returns(_raw(), atoms).iloc[:, :0])
-    assert "NO_ATOMS" in {f["code"] for f in empty["findings"]}
+    assert "NO_ATOMS" in {c.code for c in empty.checks if c.code != "SIGNS"}
 
 
 def test_post_opt_passes_and_flags_zero_weights_as_warnings():
     atoms = build_atoms(_selection())
     w = pd.DataFrame({"profile": "mv", "atom_id": atoms["atom_id"], "weight": [0.6, 0.4, 0.0]})
     result = signtest.post_opt(atoms, w, flatten(w, atoms))
-    assert result["passed"] and result["warnings"] == 1
-    assert result["findings"][0]["code"] == "ZERO_WEIGHT"
+    assert result.passed and result.info["warnings"] == 1 and len(result.warnings) == 1
+    assert result.warnings[0].code == "ZERO_WEIGHT"
 
 
 def test_post_opt_catches_a_flattener_that_drops_the_sign():
@@ -102,8 +102,8 @@ def test_post_opt_catches_a_flattener_that_drops_the_sign():
     w = pd.DataFrame({"profile": "hrp", "atom_id": atoms["atom_id"], "weight": [0.5, 0.3, 0.2]})
     dropped = flatten(w, atoms).assign(net_weight=lambda f: f["net_weight"].abs())  # the L-X2 defect
     result = signtest.post_opt(atoms, w, dropped)
-    assert not result["passed"]
-    assert {(f["code"], f["atom"]) for f in result["findings"]} == {("FLATTEN_MISMATCH", "X:BBB"),
+    assert not result.passed
+    assert {(c.code, c.subject) for c in result.checks if c.code != "SIGNS"} == {("FLATTEN_MISMATCH", "X:BBB"),
                                                                     ("FLATTEN_MISMATCH", "X:CCC")}
 
 
@@ -111,7 +111,7 @@ def test_post_opt_catches_negative_and_nonfinite_optimizer_weights():
     atoms = build_atoms(_selection())
     w = pd.DataFrame({"profile": "ms", "atom_id": atoms["atom_id"], "weight": [1.2, -0.2, np.nan]})
     result = signtest.post_opt(atoms, w, flatten(w.fillna(0.0), atoms))
-    codes = {f["code"] for f in result["findings"] if f["level"] == "error"}
+    codes = {c.code for c in result.failed if c.code != "SIGNS"}
     assert {"NEGATIVE_WEIGHT", "NONFINITE_WEIGHT"} <= codes
     # a negative optimizer weight on a SHORT atom would flip it long: the flattened net is > 0
     assert "SHORT_NOT_NEGATIVE" in codes

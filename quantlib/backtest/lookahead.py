@@ -22,10 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantlib.core import storage
+from quantlib.backtest import walkforward as backtest
+from quantlib.core import registry, storage
 from quantlib.core.errors import DataError
-from quantlib.data.lakehouse import Lakehouse
+from quantlib.core.gates import Check, GateResult
 from quantlib.core.runs import Run, utc_now
+from quantlib.core.workspace import Workspace
+from quantlib.data.lakehouse import Lakehouse
+from quantlib.data.scanners import Scanner
+from quantlib.sleeve.inputs import benchmark_returns, load_sleeve_inputs
 
 EVENTS = ("delist", "spike", "listing")
 SPIKE_FACTOR = 7.0  # +600 %
@@ -133,14 +138,13 @@ STREAM_TOLERANCE = 1e-12
 atoms *later*, so sums run over a different number of (zero) columns. Decisions compare exactly."""
 
 
-def _same(name: str, a: pd.DataFrame, b: pd.DataFrame, stream: bool = False) -> dict:
+def _same(name: str, a: pd.DataFrame, b: pd.DataFrame, stream: bool = False) -> Check:
     try:
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=not stream,
                                       rtol=0.0, atol=STREAM_TOLERANCE if stream else 0.0)
-        return {"check": name, "passed": True,
-                "detail": f"{len(a)} rows " + (f"equal to {STREAM_TOLERANCE:g}" if stream else "identical")}
+        return Check(name, True, f"{len(a)} rows " + (f"equal to {STREAM_TOLERANCE:g}" if stream else "identical"))
     except AssertionError as exc:
-        return {"check": name, "passed": False, "detail": " ".join(str(exc).split())[:300]}
+        return Check(name, False, " ".join(str(exc).split())[:300])
 
 
 def _orders(wf, cutoff: pd.Timestamp) -> pd.DataFrame:
@@ -157,7 +161,7 @@ def _trading(wf) -> pd.DataFrame:
     return pd.concat([wf.turnover.add_suffix("_turnover"), wf.costs.add_suffix("_cost")], axis=1)
 
 
-def compare(base, moved, cutoff: pd.Timestamp) -> list[dict]:
+def compare(base, moved, cutoff: pd.Timestamp) -> list[Check]:
     """Every walk-forward output decided at or before `cutoff`, base vs perturbed."""
     upto = lambda frame, col="decision": frame[frame[col] <= cutoff]  # noqa: E731
     before = lambda frame: frame[frame.index <= cutoff].reset_index()  # noqa: E731
@@ -183,13 +187,10 @@ def _held(wf, cutoff: pd.Timestamp, profile: str) -> list[str]:
 
 
 def audit(lake: Lakehouse, profile, scanners, end: pd.Timestamp | None = None, cutoff: pd.Timestamp | None = None,
-          events: Sequence[str] = EVENTS, seed: int = 0, run_backtest: Callable | None = None) -> dict:
+          events: Sequence[str] = EVENTS, seed: int = 0, run_backtest: Callable | None = None) -> GateResult:
     """Rerun the walk-forward from `lake` and from a perturbed copy; compare everything up to `cutoff`
     (default: the middle window's decision date). Uses the reference simulator only (parity is the
     validation's job). `run_backtest(inputs, profile)` defaults to the production walk-forward."""
-    from quantlib.backtest import walkforward as backtest
-    from quantlib.stages.sleeve import benchmark_returns, load_sleeve_inputs
-
     unknown = sorted(set(events) - set(EVENTS))
     if unknown:
         raise ValueError(f"look-ahead audit: unknown event(s) {unknown}; choose from {', '.join(EVENTS)}")
@@ -219,9 +220,10 @@ def audit(lake: Lakehouse, profile, scanners, end: pd.Timestamp | None = None, c
         planted["delist"]["liquidated"] = sold[["date", "profile", "weight"]].to_dict(orient="records")
     checks = compare(base, moved, cutoff)
     windows_checked = int((base.windows["decision"] <= cutoff).sum())
-    return {"passed": all(c["passed"] for c in checks) and windows_checked > 0, "cutoff": cutoff,
-            "windows_checked": windows_checked, "windows_total": len(plan), "events": planted,
-            "perturbation_changed_later_decisions": not base.holdings.equals(moved.holdings), "checks": checks}
+    checks.append(Check("windows", windows_checked > 0, f"{windows_checked} of {len(plan)} windows decided by the cutoff"))
+    return GateResult("lookahead", checks, {
+        "cutoff": cutoff, "windows_checked": windows_checked, "windows_total": len(plan), "events": planted,
+        "perturbation_changed_later_decisions": not base.holdings.equals(moved.holdings)})
 
 
 def _cutoff(cutoff, plan, index: pd.DatetimeIndex) -> pd.Timestamp:
@@ -240,24 +242,22 @@ def _cutoff(cutoff, plan, index: pd.DatetimeIndex) -> pd.Timestamp:
     return when
 
 
-def audit_run(run: Run, cutoff: str | None = None, seed: int = 0, events: Sequence[str] = EVENTS) -> dict:
-    """The audit of a sleeve run, rebuilt from the lakehouse it read as of its last bar; writes
-    `backtest/lookahead_audit.json` in the run."""
-    from quantlib.data.scanners import Scanner
-
+def audit_run(run: Run, cutoff: str | None = None, seed: int = 0, events: Sequence[str] = EVENTS) -> GateResult:
+    """The audit of a sleeve run, rebuilt from the lakehouse it read as of its last bar; writes its
+    `lookahead_audit` artifact in the run."""
     if run.manifest.get("phase") != "sleeve":
         raise DataError(f"look-ahead audit: run {run.id} is a {run.manifest.get('phase')} run, not a sleeve run; "
                         f"pass a sleeve run id (`python run_book.py runs`)")
     try:
-        universe = storage.read_json(run.path("artifacts/universe.json"))
-        end = storage.read_parquet(run.path("artifacts/returns.parquet")).index[-1]
+        universe = storage.read_json(run.path(registry.path("sleeve", "universe")))
+        end = storage.read_parquet(run.path(registry.path("sleeve", "returns"))).index[-1]
     except FileNotFoundError:
-        raise DataError(f"look-ahead audit: run {run.id} has no aggregate outputs (artifacts/universe.json); "
+        raise DataError(f"look-ahead audit: run {run.id} has no aggregate outputs ({registry.path('sleeve', 'universe')}); "
                         f"it predates point-in-time universes or did not finish its first stage -- rerun the sleeve"
                         ) from None
     scanners = [Scanner.model_validate(s) for s in universe["scanners"]]
-    lake = Lakehouse(run.workspace / run.profile.data.lakehouse)
+    lake = Lakehouse(Workspace(run.workspace).resolve(run.profile.data.lakehouse))
     result = audit(lake, run.profile, scanners, end, cutoff, events, seed)
-    result.update(run_id=run.id, generated_at=utc_now())
-    storage.write_json(run.path("backtest/lookahead_audit.json"), result)
+    result = GateResult(result.gate, result.checks, {**result.info, "run_id": run.id, "generated_at": utc_now()})
+    storage.write_json(run.path(registry.path("sleeve", "lookahead_audit")), result.to_dict())
     return result

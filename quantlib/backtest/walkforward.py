@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from quantlib.core.errors import GateError
+from quantlib.core.gates import Check, GateResult
 from quantlib.portfolio.metrics import metrics_table
 from quantlib.core.profiles import ANNUALIZATION, Profile
 from quantlib.data.scanners import Scanner
@@ -108,7 +109,7 @@ class WalkForward:
     turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
     costs: pd.DataFrame        # date x risk profile, as a fraction of the previous equity
     events: pd.DataFrame       # date, atom_id, symbol, event, profile, weight: delistings liquidated
-    parity: dict               # reference vs vectorbt per profile
+    parity: GateResult         # reference vs vectorbt per profile
     metrics: pd.DataFrame      # one row per risk profile and benchmark
 
 
@@ -169,9 +170,7 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees, exits)
     out = pd.DataFrame(results)
     metrics = _metrics(out, benchmarks, pd.DataFrame(turnover), pd.DataFrame(costs), len(plan), cfg)
-    par = {"tolerance": cfg.parity_tolerance, "profiles": parity,
-           "passed": all(p["final_rel_diff"] <= cfg.parity_tolerance and p["max_return_diff"] <= cfg.parity_tolerance
-                         for p in parity.values()) if parity else None}
+    par = parity_gate(parity, cfg.parity_tolerance)
     events = pd.concat(events, ignore_index=True)
     keys = ["decision", "symbol", "logic", "direction"]
     return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), _with_delistings(pd.DataFrame(rows), events),
@@ -243,6 +242,17 @@ def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: floa
     from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
 
     return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees, exits=exits)
+
+
+def parity_gate(parity: dict[str, dict], tolerance: float) -> GateResult:
+    """Reference vs vectorbt per risk profile: final equity and every return within `tolerance`
+    (not checked when only one simulator ran)."""
+    checks = [Check("PARITY", p["final_rel_diff"] <= tolerance and p["max_return_diff"] <= tolerance,
+                    f"final equity rel. diff {p['final_rel_diff']:.2e}, max return diff {p['max_return_diff']:.2e} "
+                    f"(backtest.parity_tolerance={tolerance})", subject=method) for method, p in parity.items()]
+    if not checks:
+        checks = [Check("PARITY", False, "one simulator (backtest.simulators): parity not checked", required=False)]
+    return GateResult("parity", checks, {"tolerance": tolerance, "profiles": parity})
 
 
 def _parity(ref, vbt) -> dict:

@@ -56,6 +56,13 @@ class Engine(str, Enum):
     RISKFOLIO = "riskfolio"
 
 
+class Executor(str, Enum):
+    """Where a meta runs its sleeves: Ray tasks, or one after another in this process."""
+
+    RAY = "ray"
+    LOCAL = "local"
+
+
 class StageStatus(str, Enum):
     """A stage's state in a run's manifest."""
 

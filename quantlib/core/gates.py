@@ -8,14 +8,17 @@ as JSON in one shape::
      "checks": [{"code": "RETURNS", "passed": true, "required": true, "detail": "...", "subject": null}],
      "info": {...}}
 
-`passed` is computed, never stored separately: at least one check, and every required check passed.
-A check that is not required (a warning) is reported but never fails the gate. INDEX.md, the meta's
+`passed` is computed, never stored separately: at least one required check, and every required check
+passed. A check that is not required (a warning) is reported but never fails the gate; a gate with no
+required check at all was not checked (`checked` False, shown as "not checked"). INDEX.md, the meta's
 gates and `enforce` read only this shape.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import pandas as pd
 
 from quantlib.core.errors import GateError
 
@@ -50,8 +53,12 @@ class GateResult:
         object.__setattr__(self, "checks", tuple(self.checks))
 
     @property
+    def checked(self) -> bool:
+        return any(c.required for c in self.checks)
+
+    @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks if c.required)
+        return self.checked and all(c.passed for c in self.checks if c.required)
 
     @property
     def failed(self) -> list[Check]:
@@ -73,9 +80,13 @@ class GateResult:
         """One line: the failed checks (or how many passed)."""
         if self.passed:
             return f"{len(self.checks)} check(s) passed" + (f", {len(self.warnings)} warning(s)" if self.warnings else "")
-        if not self.checks:
-            return "no checks recorded"
+        if not self.checked:
+            return "not checked: " + ("; ".join(c.detail for c in self.checks) or "no checks recorded")
         return "; ".join(f"{c.label()}: {c.detail}" for c in self.failed)
+
+    def table(self) -> pd.DataFrame:
+        """The checks as a frame (for notebooks)."""
+        return pd.DataFrame([asdict(c) for c in self.checks], columns=["code", "subject", "passed", "required", "detail"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "passed": self.passed, "checks": [asdict(c) for c in self.checks],
@@ -94,10 +105,11 @@ def enforce(result: GateResult, fix: str) -> GateResult:
 
 
 def verdict(doc: Any) -> bool | None:
-    """PASS/FAIL of a gate file's content (None when it is not a gate result)."""
+    """PASS/FAIL of a gate file's content (None when it is not a gate result or was not checked)."""
     if isinstance(doc, dict) and "gate" in doc and isinstance(doc.get("checks"), list):
         try:
-            return GateResult.from_dict(doc).passed
+            result = GateResult.from_dict(doc)
         except (TypeError, KeyError):
             return None
+        return result.passed if result.checked else None
     return None

@@ -18,7 +18,7 @@ from typing import Any
 
 from quantlib.core.errors import WorkbookError
 
-FORMATS = {".parquet": "parquet", ".json": "json", ".md": "text", ".csv": "text", ".html": "text"}
+FORMATS = {".parquet": "parquet", ".json": "json", ".md": "text", ".csv": "text", ".html": "text", ".txt": "text"}
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from quantlib.core import storage
+from quantlib.core.enums import Executor
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import Profile, ResolvedProfile
@@ -61,6 +63,22 @@ def git_revision(root: Path) -> str:
         return "unknown"
 
 
+class RunOptions(BaseModel):
+    """How a run executes and where it sits, validated (stored as the manifest's `options`).
+
+    `runs_root` is where its data run and pinned sleeves are looked up (a meta's sleeve lives under the
+    meta's folder, so it points back at the meta's runs root); `parent_run` and `depth` place a sleeve
+    in its meta tree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    executor: Executor = Executor.RAY
+    ray_address: str | None = None
+    runs_root: str | None = None
+    parent_run: str | None = None
+    depth: int = Field(0, ge=0)
+
+
 @dataclass
 class Run:
     """One run directory and its manifest."""
@@ -71,8 +89,8 @@ class Run:
     # construction
     @classmethod
     def create(cls, runs_dir: Path, resolved: ResolvedProfile, phase: str, workspace: Path,
-               run_id: str | None = None, extra: dict[str, Any] | None = None) -> "Run":
-        """A new run directory; `extra` adds manifest fields (`runs_root`, `parent_run` of a meta's sleeve)."""
+               run_id: str | None = None, options: RunOptions | None = None) -> "Run":
+        """A new run directory with its resolved profile and manifest."""
         run_id = check_run_id(run_id) if run_id else new_run_id(resolved.name)
         run_dir = Path(runs_dir) / run_id
         if run_dir.exists():
@@ -85,7 +103,7 @@ class Run:
             "created_at": utc_now(), "workspace": str(Path(workspace).resolve()),
             "git_revision": git_revision(Path(workspace)), "versions": package_versions(),
             "extends_chain": list(resolved.chain), "env_overrides": resolved.overrides,
-            "inputs": {}, "stages": {}, **(extra or {}),
+            "options": (options or RunOptions()).model_dump(mode="json"), "inputs": {}, "stages": {},
         }
         run = cls(run_dir, manifest)
         run.record_inputs(definition_files(resolved))
@@ -113,6 +131,16 @@ class Run:
     @property
     def workspace(self) -> Path:
         return Path(self.manifest["workspace"])
+
+    @cached_property
+    def options(self) -> RunOptions:
+        """The run's validated options (a manifest without them: the defaults)."""
+        return RunOptions.model_validate(self.manifest.get("options") or {})
+
+    @property
+    def runs_root(self) -> Path:
+        """Where this run's data run and pinned sleeves are looked up."""
+        return Path(self.options.runs_root) if self.options.runs_root else self.dir.parent
 
     @cached_property
     def resolved(self) -> ResolvedProfile:

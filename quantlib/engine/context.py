@@ -20,6 +20,7 @@ from quantlib.core.registry import Artifact, Stage
 from quantlib.core.runs import Run, newest_run
 from quantlib.core.workspace import Workspace
 from quantlib.data.lakehouse import Lakehouse
+from quantlib.data.scanners import Scanner, load_scanner
 from quantlib.data.sources import MarketDataSource, make_source
 
 
@@ -49,6 +50,10 @@ class StageContext:
 
     def source(self) -> MarketDataSource:
         return make_source(self.profile.source)
+
+    def scanners(self, names: list[str]) -> list[Scanner]:
+        """Scanner definitions from this run's workspace."""
+        return [load_scanner(name, self.workspace.profiles) for name in names]
 
     # ------------------------------------------------------------------------------- artifacts
     def _declared(self, name: str, writing: bool) -> Artifact:

@@ -319,8 +319,8 @@ def write_index(run: Run, phase: str) -> Path:
         lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
     if m.get("data_run"):
         lines.append(f"- **Data run:** `{m['data_run']}`")
-    if m.get("parent_run"):
-        lines.append(f"- **Parent run:** `{m['parent_run']}` ([INDEX.md](../../INDEX.md))")
+    if run.options.parent_run:
+        lines.append(f"- **Parent run:** `{run.options.parent_run}` ([INDEX.md](../../INDEX.md))")
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
     for index, stage in enumerate(stages(phase), start=1):
         rec = m.get("stages", {}).get(stage.name, {})

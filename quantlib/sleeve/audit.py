@@ -7,7 +7,7 @@ Checks (code: what it verifies):
   STABLE_SUM      each risk profile's weights are finite, >= 0 and sum to 1 (1e-9), gate recorded passed
   SIGN_TEST_PRE / SIGN_TEST_POST   the sign tests passed (required when a sign-test gate flag is on)
   CALENDAR        crypto returns contain weekend rows; equities returns none
-Result: {passed, checks: [{code, passed, required, detail}]}; `passed` = every required check passed.
+Result: a `GateResult` (gate `audit`); it passes when every required check passed.
 """
 from __future__ import annotations
 
@@ -15,17 +15,15 @@ import numpy as np
 import pandas as pd
 
 from quantlib.core import storage
+from quantlib.core.gates import Check, GateResult
 from quantlib.core.runs import Run
 
 WEIGHT_SUM_TOLERANCE = 1e-9
 
 
-def _check(code: str, passed: bool, detail: str, required: bool = True) -> dict:
-    return {"code": code, "passed": bool(passed), "required": required, "detail": detail}
-
-
-def check_artifacts(run: Run, stage_names: list[str]) -> dict:
-    manifest = storage.read_json(run.dir / "manifest.json")
+def check_artifacts(run: Run, stage_names: list[str]) -> Check:
+    """Every output of the named stages, as recorded in the manifest on disk, exists with its hash."""
+    manifest = Run.at(run.dir).manifest  # the file as written, not this process's copy
     bad = []
     count = 0
     for name in stage_names:
@@ -40,59 +38,57 @@ def check_artifacts(run: Run, stage_names: list[str]) -> dict:
                 bad.append(f"{rel} missing")
             elif storage.sha256_file(path) != digest:
                 bad.append(f"{rel} changed since its stage wrote it")
-    return _check("ARTIFACTS", not bad, "; ".join(bad) or f"{count} artifacts of {len(stage_names)} stages hash as recorded")
+    return Check("ARTIFACTS", not bad, "; ".join(bad) or f"{count} artifacts of {len(stage_names)} stages hash as recorded")
 
 
-def check_returns(returns: pd.DataFrame) -> dict:
+def check_returns(returns: pd.DataFrame) -> Check:
     values = returns.to_numpy(dtype=float)
     ok = returns.shape[0] >= 2 and returns.shape[1] >= 2 and bool(np.isfinite(values[~np.isnan(values)]).all())
-    return _check("RETURNS", ok, f"{returns.shape[0]} dates x {returns.shape[1]} assets")
+    return Check("RETURNS", ok, f"{returns.shape[0]} dates x {returns.shape[1]} assets")
 
 
-def check_selection(selection: pd.DataFrame, audit: dict) -> dict:
+def check_selection(selection: pd.DataFrame, audit: dict) -> Check:
     funnel = {step["step"]: step["remaining"] for step in audit.get("funnel", [])}
     n = len(selection)
     ok = n >= 2 and audit.get("n_selected") == n
-    return _check("SELECTION", ok, f"{n} selected at stage {audit.get('stage_reached')}; funnel {funnel}")
+    return Check("SELECTION", ok, f"{n} selected at stage {audit.get('stage_reached')}; funnel {funnel}")
 
 
-def check_weights(weights: pd.DataFrame, optimization: dict) -> list[dict]:
+def check_weights(weights: pd.DataFrame, optimization: dict) -> list[Check]:
     out = []
     for profile, frame in weights.groupby("profile", sort=False):
         w = frame["weight"].to_numpy(dtype=float)
         gate = optimization.get("profiles", {}).get(profile, {}).get("gate_passed") is True
         ok = bool(np.isfinite(w).all() and (w >= 0).all() and abs(w.sum() - 1.0) <= WEIGHT_SUM_TOLERANCE and gate)
-        out.append(_check(f"STABLE_SUM:{profile}", ok,
-                          f"sum {w.sum():.12f}, min {w.min():.3g}, gate {'passed' if gate else 'not recorded as passed'}"))
+        out.append(Check("STABLE_SUM", ok, f"sum {w.sum():.12f}, min {w.min():.3g}, "
+                                           f"gate {'passed' if gate else 'not recorded as passed'}", subject=profile))
     return out
 
 
-def check_sign_test(result: dict, code: str, required: bool) -> dict:
-    return _check(code, result.get("passed") is True,
-                  f"{result.get('errors')} error(s), {result.get('warnings')} warning(s)", required=required)
+def check_sign_test(result: GateResult, code: str, required: bool) -> Check:
+    return Check(code, result.passed, result.check("SIGNS").detail, required=required)
 
 
-def check_calendar(returns: pd.DataFrame, asset_class: str) -> dict:
+def check_calendar(returns: pd.DataFrame, asset_class: str) -> Check:
     weekend = int((pd.DatetimeIndex(returns.index).day_of_week >= 5).sum())
     if asset_class == "crypto":
-        return _check("CALENDAR", weekend > 0, f"{weekend} weekend rows (crypto trades 24x7)")
-    return _check("CALENDAR", weekend == 0, f"{weekend} weekend rows (equities: must be 0, never zero-filled)")
+        return Check("CALENDAR", weekend > 0, f"{weekend} weekend rows (crypto trades 24x7)")
+    return Check("CALENDAR", weekend == 0, f"{weekend} weekend rows (equities: must be 0, never zero-filled)")
 
 
-def audit_sleeve(run: Run, earlier_stages: list[str]) -> dict:
-    """Run every check on a sleeve run's artifacts; the caller writes audit.json and enforces it."""
+def audit_sleeve(run: Run, earlier_stages: list[str], *, returns: pd.DataFrame, selection: pd.DataFrame,
+                 selection_audit: dict, weights: pd.DataFrame, optimization: dict, sign_test_pre: GateResult,
+                 sign_test_post: GateResult) -> GateResult:
+    """Every check on a sleeve run's artifacts (read by the caller); the caller writes and enforces it."""
     profile = run.profile
-    art = lambda rel: run.path(f"artifacts/{rel}")  # noqa: E731
     gate = profile.features.directional_sign_test_gate_atomic or profile.features.directional_sign_test_gate
-    returns = storage.read_parquet(art("returns.parquet"))
     checks = [
         check_artifacts(run, earlier_stages),
         check_returns(returns),
-        check_selection(storage.read_parquet(art("selection.parquet")), storage.read_json(art("selection_audit.json"))),
-        *check_weights(storage.read_parquet(art("weights.parquet")), storage.read_json(art("optimization.json"))),
-        check_sign_test(storage.read_json(art("sign_test_pre_opt.json")), "SIGN_TEST_PRE", gate),
-        check_sign_test(storage.read_json(art("sign_test.json")), "SIGN_TEST_POST", gate),
+        check_selection(selection, selection_audit),
+        *check_weights(weights, optimization),
+        check_sign_test(sign_test_pre, "SIGN_TEST_PRE", gate),
+        check_sign_test(sign_test_post, "SIGN_TEST_POST", gate),
         check_calendar(returns, profile.sleeve.asset_class),
     ]
-    passed = all(c["passed"] for c in checks if c["required"])
-    return {"run_id": run.id, "profile": profile.name, "passed": passed, "checks": checks}
+    return GateResult("audit", checks, {"run_id": run.id, "profile": profile.name})

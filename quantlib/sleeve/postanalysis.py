@@ -1,6 +1,6 @@
 """Post-analysis (SPEC §2.8): cluster map, factor map and drift monitor as tables and plotly figures.
 
-Pure functions: tables in, tables and plotly figures out; only `write_plots` touches the filesystem.
+Pure functions: tables in, tables and plotly figures out (the post-analysis stage writes them).
 plotly and scipy are imported inside the functions so `import quantlib.sleeve.postanalysis` stays light.
 
 Inputs
@@ -18,10 +18,6 @@ Clusters and distances are the ones of selection (§2.2): `clustering.average_co
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -30,7 +26,6 @@ from quantlib.portfolio import clustering
 HISTORY_COLUMNS = ("rebalance", "profile", "atom_id", "weight", "cluster")
 DRIFT_COLUMNS = ("profile", "rebalance", "n_atoms", "turnover", "weight_entered", "n_clusters",
                  "cluster_changes")
-_PLOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -379,23 +374,3 @@ def cluster_composition(history: pd.DataFrame, profile: str):
     fig.update_layout(barmode="relative", title=f"Cluster composition per rebalance: {profile}",
                       yaxis_title="weight", height=420, legend_title_text="cluster")
     return fig
-
-
-# ----------------------------------------------------------------------------- output
-def write_plots(figures: Mapping[str, object], plots_dir: str | Path) -> dict[str, Path]:
-    """Write each figure to ``plots_dir/<name>.html`` (standalone, plotly.js embedded, no CDN).
-
-    Names must match ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path separators). Writes are atomic
-    (`report.write_figure_html`). Returns ``{name: path}`` in the input order.
-    """
-    from quantlib.core import figures as report
-
-    bad = [n for n in figures if not isinstance(n, str) or not _PLOT_NAME.match(n)]
-    if bad:
-        raise ValueError(f"write_plots: invalid plot name(s) {bad}; use letters, digits, '_', '.', '-'")
-    plots_dir = Path(plots_dir)
-    out: dict[str, Path] = {}
-    for name, fig in figures.items():
-        file = name if name.endswith(".html") else f"{name}.html"
-        out[name] = report.write_figure_html(fig, plots_dir / file)
-    return out

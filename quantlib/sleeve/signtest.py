@@ -2,7 +2,8 @@
 
 Every check asserts positively (LESSONS L-X2): a SHORT atom must be *seen* inverted before the
 optimizer and *seen* contributing a negative weight after flattening; nothing defaults to LONG.
-Result: {passed, errors, warnings, findings: [{level, code, atom, message}]}.
+Result: a `GateResult` (gate `sign_test_pre_opt` / `sign_test_post_opt`): one check per finding (an
+error is required, a warning is not; `subject` is the atom) and a `SIGNS` summary check (no errors).
 Error codes: NO_ATOMS, BAD_DIRECTION, DIRECTION_MISMATCH, MISSING_PHYSICAL, MISSING_SYNTHETIC, INVERSION_MISMATCH,
 NONFINITE_WEIGHT, NEGATIVE_WEIGHT, UNKNOWN_ATOM, SHORT_NOT_NEGATIVE, FLATTEN_MISMATCH.
 Warning codes: ZERO_WEIGHT (an atom the optimizer left out: its sign cannot be observed).
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quantlib.core.errors import GateError
+from quantlib.core.gates import Check, GateResult
 from quantlib.core.enums import Direction
 from quantlib.sleeve.synthesis import SHORT_LOSS_CAP
 
@@ -30,11 +32,13 @@ class _Findings:
     def add(self, level: str, code: str, atom: str, message: str) -> None:
         self.items.append({"level": level, "code": code, "atom": atom, "message": message})
 
-    def result(self, stage: str) -> dict:
+    def result(self, stage: str) -> GateResult:
         errors = sum(f["level"] == "error" for f in self.items)
         warnings = sum(f["level"] == "warning" for f in self.items)
-        return {"stage": stage, "passed": errors == 0, "errors": errors, "warnings": warnings,
-                "findings": self.items}
+        checks = [Check("SIGNS", errors == 0, f"{errors} error(s), {warnings} warning(s)")]
+        checks += [Check(f["code"], False, f["message"], required=f["level"] == "error", subject=f["atom"])
+                   for f in self.items]
+        return GateResult(f"sign_test_{stage}", checks, {"stage": stage, "errors": errors, "warnings": warnings})
 
 
 def _valid_atoms(atoms: pd.DataFrame, found: _Findings) -> pd.DataFrame:
@@ -47,7 +51,7 @@ def _valid_atoms(atoms: pd.DataFrame, found: _Findings) -> pd.DataFrame:
 
 
 def pre_opt(atoms: pd.DataFrame, raw: pd.DataFrame, synthetic: pd.DataFrame,
-            selection: pd.DataFrame | None = None) -> dict:
+            selection: pd.DataFrame | None = None) -> GateResult:
     """Before optimization: each atom keeps the direction it was selected with, its physical column
     exists and max |R_syn - expected| == 0 exactly."""
     found = _Findings()
@@ -75,7 +79,7 @@ def pre_opt(atoms: pd.DataFrame, raw: pd.DataFrame, synthetic: pd.DataFrame,
     return found.result("pre_opt")
 
 
-def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame) -> dict:
+def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame) -> GateResult:
     """After optimization: optimizer weights >= 0 (synthetic-long streams); the flattener's net weights
     equal sum(sign * w) recomputed from the typed atom table; and every symbol held only through SHORT
     atoms with positive weight has a negative net weight (a flattener that drops the sign fails both).
@@ -119,10 +123,10 @@ def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame
     return found.result("post_opt")
 
 
-def enforce(result: dict, gate: bool, where: str) -> None:
+def enforce(result: GateResult, gate: bool, where: str) -> None:
     """With the atomic gate on, raise SignTestError on any error (first finding in the message)."""
-    if gate and not result["passed"]:
-        first = next(f for f in result["findings"] if f["level"] == "error")
-        raise SignTestError(f"{where}: directional sign test failed with {result['errors']} error(s), first "
-                            f"{first['code']} on {first['atom']}: {first['message']}; fix the synthesis/flattening "
+    if gate and not result.passed:
+        first = next(c for c in result.failed if c.subject is not None)
+        raise SignTestError(f"{where}: directional sign test failed with {result.info['errors']} error(s), first "
+                            f"{first.code} on {first.subject}: {first.detail}; fix the synthesis/flattening "
                             f"(features.directional_sign_test_gate_atomic is on)")

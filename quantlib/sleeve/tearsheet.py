@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from quantlib.core.gates import GateResult
 from quantlib.portfolio.metrics import drawdown, performance_metrics, wealth
 
 
@@ -97,7 +98,7 @@ def px_colors() -> list[str]:
 
 
 def markdown_summary(run_id: str, profile_name: str, stats: pd.DataFrame, flattened: pd.DataFrame,
-                     audit: dict, window: tuple) -> str:
+                     audit: GateResult, window: tuple) -> str:
     """tearsheet.md: the in-sample table, top physical positions per profile and the audit verdicts."""
     lines = [f"# Sleeve tearsheet: `{profile_name}`", "", f"Run `{run_id}` · training window {window[0]} → {window[1]} "
              "(all figures **in-sample**)", "", "## In-sample statistics", "",
@@ -109,10 +110,10 @@ def markdown_summary(run_id: str, profile_name: str, stats: pd.DataFrame, flatte
     for p, frame in flattened.groupby("profile", sort=False):
         top = frame.reindex(frame["net_weight"].abs().sort_values(ascending=False).index).head(5)
         lines.append(f"- **{p}**: " + ", ".join(f"{s} {w:+.2%}" for s, w in zip(top["symbol"], top["net_weight"])))
-    lines += ["", f"## Audit gate: {'PASS' if audit['passed'] else 'FAIL'}", "", "| check | result | required | detail |",
+    lines += ["", f"## Audit gate: {'PASS' if audit.passed else 'FAIL'}", "", "| check | result | required | detail |",
               "|---|---|---|---|"]
-    for c in audit["checks"]:
-        lines.append(f"| {c['code']} | {'PASS' if c['passed'] else 'FAIL'} | {'yes' if c['required'] else 'no'} | {c['detail']} |")
+    for c in audit.checks:
+        lines.append(f"| {c.label()} | {'PASS' if c.passed else 'FAIL'} | {'yes' if c.required else 'no'} | {c.detail} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quantlib.core import storage
 from quantlib.core.errors import DataError, GateError
 from quantlib.data.features import backfill, compute_panel_ratings, load_panel, snapshot
 from quantlib.data.ingest import ingest
 from quantlib.core.runs import utc_now
-from quantlib.data.scanners import candidate_document, load_scanner, run_scanners, screener_table
+from quantlib.data.scanners import candidate_document, run_scanners, screener_table
 from quantlib.data.sources.base import MARKET_COLUMNS
 from quantlib.engine.context import StageContext
 
@@ -50,24 +49,24 @@ def discover_universe(ctx: StageContext) -> ScanResult:
     markets, tickers = source.markets(), source.tickers()
     if markets.empty:
         raise GateError(f"universe: source {source.name} lists no markets; check profile key source")
-    storage.write_parquet(ctx.path("artifacts/markets.parquet"), markets)
-    storage.write_parquet(ctx.path("artifacts/tickers.parquet"), tickers)
-    scanners = [load_scanner(name) for name in cfg.scanners]
+    ctx.write("markets", markets)
+    ctx.write("tickers", tickers)
+    scanners = ctx.scanners(cfg.scanners)
     results = run_scanners(scanners, screener_table(markets, tickers), market_only=True)
     symbols = sorted({s for rows, _ in results.values() for s in rows["symbol"]} | set(cfg.anchors))
     doc = {"run_id": ctx.run.id, "generated_at": utc_now(), "source": source.name,
            "as_of": source.now().isoformat(), "anchors": cfg.anchors, "count": len(symbols), "symbols": symbols,
            "scanners": {name: {"count": len(rows), "funnel": funnel} for name, (rows, funnel) in results.items()}}
-    storage.write_json(ctx.path("artifacts/universe.json"), doc)
+    ctx.write("universe", doc)
     return ScanResult({"universe": doc}, _funnel_table(results))
 
 
 def ingest_universe(ctx: StageContext, progress: bool = True) -> pd.DataFrame:
     """Ingest every universe symbol; write the per-symbol report."""
-    universe = storage.read_json(ctx.require("artifacts/universe.json"))
+    universe = ctx.read("universe")
     cfg = ctx.profile.data
     report = ingest(ctx.source(), ctx.lake, universe["symbols"], cfg, anchors=cfg.anchors, progress=progress)
-    storage.write_parquet(ctx.path("artifacts/ingest_report.parquet"), report)
+    ctx.write("ingest_report", report)
     return report
 
 
@@ -78,7 +77,7 @@ def refresh_metadata(ctx: StageContext) -> dict:
     list keeps its row with `active = False` and `inactive_since` (see `Lakehouse.upsert_symbols`).
     Times are the source's clock, so point-in-time universes can compare them with bar timestamps.
     """
-    markets = storage.read_parquet(ctx.require("artifacts/markets.parquet"))
+    markets = ctx.read("markets")
     lake = ctx.lake
     changes = lake.upsert_symbols(markets, observed=ctx.source().now())
     table = lake.read_symbols()
@@ -88,7 +87,7 @@ def refresh_metadata(ctx: StageContext) -> dict:
               "active_in_lakehouse": int(table["active"].sum()), **changes,
               "missing_fields": missing,
               "missing_tick_or_lot": sorted(set(missing.get("tick_size", [])) | set(missing.get("lot_size", [])))}
-    storage.write_json(ctx.path("artifacts/metadata_report.json"), report)
+    ctx.write("metadata_report", report)
     return report
 
 
@@ -109,13 +108,13 @@ def _usable_symbols(ctx: StageContext, symbols: list[str]) -> tuple[list[str], d
 
 def technicals(ctx: StageContext) -> TechnicalsResult:
     """Ratings snapshot of the universe's usable symbols; upserted into `lakehouse/technicals.parquet`."""
-    universe = storage.read_json(ctx.require("artifacts/universe.json"))
+    universe = ctx.read("universe")
     symbols, unreadable = _usable_symbols(ctx, universe["symbols"])
     if not symbols:
         raise DataError("features: no universe symbol has stored bars; run the ingest stage first")
     panel = load_panel(ctx.lake, symbols, ctx.profile.data.timeframe)
     snap = snapshot(panel, compute_panel_ratings(panel))
-    storage.write_parquet(ctx.path("artifacts/technicals.parquet"), snap)
+    ctx.write("technicals", snap)
     lake = ctx.lake
     merged = snap
     if lake.technicals_path.exists():
@@ -127,24 +126,24 @@ def technicals(ctx: StageContext) -> TechnicalsResult:
 
 def full_scan(ctx: StageContext) -> ScanResult:
     """Every scanner on the screener table (markets + tickers + technicals), excluded symbols removed."""
-    markets = storage.read_parquet(ctx.require("artifacts/markets.parquet"))
-    tickers = storage.read_parquet(ctx.require("artifacts/tickers.parquet"))
-    techs = storage.read_parquet(ctx.require("artifacts/technicals.parquet"))
+    markets = ctx.read("markets")
+    tickers = ctx.read("tickers")
+    techs = ctx.read("technicals")
     excluded = ctx.lake.excluded_symbols()
     table = screener_table(markets, tickers, techs)
     _, unreadable = _usable_symbols(ctx, list(table["symbol"]))
     table = table[~table["symbol"].isin(excluded | set(unreadable))]
-    scanners = [load_scanner(name) for name in ctx.profile.data.scanners]
+    scanners = ctx.scanners(ctx.profile.data.scanners)
     results = run_scanners(scanners, table)
     now = utc_now()
     docs = {}
     for scanner in scanners:
         rows, funnel = results[scanner.name]
         docs[scanner.name] = candidate_document(scanner, rows, funnel, ctx.run.id, now)
-        storage.write_json(ctx.path(f"export/{scanner.name}.json"), docs[scanner.name])
+        ctx.write("export", docs[scanner.name], scanner=scanner.name)
     summary = {"run_id": ctx.run.id, "generated_at": now, "excluded_symbols": sorted(excluded),
                "unreadable_files": unreadable, "counts": {name: doc["count"] for name, doc in docs.items()}}
-    storage.write_json(ctx.path("artifacts/scan_summary.json"), summary)
+    ctx.write("scan_summary", summary)
     return ScanResult(docs, _funnel_table(results), unreadable)
 
 
@@ -155,5 +154,5 @@ def backfill_matrix(ctx: StageContext) -> dict:
     symbols, unreadable = _usable_symbols(ctx, lake.stored_symbols(cfg.timeframe))
     report = backfill(lake, symbols, cfg.timeframe, cfg.backfill_chunk)
     report.update(run_id=ctx.run.id, unreadable_files=unreadable, removed_temp_files=[p.name for p in removed])
-    storage.write_json(ctx.path("artifacts/backfill_report.json"), report)
+    ctx.write("backfill_report", report)
     return report

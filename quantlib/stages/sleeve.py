@@ -4,35 +4,35 @@ aggregate -> select -> synthesize -> pre_opt -> optimize -> report -> validate (
 post_analysis (optional). Only `aggregate` reads the shared lakehouse and the data run: it copies
 what the sleeve needs into the run -- the base universe's returns and the point-in-time screener
 history its scanners are evaluated on -- and records the hashes of what it read; every later stage
-reads the run's own artifacts. The production universe is the walk-forward's universe at t = now.
+reads the run's own artifacts (`ctx.read`, names from `quantlib.core.registry`). The production
+universe is the walk-forward's universe at t = now.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from quantlib.core import storage
+from quantlib.backtest import walkforward
+from quantlib.core import figures, registry, storage
 from quantlib.core.errors import DataError, GateError
-from quantlib.data.features import load_panel
-from quantlib.sleeve.health import assess, close_to_returns
-from quantlib.data.lakehouse import Lakehouse
-from quantlib.core.profiles import ANNUALIZATION, Profile
+from quantlib.core.gates import GateResult, enforce
+from quantlib.core.profiles import ANNUALIZATION
 from quantlib.core.runs import Run, list_runs, utc_now
-from quantlib.data.scanners import Scanner, load_scanner
+from quantlib.data.scanners import Scanner
 from quantlib.engine.context import StageContext
-from quantlib.sleeve.synthesis import check_directions
-from quantlib.sleeve.universe import (base_universe, candidates_at, check_point_in_time, funnel_text, require_symbols_table,
-                       screener_history)
+from quantlib.sleeve import postanalysis, signtest, tearsheet
+from quantlib.sleeve.analysis import antifragility
+from quantlib.sleeve.audit import audit_sleeve
+from quantlib.sleeve.health import assess
+from quantlib.sleeve.inputs import HealthError, benchmark_returns, load_sleeve_inputs
+from quantlib.sleeve.synthesis import build_atoms, check_directions, flatten as flatten_atoms, synthetic_returns
+from quantlib.sleeve.universe import candidates_at, funnel_text
 from quantlib.sleeve.window import analyze_window, optimize_window, select_window, selection_params, training_window
 
 CANDIDATE_FIELDS = ["symbol", "direction", "logic", "scanner", "value_traded", "recommend_all", "recommend_ma"]
-
-
-class HealthError(GateError):
-    """Strict health left too few assets, or the benchmark is missing/unhealthy."""
 
 
 def annualization(asset_class: str) -> int:
@@ -45,7 +45,7 @@ def annualization(asset_class: str) -> int:
 def locate_data_run(runs_root: Path, scanners: list[str], pinned: str | None) -> Run:
     """The pinned data run, or the newest PASS data run that exported every one of `scanners`."""
     def has_exports(run: Run) -> bool:
-        return all((run.dir / "export" / f"{s}.json").exists() for s in scanners)
+        return all(run.path(registry.path("data", "export", scanner=s)).exists() for s in scanners)
 
     if pinned:
         run = Run.open(runs_root, pinned)
@@ -72,7 +72,7 @@ def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
     empty list is no error here (the sleeve's own universe decides)."""
     frames = [pd.DataFrame(columns=CANDIDATE_FIELDS)]
     for scanner in scanners:
-        doc = storage.read_json(data_run.dir / "export" / f"{scanner}.json")
+        doc = storage.read_json(data_run.path(registry.path("data", "export", scanner=scanner)))
         rows = pd.DataFrame(doc.get("candidates", []))
         if not rows.empty:
             frames.append(rows.assign(scanner=scanner).reindex(columns=CANDIDATE_FIELDS))
@@ -81,64 +81,9 @@ def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-@dataclass
-class SleeveInputs:
-    """What a sleeve decides on, read from the lakehouse as of its last bar (`load_sleeve_inputs`)."""
-
-    base: list[str]              # the base universe: symbol-table symbols passing the static filters
-    returns: pd.DataFrame        # dates x base symbols over the lookback (NaN where no bar)
-    close: pd.DataFrame          # dates x (base + benchmark) closes over the lookback window
-    screener: pd.DataFrame       # date, symbol, point-in-time screener fields (universe.screener_history)
-    files: list[Path]            # lakehouse files read
-
-
-def load_sleeve_inputs(lake: Lakehouse, profile: Profile, scanners: list[Scanner],
-                       end: pd.Timestamp | None = None) -> SleeveInputs:
-    """The sleeve's raw inputs from the lakehouse: base universe, returns and the point-in-time
-    screener over the last `sleeve.lookback_days` bars up to `end` (default: the last bar). The
-    aggregate stage and the look-ahead audit (on a perturbed copy of the lakehouse) both call it."""
-    cfg, data = profile.sleeve, profile.data
-    check_point_in_time(scanners)
-    symbols = require_symbols_table(lake.read_symbols(), str(lake.symbols_path))
-    base = base_universe(symbols, scanners, lake.stored_symbols(data.timeframe))
-    if not base:
-        raise DataError(f"aggregate: no symbol of the lakehouse symbol table {lake.symbols_path} with stored "
-                        f"{data.timeframe} bars passes the static filters of {[s.name for s in scanners]} "
-                        f"(sleeve.scanners); run the data phase with these scanners")
-    venues = sorted({s.split(":", 1)[0] for s in base})
-    if len(venues) > 1:
-        raise DataError(f"aggregate: the static filters of {[s.name for s in scanners]} (sleeve.scanners) admit "
-                        f"symbols of several exchanges {venues}, whose calendars differ; add an "
-                        f"{{field: exchange, op: \"==\", value: ...}} filter to the scanner")
-    loaded = sorted(set(base) | {cfg.benchmark})
-    panel = load_panel(lake, loaded, data.timeframe)
-    if end is not None:
-        panel = {f: frame.loc[frame.index <= end] for f, frame in panel.items()}
-    close = panel["close"]
-    if close.empty:
-        raise HealthError(f"aggregate: the lakehouse {lake.root} has no bars for the {len(base)} base-universe "
-                          f"symbols; run `python run_book.py data` first")
-    window = close.dropna(how="all").index[-cfg.lookback_days:]
-    returns = close_to_returns(close.loc[window]).reindex(columns=base)
-    features = _features_for(lake, loaded)
-    screener = screener_history(panel, symbols, features, lake.read_registry(), data.flat_bars)
-    screener = screener[screener["date"].isin(returns.index)].reset_index(drop=True)
-    files = [lake.ohlcv_path(s, data.timeframe) for s in loaded] + [lake.symbols_path, lake.registry_path,
-                                                                    lake.features_path]
-    return SleeveInputs(base, returns, close.loc[window], screener, [p for p in files if p.exists()])
-
-
-def benchmark_returns(inputs: SleeveInputs, profile: Profile) -> pd.Series:
-    """The market benchmark's daily returns over the sleeve's window (NaN where it has no bar)."""
-    name = profile.sleeve.benchmark
-    close = inputs.close[[name]] if name in inputs.close.columns else pd.DataFrame({name: np.nan}, index=inputs.close.index)
-    return close_to_returns(close)[name].rename("benchmark")
-
-
 def scanners_of(ctx: StageContext) -> list[Scanner]:
     """The sleeve's scanner definitions as resolved by its aggregate stage (recorded in universe.json)."""
-    doc = storage.read_json(ctx.require("artifacts/universe.json"))
-    return [Scanner.model_validate(s) for s in doc["scanners"]]
+    return [Scanner.model_validate(s) for s in ctx.read("universe")["scanners"]]
 
 
 def aggregate(ctx: StageContext) -> dict:
@@ -146,9 +91,8 @@ def aggregate(ctx: StageContext) -> dict:
     production universe: the sleeve's scanners evaluated at its last bar, strict health on the
     last `lookback_days` bars."""
     cfg, data = ctx.profile.sleeve, ctx.profile.data
-    runs_root = Path(ctx.run.manifest.get("runs_root") or ctx.run.dir.parent)
-    data_run = locate_data_run(runs_root, cfg.scanners, cfg.data_run_id)
-    scanners = [load_scanner(name) for name in cfg.scanners]
+    data_run = locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id)
+    scanners = ctx.scanners(cfg.scanners)
     lake = ctx.lake
     inputs = load_sleeve_inputs(lake, ctx.profile, scanners)
     returns, now = inputs.returns, inputs.returns.index[-1]
@@ -167,18 +111,18 @@ def aggregate(ctx: StageContext) -> dict:
                           f"sleeve.min_assets_after_health={cfg.min_assets_after_health} (status counts {counts}; "
                           f"funnel: {funnel_text(funnel, now)}); widen the scanners or refresh the data run")
 
-    storage.write_parquet(ctx.path("artifacts/returns.parquet"), returns)
-    storage.write_parquet(ctx.path("artifacts/benchmark.parquet"), benchmark_returns(inputs, ctx.profile).to_frame())
-    storage.write_parquet(ctx.path("artifacts/screener.parquet"), inputs.screener)
-    storage.write_parquet(ctx.path("artifacts/candidates.parquet"), candidates)
-    storage.write_parquet(ctx.path("artifacts/funnel.parquet"), funnel)
+    ctx.write("returns", returns)
+    ctx.write("benchmark", benchmark_returns(inputs, ctx.profile).to_frame())
+    ctx.write("screener", inputs.screener)
+    ctx.write("candidates", candidates)
+    ctx.write("funnel", funnel)
     health = candidates.drop_duplicates("symbol")[["symbol", "scanner", "health", "health_returns", "last_bar",
                                                    "health_detail"]]
     health = health.rename(columns={"health": "status", "health_returns": "returns", "health_detail": "detail"})
     doc = {"run_id": ctx.run.id, "generated_at": utc_now(), "data_run": data_run.id,
            "window": [returns.index[0], now], "benchmark": cfg.benchmark, "counts": counts, "healthy": healthy,
            "symbols": health.to_dict(orient="records")}
-    storage.write_json(ctx.path("artifacts/health.json"), doc)
+    ctx.write("health", doc)
     today = read_candidates(data_run, cfg.scanners)
     universe = {"run_id": ctx.run.id, "as_of": now, "base_universe": {
                     "source": f"lakehouse/{lake.symbols_path.name} (every symbol ever ingested) with stored "
@@ -189,24 +133,13 @@ def aggregate(ctx: StageContext) -> dict:
                 "data_run_export": {"data_run": data_run.id, "count": len(today),
                                     "not_in_point_in_time": sorted(set(today["symbol"]) - set(candidates["symbol"])),
                                     "only_in_point_in_time": sorted(set(candidates["symbol"]) - set(today["symbol"]))}}
-    storage.write_json(ctx.path("artifacts/universe.json"), universe)
+    ctx.write("universe", universe)
     read = {f"lakehouse/{p.relative_to(lake.root)}": storage.sha256_file(p) for p in inputs.files}
-    read.update({f"{data_run.id}/export/{s}.json": storage.sha256_file(data_run.dir / "export" / f"{s}.json")
-                 for s in cfg.scanners})
-    storage.write_json(ctx.path("artifacts/data_inputs.json"), {"data_run": data_run.id, "files": read})
+    for s in cfg.scanners:
+        export = registry.path("data", "export", scanner=s)
+        read[f"{data_run.id}/{export}"] = storage.sha256_file(data_run.path(export))
+    ctx.write("data_inputs", {"data_run": data_run.id, "files": read})
     return {**doc, "universe": universe, "funnel": funnel}
-
-
-def _features_for(lake: Lakehouse, symbols: list[str]) -> pd.DataFrame:
-    """The features-matrix rows of `symbols` (every bar: the screener history needs them)."""
-    if not lake.features_path.exists():
-        raise DataError(f"aggregate: missing {lake.features_path}; run the data phase's backfill stage")
-    try:
-        frame = pd.read_parquet(lake.features_path, filters=[("symbol", "in", list(symbols))])
-    except Exception as exc:
-        raise DataError(f"aggregate: unreadable {lake.features_path} ({type(exc).__name__}); "
-                        f"delete it and re-run the data phase's backfill stage") from None
-    return frame.sort_values(["symbol", "ts"], ignore_index=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,13 +147,11 @@ def _features_for(lake: Lakehouse, symbols: list[str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 def select(ctx: StageContext):
     """HTR selection on the training window of the production universe (ratings at its last bar)."""
-    returns = storage.read_parquet(ctx.require("artifacts/returns.parquet"))
-    candidates = storage.read_parquet(ctx.require("artifacts/candidates.parquet"))
-    train = training_window(returns, ctx.profile.sleeve.train_days)
-    result = select_window(train, candidates, ctx.profile.sleeve.asset_class, selection_params(ctx.profile))
+    train = training_window(ctx.read("returns"), ctx.profile.sleeve.train_days)
+    result = select_window(train, ctx.read("candidates"), ctx.profile.sleeve.asset_class, selection_params(ctx.profile))
     result.audit.update(run_id=ctx.run.id, train_start=train.index[0], train_end=train.index[-1])
-    storage.write_parquet(ctx.path("artifacts/selection.parquet"), result.selection)
-    storage.write_json(ctx.path("artifacts/selection_audit.json"), result.audit)
+    ctx.write("selection", result.selection)
+    ctx.write("selection_audit", result.audit)
     return result
 
 
@@ -229,18 +160,14 @@ def select(ctx: StageContext):
 # ----------------------------------------------------------------------------------------------
 def synthesize(ctx: StageContext) -> dict:
     """Atoms, synthetic returns on the training window, pre-opt sign test (gate when atomic flag on)."""
-    from quantlib.sleeve import signtest
-    from quantlib.sleeve.synthesis import build_atoms, synthetic_returns
-
-    returns = storage.read_parquet(ctx.require("artifacts/returns.parquet"))
-    selection = storage.read_parquet(ctx.require("artifacts/selection.parquet"))
-    train = training_window(returns, ctx.profile.sleeve.train_days)
+    selection = ctx.read("selection")
+    train = training_window(ctx.read("returns"), ctx.profile.sleeve.train_days)
     atoms = build_atoms(selection)
     synthetic = synthetic_returns(train, atoms)
     result = signtest.pre_opt(atoms, train, synthetic, selection)
-    storage.write_parquet(ctx.path("artifacts/atoms.parquet"), atoms)
-    storage.write_parquet(ctx.path("artifacts/synthetic_returns.parquet"), synthetic)
-    storage.write_json(ctx.path("artifacts/sign_test_pre_opt.json"), result)
+    ctx.write("atoms", atoms)
+    ctx.write("synthetic_returns", synthetic)
+    ctx.write("sign_test_pre_opt", result.to_dict())
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "synthesize")
     return result
 
@@ -250,14 +177,12 @@ def synthesize(ctx: StageContext) -> dict:
 # ----------------------------------------------------------------------------------------------
 def pre_opt(ctx: StageContext) -> dict:
     """Clusters, antifragility, regime and the regime cluster cap, on the training window only."""
-    from quantlib.sleeve.analysis import antifragility
-
-    synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
+    synthetic = ctx.read("synthetic_returns")
     clusters, state = analyze_window(synthetic, ctx.profile)
     stats = antifragility(synthetic, annualization(ctx.profile.sleeve.asset_class))
-    storage.write_json(ctx.path("artifacts/clusters.json"), clusters)
-    storage.write_parquet(ctx.path("artifacts/antifragility.parquet"), stats.rename_axis("atom_id"))
-    storage.write_json(ctx.path("artifacts/regime.json"), state)
+    ctx.write("clusters", clusters)
+    ctx.write("antifragility", stats.rename_axis("atom_id"))
+    ctx.write("regime", state)
     return {"clusters": clusters, "antifragility": stats, "regime": state}
 
 
@@ -266,23 +191,17 @@ def pre_opt(ctx: StageContext) -> dict:
 # ----------------------------------------------------------------------------------------------
 def optimize(ctx: StageContext) -> dict:
     """Every risk profile with the profile's engine, Stable Sum Gate, flattening, post-opt sign test."""
-    from quantlib.sleeve import signtest
-    from quantlib.sleeve.synthesis import flatten
-
-    synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
-    atoms = storage.read_parquet(ctx.require("artifacts/atoms.parquet"))
-    clusters = storage.read_json(ctx.require("artifacts/clusters.json"))
-    state = storage.read_json(ctx.require("artifacts/regime.json"))
+    atoms, state = ctx.read("atoms"), ctx.read("regime")
     opt = ctx.profile.optimizer
-    weights, infos = optimize_window(synthetic, clusters, state, ctx.profile)
-    flat = flatten(weights, atoms)
+    weights, infos = optimize_window(ctx.read("synthetic_returns"), ctx.read("clusters"), state, ctx.profile)
+    flat = flatten_atoms(weights, atoms)
     result = signtest.post_opt(atoms, weights, flat)
-    storage.write_parquet(ctx.path("artifacts/weights.parquet"), weights)
-    storage.write_parquet(ctx.path("artifacts/flattened.parquet"), flat)
-    storage.write_json(ctx.path("artifacts/sign_test.json"), result)
-    storage.write_json(ctx.path("artifacts/optimization.json"),
-                       {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": state["cluster_cap"],
-                        "atom_cap": state["atom_cap"], "profiles": infos})
+    ctx.write("weights", weights)
+    ctx.write("flattened", flat)
+    ctx.write("sign_test", result.to_dict())
+    ctx.write("optimization",
+              {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": state["cluster_cap"],
+               "atom_cap": state["atom_cap"], "profiles": infos})
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "optimize")
     return {"weights": weights, "flattened": flat, "sign_test": result, "info": infos}
 
@@ -296,106 +215,96 @@ class SleeveReport:
     portfolio: pd.DataFrame        # in-sample returns per risk profile
     tables: dict[str, dict]        # per profile: weights, clusters
     figures: dict[str, list]       # per profile: plotly figures
-    audit: dict
+    audit: GateResult
 
 
 def report(ctx: StageContext) -> SleeveReport:
     """Tearsheet per risk profile, weight files, then the audit gate (its failure fails the run)."""
-    from quantlib.sleeve import tearsheet as ts
-    from quantlib.sleeve.audit import audit_sleeve
-    from quantlib.engine.executor import stages
-    from quantlib.core.figures import write_figures_html
-
-    art = lambda rel: storage.read_parquet(ctx.require(f"artifacts/{rel}"))  # noqa: E731
-    synthetic, weights, atoms, flat = art("synthetic_returns.parquet"), art("weights.parquet"), art("atoms.parquet"), \
-        art("flattened.parquet")
-    benchmark = art("benchmark.parquet")["benchmark"]
-    portfolio = ts.portfolio_returns(synthetic, weights)
-    stats = ts.in_sample_table(portfolio, annualization(ctx.profile.sleeve.asset_class))
-    tables, figures = {}, {}
+    synthetic, weights, atoms, flat = (ctx.read(n) for n in ("synthetic_returns", "weights", "atoms", "flattened"))
+    benchmark = ctx.read("benchmark")["benchmark"]
+    portfolio = tearsheet.portfolio_returns(synthetic, weights)
+    stats = tearsheet.in_sample_table(portfolio, annualization(ctx.profile.sleeve.asset_class))
+    tables, figs = {}, {}
     for profile in ctx.profile.optimizer.profiles:
-        tables[profile] = t = ts.profile_tables(profile, synthetic, weights, atoms)
-        figures[profile] = [ts.weights_figure(t["weights"], profile), ts.clusters_figure(t["clusters"], profile),
-                            ts.risk_figure(t["weights"], profile),
-                            ts.equity_figure(portfolio[[profile]], benchmark, f"{profile}: in-sample equity and drawdown")]
-        write_figures_html(figures[profile], ctx.path(f"reports/tearsheet_{profile}.html"),
-                           f"{ctx.profile.name} · {profile} · run {ctx.run.id} (in-sample)")
-    storage.write_text(ctx.path("artifacts/weights.csv"), weights.to_csv(index=False))  # for spreadsheets
-    storage.write_text(ctx.path("artifacts/flattened.csv"), flat.to_csv(index=False))
-    names = [s.name for s in stages("sleeve")]
-    earlier = names[:names.index("report")]
-    audit = audit_sleeve(ctx.run, earlier)
-    storage.write_json(ctx.path("artifacts/audit.json"), audit)
+        tables[profile] = t = tearsheet.profile_tables(profile, synthetic, weights, atoms)
+        figs[profile] = [tearsheet.weights_figure(t["weights"], profile), tearsheet.clusters_figure(t["clusters"], profile),
+                         tearsheet.risk_figure(t["weights"], profile),
+                         tearsheet.equity_figure(portfolio[[profile]], benchmark,
+                                                 f"{profile}: in-sample equity and drawdown")]
+        figures.write_figures_html(figs[profile], ctx.path("tearsheet_html", profile=profile),
+                                   f"{ctx.profile.name} · {profile} · run {ctx.run.id} (in-sample)")
+    ctx.write("weights_csv", weights.to_csv(index=False))  # for spreadsheets
+    ctx.write("flattened_csv", flat.to_csv(index=False))
+    earlier = [s.name for s in registry.stages("sleeve")[:registry.find_stage("sleeve", "report")[0] - 1]]
+    audit = audit_sleeve(ctx.run, earlier, returns=ctx.read("returns"), selection=ctx.read("selection"),
+                         selection_audit=ctx.read("selection_audit"), weights=weights,
+                         optimization=ctx.read("optimization"),
+                         sign_test_pre=GateResult.from_dict(ctx.read("sign_test_pre_opt")),
+                         sign_test_post=GateResult.from_dict(ctx.read("sign_test")))
+    ctx.write("audit", audit.to_dict())
     window = (synthetic.index[0].date(), synthetic.index[-1].date())
-    storage.write_text(ctx.path("reports/tearsheet.md"),
-                       ts.markdown_summary(ctx.run.id, ctx.profile.name, stats, flat, audit, window))
-    if not audit["passed"]:
-        failed = [c for c in audit["checks"] if c["required"] and not c["passed"]]
-        raise GateError(f"report: audit gate failed ({', '.join(c['code'] for c in failed)}): {failed[0]['detail']}; "
-                        f"see {ctx.run.path('artifacts/audit.json')}")
-    return SleeveReport(stats, portfolio, tables, figures, audit)
+    ctx.write("tearsheet", tearsheet.markdown_summary(ctx.run.id, ctx.profile.name, stats, flat, audit, window))
+    enforce(audit, f"see {ctx.path('audit')}")
+    return SleeveReport(stats, portfolio, tables, figs, audit)
 
 
 # ----------------------------------------------------------------------------------------------
 # 7. validation backtest (optional) and 8. post-analysis (optional)
 # ----------------------------------------------------------------------------------------------
+WALK_FORWARD_FRAMES = {"wf_returns": "returns", "wf_benchmarks": "benchmarks", "wf_turnover": "turnover",
+                       "wf_costs": "costs"}
+WALK_FORWARD_TABLES = {"wf_windows": "windows", "wf_universe": "universe", "wf_funnel": "funnel",
+                       "wf_holdings": "holdings", "wf_events": "events"}
+
+
 def validate(ctx: StageContext, progress: bool = True):
     """Walk-forward validation on the run's own artifacts; writes backtest/*; parity gates the stage."""
-    from quantlib.backtest import walkforward as backtest
-
-    art = lambda rel: storage.read_parquet(ctx.require(f"artifacts/{rel}"))  # noqa: E731
     bar = None
     if progress:
-        import sys
-
         from tqdm import tqdm  # the text bar: a widget bar would be saved as "0%" in the executed notebook
 
         bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window", file=sys.stdout,  # noqa: E731
                               mininterval=1.0)
-    wf = backtest.run(art("returns.parquet"), art("screener.parquet"), scanners_of(ctx),
-                      art("benchmark.parquet")["benchmark"], ctx.profile, progress=bar)
-    for name, frame in (("returns", wf.returns), ("benchmarks", wf.benchmarks), ("turnover", wf.turnover),
-                        ("costs", wf.costs)):
-        storage.write_parquet(ctx.path(f"backtest/{name}.parquet"), frame.rename_axis("date"))
-    storage.write_parquet(ctx.path("backtest/metrics.parquet"), wf.metrics.rename_axis("name"))
-    for name in ("windows", "universe", "funnel", "holdings", "events"):
-        storage.write_parquet(ctx.path(f"backtest/{name}.parquet"), getattr(wf, name))
-    storage.write_json(ctx.path("backtest/parity.json"), {"run_id": ctx.run.id, **wf.parity})
-    if wf.parity["passed"] is False:
-        worst = max(wf.parity["profiles"].items(), key=lambda kv: kv[1]["final_rel_diff"])
-        raise backtest.BacktestError(f"validate: reference and vectorbt simulators disagree on {worst[0]} "
-                                     f"(final equity rel. diff {worst[1]['final_rel_diff']:.2e} > "
-                                     f"backtest.parity_tolerance={wf.parity['tolerance']})")
+    wf = walkforward.run(ctx.read("returns"), ctx.read("screener"), scanners_of(ctx), ctx.read("benchmark")["benchmark"],
+                         ctx.profile, progress=bar)
+    for name, attribute in WALK_FORWARD_FRAMES.items():
+        ctx.write(name, getattr(wf, attribute).rename_axis("date"))
+    ctx.write("wf_metrics", wf.metrics.rename_axis("name"))
+    for name, attribute in WALK_FORWARD_TABLES.items():
+        ctx.write(name, getattr(wf, attribute))
+    ctx.write("parity", GateResult(wf.parity.gate, wf.parity.checks, {"run_id": ctx.run.id, **wf.parity.info}).to_dict())
+    if wf.parity.checked and not wf.parity.passed:
+        raise walkforward.BacktestError(f"validate: reference and vectorbt simulators disagree: {wf.parity.summary()}")
     return wf
 
 
 def post_analysis(ctx: StageContext) -> dict:
     """Cluster map, factor map and drift monitors (plotly, also standalone HTML under plots/)."""
-    from quantlib.sleeve import postanalysis as pa
-
-    synthetic = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet"))
-    weights = storage.read_parquet(ctx.require("artifacts/weights.parquet"))
-    labels = pd.Series(storage.read_json(ctx.require("artifacts/clusters.json"))["labels"])
-    history = _rebalance_history(ctx, weights)
+    synthetic, weights = ctx.read("synthetic_returns"), ctx.read("weights")
+    labels = pd.Series(ctx.read("clusters")["labels"])
+    history = _rebalance_history(ctx, synthetic.index[-1], weights)
     main = ctx.profile.optimizer.profiles[0]
-    figures = {"cluster_map": pa.cluster_map(synthetic, ctx.profile.selection.threshold, ctx.profile.selection.max_clusters),
-               "factor_map": pa.factor_map(synthetic, labels, weights[weights["profile"] == main].set_index("atom_id")["weight"])}
+    selection = ctx.profile.selection
+    plots = {"cluster_map": postanalysis.cluster_map(synthetic, selection.threshold, selection.max_clusters),
+             "factor_map": postanalysis.factor_map(synthetic, labels,
+                                                   weights[weights["profile"] == main].set_index("atom_id")["weight"])}
+    paths = {name: figures.write_figure_html(fig, ctx.path(name)) for name, fig in plots.items()}
     for profile in ctx.profile.optimizer.profiles:
-        figures[f"drift_{profile}"] = pa.drift_monitor(history, profile)
-        figures[f"clusters_{profile}"] = pa.cluster_composition(history, profile)
-    drift = pa.drift_table(history)
-    storage.write_parquet(ctx.path("artifacts/drift.parquet"), drift)
-    paths = pa.write_plots(figures, ctx.path("plots/x").parent)
-    return {"figures": figures, "drift": drift, "paths": paths, "history": history}
+        for key, name, chart in (("drift", "drift_plot", postanalysis.drift_monitor),
+                                 ("clusters", "clusters_plot", postanalysis.cluster_composition)):
+            plots[f"{key}_{profile}"] = fig = chart(history, profile)
+            paths[f"{key}_{profile}"] = figures.write_figure_html(fig, ctx.path(name, profile=profile))
+    drift = postanalysis.drift_table(history)
+    ctx.write("drift", drift)
+    return {"figures": plots, "drift": drift, "paths": paths, "history": history}
 
 
-def _rebalance_history(ctx: StageContext, weights: pd.DataFrame) -> pd.DataFrame:
+def _rebalance_history(ctx: StageContext, production_date: pd.Timestamp, weights: pd.DataFrame) -> pd.DataFrame:
     """Weights across rebalances: the validation backtest's if it ran, plus the production weights."""
-    synthetic_end = storage.read_parquet(ctx.require("artifacts/synthetic_returns.parquet")).index[-1]
-    production = weights.assign(rebalance=synthetic_end)[["rebalance", "profile", "atom_id", "weight", "cluster"]]
-    held = ctx.run.path("backtest/holdings.parquet")
-    if not held.exists():
+    columns = ["rebalance", "profile", "atom_id", "weight", "cluster"]
+    production = weights.assign(rebalance=production_date)[columns]
+    if not ctx.exists("wf_holdings"):
         return production
-    past = storage.read_parquet(held).rename(columns={"decision": "rebalance"})
-    past = past[past["rebalance"] < synthetic_end][["rebalance", "profile", "atom_id", "weight", "cluster"]]
+    past = ctx.read("wf_holdings").rename(columns={"decision": "rebalance"})
+    past = past[past["rebalance"] < production_date][columns]
     return pd.concat([past, production], ignore_index=True)
