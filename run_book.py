@@ -7,6 +7,7 @@
   python run_book.py meta PROFILE              # Phase 3: sleeves in parallel on Ray -> fractal portfolio
   python run_book.py baseline rating_all       # the Binance rating LONG/SHORT pair, audited
   python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
+  python run_book.py compare RUN_A RUN_B       # same artifacts? (parquet exact, JSON apart from ids/times)
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
@@ -132,6 +133,25 @@ def cmd_audit_lookahead(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def _run_at(args: argparse.Namespace, ref: str):
+    """A run given by its directory or by its id under --runs-dir."""
+    from quantlib.core.runs import Run
+
+    return Run.at(Path(ref)) if Path(ref).is_dir() else Run.open(_runs_dir(args), ref)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantlib.engine.compare import compare_runs
+
+    a, b = _run_at(args, args.run_a), _run_at(args, args.run_b)
+    compared, differences = compare_runs(a, b)
+    for d in differences:
+        print(f"  DIFF  {d.path}: {d.what}")
+    print(f"{'SAME' if not differences else 'DIFFERENT'}: {compared} artifacts compared, {len(differences)} differ "
+          f"({a.id} vs {b.id})")
+    return 0 if not differences else 1
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from quantlib.core.runs import list_runs
 
@@ -217,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events planted after the cutoff: a held symbol delisted, a held symbol +600 %%, "
                         "a new listing (default: all three)")
     p.set_defaults(func=cmd_audit_lookahead)
+
+    p = sub.add_parser("compare", help="compare two runs artifact by artifact",
+                       description="Compare every artifact of two runs of the same phase (a meta's sleeves too): "
+                                   "parquet frames exactly, JSON and text apart from run ids, paths and times.")
+    p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
+    p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
     p.set_defaults(func=cmd_runs)

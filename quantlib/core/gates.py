@@ -38,7 +38,7 @@ class Check:
         object.__setattr__(self, "passed", bool(self.passed))
 
     def label(self) -> str:
-        return f"{self.subject} {self.code}" if self.subject else self.code
+        return f"{self.code}:{self.subject}" if self.subject else self.code
 
 
 @dataclass(frozen=True)
