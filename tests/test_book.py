@@ -13,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from quantlib.engine import executor as book
+from quantlib.engine import executor as book, html
+from quantlib.engine.html import export_notebook_html
 from quantlib.core import storage
 from quantlib.core import registry
 from quantlib.core.registry import Artifact, Stage
@@ -268,7 +269,7 @@ def test_html_export_embeds_plotly_js_without_cdn(make_run):
     assert not [s for s in script_srcs(page) if "plotly" in s.lower()], script_srcs(page)
 
     # and directly: export_notebook_html on the executed notebook rewrites the same file
-    again = book.export_notebook_html(run.dir / "notebooks" / "01_chart.ipynb")
+    again = export_notebook_html(run.dir / "notebooks" / "01_chart.ipynb")
     assert again == html_path and again.read_text(encoding="utf-8").count(probe) == 1
 
 
@@ -297,7 +298,7 @@ def plotly_notebook(path: Path) -> Path:
 
 
 def test_html_export_loads_no_script_from_a_cdn(tmp_path):
-    html = book.export_notebook_html(plotly_notebook(tmp_path / "chart.ipynb")).read_text(encoding="utf-8")
+    html = export_notebook_html(plotly_notebook(tmp_path / "chart.ipynb")).read_text(encoding="utf-8")
     assert "planted-bars" in html
     assert not [s for s in script_srcs(html) if s.startswith(("http://", "https://"))], script_srcs(html)
 
@@ -323,7 +324,7 @@ def test_unexpected_error_fails_the_run_instead_of_leaving_it_running(make_run, 
 
 def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monkeypatch):
     run = make_run((ok_stage("only"),))
-    monkeypatch.setattr(book, "export_notebook_html", lambda nb: (_ for _ in ()).throw(OSError("no space")))
+    monkeypatch.setattr(html, "export_notebook_html", lambda nb: (_ for _ in ()).throw(OSError("no space")))
     ok, _ = run_collect(run)
     record = reopen(run).manifest["stages"]["only"]
     assert ok and record["status"] == "completed"

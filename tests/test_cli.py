@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantlib.engine import executor as book
+from quantlib.engine.index import write_index
 from quantlib.core.errors import ProfileError
 from quantlib.core.profiles import default_profiles_dir, list_profiles, load_profile
 from quantlib.core.runs import Run
@@ -169,7 +169,7 @@ def test_show_missing_run_exits_2(capsys, runs_dir):
 
 def test_show_prints_index_of_a_run(capsys, runs_dir, tmp_path):
     run = make_run(runs_dir, tmp_path, status="FAIL")
-    book.write_index(run, "data")
+    write_index(run, "data")
     code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", run.id)
     assert code == 0
     assert f"# Run `{run.id}`" in out and "**Status:** FAIL" in out and "`demo`" in out

@@ -12,7 +12,6 @@ import numpy as np
 
 from conftest import art
 from quantlib.core import registry
-from quantlib.engine import executor as book
 from quantlib.core import storage
 from quantlib.core.runs import Run
 

@@ -13,8 +13,11 @@ from pathlib import Path
 from quantlib.core import registry, storage
 from quantlib.core.errors import StageError, WorkbookError
 from quantlib.core.registry import Stage, stages
-from quantlib.core.runs import INDEX, Run, utc_now
+from quantlib.core.runs import Run, utc_now
 from quantlib.core.workspace import Workspace
+from quantlib.engine import html
+from quantlib.engine.html import HtmlExports
+from quantlib.engine.index import write_index
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
@@ -193,7 +196,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
         if export_html and target.exists():
-            (exports.submit if exports else _export_html)(target, record)
+            (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start
     outputs = {}
     missing = []
@@ -214,41 +217,6 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
         run.record_read(storage.read_json(run.path(registry.path(run.manifest["phase"], DATA_INPUTS))))
     run.save()
     return seconds
-
-
-class HtmlExports:
-    """HTML exports in a background thread: nbconvert runs while the kernel computes the next stage.
-
-    The thread never touches the manifest: `wait` (called before the manifest and INDEX.md are
-    written for the last time) copies each result (`html` or `html_error`) into its stage record.
-    """
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html-export")
-        self.pending: list = []
-
-    def submit(self, notebook: Path, record: dict) -> None:
-        self.pending.append((record, self.pool.submit(_html_result, notebook)))
-
-    def wait(self) -> None:
-        for record, future in self.pending:
-            record.update(future.result())
-        self.pending.clear()
-        self.pool.shutdown(wait=True)
-
-
-def _html_result(notebook: Path) -> dict:
-    """Export the HTML report; a failed export is recorded, never masks the stage's own outcome."""
-    try:
-        return {"html": f"notebooks/{export_notebook_html(notebook).name}"}
-    except Exception as exc:
-        return {"html_error": f"{type(exc).__name__}: {exc}"}
-
-
-def _export_html(notebook: Path, record: dict) -> None:
-    record.update(_html_result(notebook))
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:
@@ -273,101 +241,3 @@ def _running_cell(notebook: Path) -> str:
         if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
             return str(cell.get("execution_count") or f"#{i}")
     return "?"
-
-
-OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
-{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-"""
-"""The lab template without require.js and MathJax, which it would load from a CDN."""
-
-
-def export_notebook_html(notebook: Path) -> Path:
-    """HTML export of an executed notebook with plotly.js embedded once (works offline, no CDN)."""
-    import jinja2
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    from quantlib.core.figures import plotly_js
-
-    nb = nbformat.read(str(notebook), as_version=4)
-    offline = jinja2.DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[offline], template_file="offline.html.j2")
-    body, _ = exporter.from_notebook_node(nb)
-    if "plotly-graph-div" in body or "Plotly.newPlot" in body:
-        body = body.replace("</head>", f'<script type="text/javascript">{plotly_js()}</script>\n</head>', 1)
-    return storage.write_text(notebook.with_suffix(".html"), body)
-
-
-def write_index(run: Run, phase: str) -> Path:
-    """INDEX.md: profile name, run id, status, stage table with links, artifacts with hashes."""
-    m = run.manifest
-    lines = [f"# Run `{m['run_id']}`", "",
-             f"- **Status:** {m.get('status', '?')}",
-             f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
-             f"- **Run id:** `{m['run_id']}`",
-             f"- **Phase:** {phase}",
-             f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
-             f"- **Git revision:** `{m.get('git_revision', '')}`",
-             "- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
-             "[manifest.json](manifest.json)"]
-    if m.get("env_overrides"):
-        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
-    if m.get("error"):
-        lines += ["", f"> **FAIL:** {m['error']}"]
-    if m.get("skipped"):
-        lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
-    if m.get("data_run"):
-        lines.append(f"- **Data run:** `{m['data_run']}`")
-    if run.options.parent_run:
-        lines.append(f"- **Parent run:** `{run.options.parent_run}` ([INDEX.md](../../INDEX.md))")
-    lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
-    for index, stage in enumerate(stages(phase), start=1):
-        rec = m.get("stages", {}).get(stage.name, {})
-        nb = rec.get("notebook")
-        html = rec.get("html")
-        status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
-        lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
-                     f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
-    lines += _gate_lines(run, phase) + _children_lines(run)
-    lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
-    for stage in stages(phase):
-        rec = m.get("stages", {}).get(stage.name, {})
-        for rel, digest in rec.get("outputs", {}).items():
-            lines.append(f"| [{rel}]({rel}) | `{digest[:12]}` |")
-        for rel, digest in rec.get("lakehouse_outputs", {}).items():
-            lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
-    return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
-
-
-def _children_lines(run: Run) -> list[str]:
-    """The sleeve runs of a meta run (runs/<META>/sleeves/<id>/), linked, with their status."""
-    rows = []
-    for manifest in sorted((run.dir / "sleeves").glob("*/manifest.json")):
-        try:
-            doc = storage.read_json(manifest)
-        except WorkbookError:
-            doc = {}
-        sid = manifest.parent.name
-        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | {doc.get('status', 'UNREADABLE')} | "
-                    f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
-    return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
-
-
-def _gate_lines(run: Run, phase: str) -> list[str]:
-    """Gate verdicts read from the gate artifacts the stages wrote (never assumed)."""
-    rows = []
-    for stage in stages(phase):
-        for gate in stage.gates:
-            rel = gate.path
-            path = run.dir / rel
-            if not path.exists():
-                rows.append(f"| {rel} | not run |")
-                continue
-            try:
-                passed = storage.read_json(path).get("passed")
-            except WorkbookError:
-                passed = None
-            verdict = "PASS" if passed is True else "FAIL" if passed is False else "not checked"
-            rows.append(f"| [{rel}]({rel}) | {verdict} |")
-    return ["", "## Gates", "", "| gate | verdict |", "|---|---|", *rows] if rows else []

@@ -17,7 +17,7 @@ import pandas as pd
 
 from quantlib.backtest import walkforward
 from quantlib.core import figures, registry, storage
-from quantlib.core.errors import DataError, GateError
+from quantlib.core.errors import DataError
 from quantlib.core.gates import GateResult, enforce
 from quantlib.core.profiles import ANNUALIZATION
 from quantlib.core.runs import Run, list_runs, utc_now

@@ -1,0 +1,85 @@
+"""INDEX.md: a run's table of contents -- status, stages with their notebooks, gates, sleeve runs, artifacts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from quantlib.core import storage
+from quantlib.core.errors import WorkbookError
+from quantlib.core.gates import verdict
+from quantlib.core.registry import stages
+from quantlib.core.runs import INDEX, Run
+
+
+def write_index(run: Run, phase: str) -> Path:
+    """INDEX.md: profile name, run id, status, stage table with links, artifacts with hashes."""
+    m = run.manifest
+    lines = [f"# Run `{m['run_id']}`", "",
+             f"- **Status:** {m.get('status', '?')}",
+             f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
+             f"- **Run id:** `{m['run_id']}`",
+             f"- **Phase:** {phase}",
+             f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
+             f"- **Git revision:** `{m.get('git_revision', '')}`",
+             "- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
+             "[manifest.json](manifest.json)"]
+    if m.get("env_overrides"):
+        lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
+    if m.get("error"):
+        lines += ["", f"> **FAIL:** {m['error']}"]
+    if m.get("skipped"):
+        lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
+    if m.get("data_run"):
+        lines.append(f"- **Data run:** `{m['data_run']}`")
+    if run.options.parent_run:
+        lines.append(f"- **Parent run:** `{run.options.parent_run}` ([INDEX.md](../../INDEX.md))")
+    lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
+    for index, stage in enumerate(stages(phase), start=1):
+        rec = m.get("stages", {}).get(stage.name, {})
+        nb = rec.get("notebook")
+        html = rec.get("html")
+        status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
+        lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
+                     f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
+    lines += _gate_lines(run, phase) + _children_lines(run)
+    lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
+    for stage in stages(phase):
+        rec = m.get("stages", {}).get(stage.name, {})
+        for rel, digest in rec.get("outputs", {}).items():
+            lines.append(f"| [{rel}]({rel}) | `{digest[:12]}` |")
+        for rel, digest in rec.get("lakehouse_outputs", {}).items():
+            lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
+    return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+
+
+def _children_lines(run: Run) -> list[str]:
+    """The sleeve runs of a meta run (runs/<META>/sleeves/<id>/), linked, with their status."""
+    rows = []
+    for manifest in sorted((run.dir / "sleeves").glob("*/manifest.json")):
+        try:
+            doc = storage.read_json(manifest)
+        except WorkbookError:
+            doc = {}
+        sid = manifest.parent.name
+        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | {doc.get('status', 'UNREADABLE')} | "
+                    f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
+    return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
+
+
+def _gate_lines(run: Run, phase: str) -> list[str]:
+    """Gate verdicts read from the gate artifacts the stages wrote (never assumed)."""
+    rows = []
+    for stage in stages(phase):
+        for gate in stage.gates:
+            rel = gate.path
+            path = run.dir / rel
+            if not path.exists():
+                rows.append(f"| {rel} | not run |")
+                continue
+            try:
+                passed = verdict(storage.read_json(path))
+            except WorkbookError:
+                passed = None
+            shown = "PASS" if passed is True else "FAIL" if passed is False else "not checked"
+            rows.append(f"| [{rel}]({rel}) | {shown} |")
+    return ["", "## Gates", "", "| gate | verdict |", "|---|---|", *rows] if rows else []
