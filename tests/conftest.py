@@ -119,3 +119,14 @@ def long_sleeve(workspace, first):
 def short_sleeve(workspace, first):
     result = workspace.book("sleeve", "demo_crypto_short", "--skip-validation", "--skip-analysis", env=SHORT_ENV)
     return result, workspace.run_of(result)
+
+
+#: fixtures that run whole phases with `run_book.py` in subprocesses (minutes each, shared per session)
+END_TO_END_FIXTURES = frozenset({"workspace", "first", "second", "afternoon", "long_sleeve", "short_sleeve"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that needs a real run `e2e`: `pytest -m "not e2e"` is the fast loop."""
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

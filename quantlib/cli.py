@@ -1,0 +1,277 @@
+"""Fractal Workbook orchestration CLI: runs a phase's stage notebooks with papermill into runs/<RUN_ID>/.
+
+  python run_book.py demo                      # the whole workflow offline (simulated venues)
+  python run_book.py data [--profile P]        # Phase 1: scan, ingest, metadata, features, backfill
+  python run_book.py sleeve PROFILE            # Phase 2: one sleeve (selection -> optimization -> audit)
+  python run_book.py meta PROFILE              # Phase 3: sleeves in parallel on Ray -> fractal portfolio
+  python run_book.py baseline rating_all       # the Binance rating LONG/SHORT pair, audited
+  python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
+  python run_book.py compare RUN_A RUN_B       # same artifacts? (parquet exact, JSON apart from ids/times)
+  python run_book.py runs                      # list runs with status
+  python run_book.py show RUN_ID               # print a run's INDEX.md
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from quantlib.core.workspace import Workspace
+
+
+def _runs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.runs_dir).resolve() if args.runs_dir else Workspace.current().runs
+
+
+def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
+              options=None) -> tuple[bool, Path]:
+    """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
+    from quantlib.engine.executor import run_phase as execute
+    from quantlib.core.profiles import load_profile
+    from quantlib.core.runs import Run
+
+    runs_dir = _runs_dir(args)
+    run_id = getattr(args, "run_id", None)
+    if run_id and (runs_dir / run_id / "manifest.json").exists():
+        run = Run.open(runs_dir, run_id)
+        if run.manifest["profile"] != profile and getattr(args, "profile_given", True):
+            print(f"note: resuming run {run_id} of profile {run.manifest['profile']}", file=sys.stderr)
+        print(f"resuming run {run.id} ({run.dir})")
+    else:
+        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, Workspace.current().root, run_id=run_id,
+                         options=options)
+        print(f"run {run.id} ({run.dir})")
+    start = time.perf_counter()
+    ok = execute(run, phase, skip=skip)
+    print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
+    return ok, run.dir
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    ok, _ = run_phase("data", args.profile, args)
+    return 0 if ok else 1
+
+
+def cmd_sleeve(args: argparse.Namespace) -> int:
+    skip = {}
+    if args.skip_validation:
+        skip["validate"] = "--skip-validation"
+    if args.skip_analysis:
+        skip["post_analysis"] = "--skip-analysis"
+    ok, _ = run_phase("sleeve", args.profile, args, skip=skip)
+    return 0 if ok else 1
+
+
+def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
+    from quantlib.stages.meta import check_meta_tree
+
+    check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
+    from quantlib.core.runs import RunOptions
+
+    return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address))
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    ok, run_dir = run_meta(args.profile, args)
+    print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    return 0 if ok else 1
+
+
+BASELINES = {"rating_all": "meta_rating_all", "rating_ma": "meta_rating_ma"}
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    print(f"baseline {args.name}: the LONG and SHORT sleeves in parallel, each audited, then combined "
+          f"({BASELINES[args.name]})")
+    args.run_id = None
+    ok, run_dir = run_meta(BASELINES[args.name], args)
+    for index in sorted(run_dir.glob("sleeves/*/INDEX.md")):
+        print(f"  sleeve report: {index}")
+    print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("Fractal Workbook demo (offline): data phase on the simulated crypto and equities venues, then a\n"
+          "meta portfolio of a crypto LONG, a crypto SHORT and an equities LONG sleeve, each validated walk-forward")
+    start = time.perf_counter()
+    args.run_id = None
+    results = [run_phase("data", profile, args) for profile in args.profiles]
+    if all(ok for ok, _ in results):
+        results.append(run_meta(args.meta_profile, args))
+    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Reports:")
+    for ok, run_dir in results:
+        print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / 'INDEX.md'}")
+    if len(results) > len(args.profiles):
+        print(f"\nThe fractal portfolio: {results[-1][1] / 'meta_portfolio_report.md'}")
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+def pd_date(value) -> str:
+    """A timestamp as an ISO date (no 00:00:00)."""
+    return str(value)[:10]
+
+
+def cmd_audit_lookahead(args: argparse.Namespace) -> int:
+    from quantlib.backtest.lookahead import audit_run
+    from quantlib.core import registry
+    from quantlib.core.runs import Run
+
+    run = Run.open(_runs_dir(args), args.run_id)
+    print(f"look-ahead audit of {run.id}: rerunning its walk-forward from a copy of the lakehouse whose bars and "
+          f"features after the cutoff are noise (events: {', '.join(args.events)}) ...")
+    result = audit_run(run, args.at, args.seed, args.events)
+    info = result.info
+    print(f"cutoff {pd_date(info['cutoff'])} · {info['windows_checked']} of {info['windows_total']} windows "
+          f"decided by then · planted: " + (", ".join(f"{k} {v['symbol']}" for k, v in info["events"].items())
+                                             or "nothing (no held symbol)"))
+    for check in result.checks:
+        print(f"  {'PASS' if check.passed else 'FAIL'}  {check.code}: {check.detail}")
+    print(f"{'PASS' if result.passed else 'FAIL'} · {run.path(registry.path('sleeve', 'lookahead_audit'))}")
+    return 0 if result.passed else 1
+
+
+def _run_at(args: argparse.Namespace, ref: str):
+    """A run given by its directory or by its id under --runs-dir."""
+    from quantlib.core.runs import Run
+
+    return Run.at(Path(ref)) if Path(ref).is_dir() else Run.open(_runs_dir(args), ref)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantlib.engine.compare import compare_runs
+
+    a, b = _run_at(args, args.run_a), _run_at(args, args.run_b)
+    compared, differences = compare_runs(a, b)
+    for d in differences:
+        print(f"  DIFF  {d.path}: {d.what}")
+    print(f"{'SAME' if not differences else 'DIFFERENT'}: {compared} artifacts compared, {len(differences)} differ "
+          f"({a.id} vs {b.id})")
+    return 0 if not differences else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from quantlib.core.runs import list_runs
+
+    rows = list_runs(_runs_dir(args))
+    if not rows:
+        print(f"no runs under {_runs_dir(args)}")
+        return 0
+    print(f"{'run id':<48} {'profile':<22} {'phase':<6} {'status':<10} {'stages':<7} created")
+    for r in rows:
+        print(f"{r['run_id']:<48} {r['profile']:<22} {r['phase']:<6} {r['status']:<10} {r['stages']:<7} {r['created_at']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from quantlib.core.runs import INDEX, Run
+
+    run = Run.open(_runs_dir(args), args.run_id)
+    print((run.dir / INDEX).read_text(encoding="utf-8") if (run.dir / INDEX).exists() else run.manifest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_book.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", help="where run directories live (default: ./runs)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="Phase 1: scanners, ingestion, metadata, ratings, backfill",
+                       description="Run the data phase of PROFILE into a new run dir (or resume --run-id).")
+    p.add_argument("--profile", default="demo", help="data profile in profiles/ (default: demo)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("sleeve", help="Phase 2: one sleeve's book (aggregate ... report)",
+                       description="Run one sleeve's book for PROFILE: aggregate with strict health, HTR selection, "
+                                   "synthesis and sign test, pre-optimization analysis, optimization, report and audit.")
+    p.add_argument("profile", metavar="PROFILE", help="sleeve profile in profiles/ (e.g. demo_crypto_long)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    p.add_argument("--skip-validation", action="store_true", help="skip the walk-forward validation backtest")
+    p.add_argument("--skip-analysis", action="store_true", help="skip the post-analysis charts")
+    p.set_defaults(func=cmd_sleeve)
+
+    def ray_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--executor", choices=["ray", "local"], default="ray",
+                       help="run the sleeves as Ray tasks (default) or one after another in this process")
+        p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one, giving up after "
+                                             "meta.ray_connect_timeout_s (30 s); runs and lakehouse paths must then "
+                                             "be on storage every node sees")
+
+    p = sub.add_parser("meta", help="Phase 3: sleeves in parallel on Ray, gates, risk parity, flattening",
+                       description="Run the meta book of PROFILE: every sleeve's book (Ray tasks), the sign-test and "
+                                   "completeness gates, the meta allocation, flattening and the meta report.")
+    p.add_argument("profile", metavar="PROFILE", help="meta profile in profiles/ (e.g. demo_meta)")
+    p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    ray_options(p)
+    p.set_defaults(func=cmd_meta)
+
+    p = sub.add_parser("baseline", help="the Binance rating baselines: a LONG/SHORT pair, in parallel, audited",
+                       description="Run the long and short sleeves of a rating baseline in parallel, audit both and "
+                                   "combine them (meta profiles meta_rating_all / meta_rating_ma).")
+    p.add_argument("name", choices=sorted(BASELINES), metavar="NAME", help="rating_all | rating_ma")
+    ray_options(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("demo", help="the whole workflow offline: data phase, then a three-sleeve meta portfolio",
+                       description="Data phase on the simulated crypto and equities venues, then the demo_meta "
+                                   "portfolio (crypto LONG + crypto SHORT + equities LONG sleeves, with validation).")
+    p.add_argument("--profiles", nargs="+", default=["demo", "demo_equities"], help=argparse.SUPPRESS)
+    p.add_argument("--meta-profile", default="demo_meta", help=argparse.SUPPRESS)
+    ray_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",
+                       description="Copy the lakehouse RUN_ID read, with every OHLCV bar and features row after "
+                                   "a cutoff perturbed (noise) and events planted after it, rerun the walk-forward from the raw "
+                                   "data and check that the universe, eligibility, selection, weights, trades, "
+                                   "strategy and benchmark returns up to the cutoff are unchanged.")
+    p.add_argument("run_id", metavar="RUN_ID", help="a sleeve run")
+    p.add_argument("--at", help="cutoff date (ISO; default: the middle window's decision date)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbation")
+    p.add_argument("--events", nargs="*", default=["delist", "spike", "listing"], metavar="EVENT",
+                   choices=["delist", "spike", "listing"],
+                   help="events planted after the cutoff: a held symbol delisted, a held symbol +600 %%, "
+                        "a new listing (default: all three)")
+    p.set_defaults(func=cmd_audit_lookahead)
+
+    p = sub.add_parser("compare", help="compare two runs artifact by artifact",
+                       description="Compare every artifact of two runs of the same phase (a meta's sleeves too): "
+                                   "parquet frames exactly, JSON and text apart from run ids, paths and times.")
+    p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
+    p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("show", help="print a run's INDEX.md", description="Print the INDEX.md of RUN_ID.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # stage kernels must run this interpreter (the `python3` kernelspec launches `python` from PATH)
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    from quantlib.core.errors import WorkbookError
+
+    try:
+        return args.func(args)
+    except WorkbookError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
