@@ -18,7 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+from quantlib.backtest.lookahead import audit_run
+from quantlib.core import registry
+from quantlib.core.errors import WorkbookError
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import INDEX, Run, RunOptions, list_runs
+from quantlib.engine.compare import compare_runs
 from quantlib.core.workspace import Workspace
+from quantlib.engine.executor import run_phase as execute
+from quantlib.stages.meta import check_meta_tree
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
@@ -28,9 +36,6 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
               options=None) -> tuple[bool, Path]:
     """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
-    from quantlib.engine.executor import run_phase as execute
-    from quantlib.core.profiles import load_profile
-    from quantlib.core.runs import Run
 
     runs_dir = _runs_dir(args)
     run_id = getattr(args, "run_id", None)
@@ -65,10 +70,8 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
 
 
 def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
-    from quantlib.stages.meta import check_meta_tree
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
-    from quantlib.core.runs import RunOptions
 
     return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address))
 
@@ -115,9 +118,6 @@ def pd_date(value) -> str:
 
 
 def cmd_audit_lookahead(args: argparse.Namespace) -> int:
-    from quantlib.backtest.lookahead import audit_run
-    from quantlib.core import registry
-    from quantlib.core.runs import Run
 
     run = Run.open(_runs_dir(args), args.run_id)
     print(f"look-ahead audit of {run.id}: rerunning its walk-forward from a copy of the lakehouse whose bars and "
@@ -135,13 +135,11 @@ def cmd_audit_lookahead(args: argparse.Namespace) -> int:
 
 def _run_at(args: argparse.Namespace, ref: str):
     """A run given by its directory or by its id under --runs-dir."""
-    from quantlib.core.runs import Run
 
     return Run.at(Path(ref)) if Path(ref).is_dir() else Run.open(_runs_dir(args), ref)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from quantlib.engine.compare import compare_runs
 
     a, b = _run_at(args, args.run_a), _run_at(args, args.run_b)
     compared, differences = compare_runs(a, b)
@@ -153,7 +151,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from quantlib.core.runs import list_runs
 
     rows = list_runs(_runs_dir(args))
     if not rows:
@@ -166,7 +163,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from quantlib.core.runs import INDEX, Run
 
     run = Run.open(_runs_dir(args), args.run_id)
     print((run.dir / INDEX).read_text(encoding="utf-8") if (run.dir / INDEX).exists() else run.manifest)
@@ -258,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # stage kernels must run this interpreter (the `python3` kernelspec launches `python` from PATH)
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    from quantlib.core.errors import WorkbookError
 
     try:
         return args.func(args)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from quantlib.core.errors import GateError
+from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
 from quantlib.core.gates import Check, GateResult
 from quantlib.portfolio.metrics import metrics_table
 from quantlib.core.profiles import ANNUALIZATION, Profile
@@ -239,7 +240,6 @@ def _targets(holdings: pd.DataFrame, prices: pd.DataFrame, decisions: list[pd.Ti
 
 
 def _simulate(name: str, prices: pd.DataFrame, targets: pd.DataFrame, fees: float, exits: pd.DataFrame):
-    from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
 
     return (simulate_reference if name == "reference" else simulate_vectorbt)(prices, targets, fees, exits=exits)
 
@@ -264,7 +264,6 @@ def _parity(ref, vbt) -> dict:
 
 def _benchmarks(span: pd.DataFrame, benchmark: pd.Series, eligible_atoms: pd.DataFrame, prices: pd.DataFrame,
                 plan: list[Window], fees: float, exits: pd.DataFrame) -> pd.DataFrame:
-    from quantlib.backtest.simulate import simulate_reference
 
     bench = benchmark.reindex(span.index)
     market_price = pd.DataFrame({"market": np.concatenate([[1.0], np.cumprod(1.0 + bench.iloc[1:].fillna(0.0))])},

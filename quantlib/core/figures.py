@@ -4,6 +4,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from quantlib.core import storage
+
 
 @lru_cache(maxsize=1)
 def plotly_js() -> str:
@@ -29,7 +31,6 @@ def show(fig) -> None:
 
 def write_figure_html(fig, path: str | Path) -> Path:
     """A standalone HTML file with plotly.js embedded."""
-    from quantlib.core import storage
 
     return storage.write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
@@ -64,7 +65,6 @@ def ratings_figure(snapshot):
 
 def write_figures_html(figures: list, path: str | Path, title: str) -> Path:
     """One standalone HTML page holding several figures, plotly.js embedded once (works offline)."""
-    from quantlib.core import storage
 
     divs = [fig.to_html(include_plotlyjs=(i == 0), full_html=False) for i, fig in enumerate(figures)]
     html = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"

@@ -22,7 +22,7 @@ from quantlib.core import storage
 from quantlib.core.enums import Executor
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.ids import check_run_id
-from quantlib.core.profiles import Profile, ResolvedProfile
+from quantlib.core.profiles import Profile, ResolvedProfile, default_profiles_dir, load_yaml_chain
 
 MANIFEST = "manifest.json"
 RESOLVED_PROFILE = "profile.resolved.yaml"
@@ -189,8 +189,6 @@ class Run:
 
 def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> dict[str, Path]:
     """The YAML files that define a run: its profile chain and its scanners (with their parents)."""
-    from quantlib.core.profiles import default_profiles_dir, load_yaml_chain
-
     directory = profiles_dir or default_profiles_dir()
     files = {f"profiles/{name}.yaml": directory / f"{name}.yaml" for name in resolved.chain}
     for scanner in resolved.profile.data.scanners:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from quantlib.core import storage
 from quantlib.data.lakehouse import Lakehouse
+from quantlib.data.ratings import rating_label, ratings_panel
 
 SNAPSHOT_COLUMNS = ["symbol", "ts", "recommend_all", "recommend_ma", "recommend_other", "rating",
                     "adx", "rsi", "perf_1w", "perf_1m", "perf_3m", "volatility_d", "close"]
@@ -43,7 +44,6 @@ def load_panel(lake: Lakehouse, symbols: list[str], timeframe: str) -> dict[str,
 
 
 def compute_panel_ratings(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    from quantlib.data.ratings import ratings_panel
 
     return ratings_panel(panel["open"], panel["high"], panel["low"], panel["close"], panel["volume"])
 
@@ -84,7 +84,6 @@ def price_fields(panel: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 def snapshot(panel: dict[str, pd.DataFrame], ratings: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Latest values per symbol (its last bar): the three ratings, ADX, RSI and the `price_fields`."""
-    from quantlib.data.ratings import rating_label
 
     close = panel["close"]
     fields = price_fields(panel)
