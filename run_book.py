@@ -64,7 +64,7 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
 
 
 def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
-    from quantlib.stages.meta import check_meta_tree
+    from quantlib.meta.tree import check_meta_tree
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
     options = {"executor": args.executor, "ray_address": args.ray_address}
