@@ -26,7 +26,7 @@ from quantlib.core.runs import INDEX, Run, RunOptions, list_runs
 from quantlib.engine.compare import compare_runs
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
-from quantlib.stages.meta import check_meta_tree
+from quantlib.meta.tree import check_meta_tree
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:

@@ -1,4 +1,5 @@
-"""Meta-portfolio logic (quantlib.meta.legacy, SPEC §3): gates, aggregation, weights, walk-forward, flattening, report."""
+"""Meta-portfolio logic (quantlib.meta, SPEC §3): gates, aggregation, weights, walk-forward, flattening, report,
+and the meta stages on fake sleeve runs."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.meta import legacy as meta
-from quantlib.core.errors import GateError
-from quantlib.meta.legacy import (REQUIRED_SECTIONS, REQUIRED_SLEEVE_ARTIFACTS, SleeveRef, aggregate_streams,
-                           completeness_gate, exposures, flatten_meta, load_books, load_streams,
-                           meta_weights, physical_cap_check, render_report, report_sections,
-                           sign_test_gate, walk_forward_meta)
+from quantlib.core import registry
+from quantlib.core.enums import MetaMethod
+from quantlib.core.errors import DataError, GateError
+from quantlib.core.gates import Check, GateResult, enforce
+from quantlib.core.runs import MANIFEST
+from quantlib.meta.allocation import bound_weights, meta_weights, walk_forward_meta
+from quantlib.meta.flatten import exposures, flatten_meta, load_books, physical_cap_check
+from quantlib.meta.gates import REQUIRED_META_ARTIFACTS, REQUIRED_SLEEVE_ARTIFACTS, completeness_gate, sign_test_gate
+from quantlib.meta.report import REQUIRED_SECTIONS, render_report, report_gate, report_sections
+from quantlib.meta.sleeves import SleeveRef
+from quantlib.meta.streams import aggregate_streams, fold, infer_annualization, load_streams
 from quantlib.portfolio.optimize import ledoit_wolf
 
 PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
@@ -31,35 +37,52 @@ def _dates(calendar: str, n: int, start: str = "2024-01-01") -> pd.DatetimeIndex
     return idx.rename("date")
 
 
+def _sleeve_file(run: Path, name: str) -> Path:
+    """Where a sleeve run keeps artifact `name` (the registry's path)."""
+    path = run / registry.path("sleeve", name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sign_test_doc(ok: bool, shape: str) -> dict:
+    """A sleeve's sign-test file: the GateResult shape, or the earlier {passed, errors, warnings, findings}."""
+    if shape == "gate":
+        return GateResult("sign_test", (Check("SIGN", ok, "planted" if not ok else "signs agree",
+                                              subject="X/rsi/SHORT"),)).to_dict()
+    return {"passed": ok, "errors": 0 if ok else 1, "warnings": 0,
+            "findings": [] if ok else [{"level": "error", "code": "SHORT_NOT_NEGATIVE", "atom": "X/rsi/SHORT",
+                                        "message": "planted"}]}
+
+
 def make_sleeve(root: Path, sid: str, *, calendar: str = "crypto", n: int = 120, seed: int = 0,
                 status: str = "PASS", direction: str = "LONG", book: dict | None = None,
-                sign_pre: bool = True, sign_post: bool = True) -> SleeveRef:
+                sign_pre: bool = True, sign_post: bool = True, gate_shape: str = "legacy") -> SleeveRef:
     run = root / sid
-    _write_json(run / "manifest.json", {"run_id": f"{sid}-20240101T000000-abcd", "profile": sid,
-                                        "status": status, "stages": {}})
-    for name, ok in (("sign_test_pre_opt.json", sign_pre), ("sign_test.json", sign_post)):
-        _write_json(run / "artifacts" / name, {
-            "passed": ok, "errors": 0 if ok else 1, "warnings": 0,
-            "findings": [] if ok else [{"level": "error", "code": "SHORT_NOT_NEGATIVE", "atom": "X/rsi/SHORT",
-                                        "message": "planted"}]})
-    _write_json(run / "artifacts" / "audit.json", {"passed": True, "checks": []})
+    _write_json(run / MANIFEST, {"run_id": f"{sid}-20240101T000000-abcd", "profile": sid,
+                                 "status": status, "stages": {}})
+    for name, ok in (("sign_test_pre_opt", sign_pre), ("sign_test", sign_post)):
+        _write_json(_sleeve_file(run, name), _sign_test_doc(ok, gate_shape))
+    _write_json(_sleeve_file(run, "audit"), GateResult("audit", (Check("RETURNS", True, "ok"),)).to_dict())
     book = book or {"BTC": 0.6, "ETH": 0.4}
     sign = -1.0 if direction == "SHORT" else 1.0
     rows = [{"profile": p, "symbol": s, "net_weight": sign * w, "gross_weight": w}
             for p in PROFILES for s, w in book.items()]
-    pd.DataFrame(rows).to_parquet(run / "artifacts" / "flattened.parquet", index=False)
+    pd.DataFrame(rows).to_parquet(_sleeve_file(run, "flattened"), index=False)
     pd.DataFrame([{"atom_id": f"{s}/rsi/{direction}", "symbol": s, "logic": "rsi", "direction": direction}
-                  for s in book]).to_parquet(run / "artifacts" / "atoms.parquet", index=False)
+                  for s in book]).to_parquet(_sleeve_file(run, "atoms"), index=False)
     rng = np.random.default_rng(seed)
     idx = _dates(calendar, n)
     stream = pd.DataFrame(rng.normal(0.0005, 0.01, (n, len(PROFILES))), index=idx, columns=list(PROFILES))
-    (run / "backtest").mkdir(parents=True, exist_ok=True)
-    stream.to_parquet(run / "backtest" / "returns.parquet")
+    stream.to_parquet(_sleeve_file(run, "wf_returns"))
     return SleeveRef(sid, run)
 
 
 def _failed(gate: dict) -> set[tuple]:
-    return {(c["sleeve"], c["code"]) for c in gate["checks"] if not c["passed"]}
+    return {(c["subject"], c["code"]) for c in gate["checks"] if not c["passed"]}
+
+
+def _check(gate: dict, code: str, subject: str | None) -> dict:
+    return next(c for c in gate["checks"] if c["code"] == code and c["subject"] == subject)
 
 
 @pytest.fixture
@@ -73,10 +96,39 @@ def pair(tmp_path):
 def test_completeness_passes_on_a_complete_pair(pair):
     gate = completeness_gate(pair, "hrp")
     assert gate["passed"] is True, _failed(gate)
-    codes = {(c["sleeve"], c["code"]) for c in gate["checks"]}
-    for sid in ("crypto_long", "crypto_short"):
-        assert {(sid, k) for k in ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "STREAM")} <= codes
-    assert (None, "SLEEVE_COUNT") in codes
+    assert gate["gate"] == "completeness" and gate["info"] == {"risk_profile": "hrp", "single_sleeve": False}
+    assert all(set(c) == {"code", "passed", "detail", "required", "subject"} and c["required"] for c in gate["checks"])
+    codes = [(c["subject"], c["code"]) for c in gate["checks"]]
+    assert codes == [(sid, k) for sid in ("crypto_long", "crypto_short")
+                     for k in ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "STREAM")] + [(None, "SLEEVE_COUNT"),
+                                                                                  (None, "UNIQUE_IDS")]
+    # the manifest and the six registry artifacts
+    assert _check(gate, "ARTIFACTS", "crypto_long")["detail"] == "7 required artifacts readable"
+    assert _check(gate, "STREAM", "crypto_short")["detail"].endswith("column 'hrp': 120 non-NaN row(s) of 120")
+    assert GateResult.from_dict(gate).passed is True  # the file shape core.gates reads back
+
+
+def test_required_artifacts_are_registry_names():
+    assert REQUIRED_SLEEVE_ARTIFACTS == ("sign_test_pre_opt", "sign_test", "audit", "flattened", "atoms", "wf_returns")
+    assert REQUIRED_META_ARTIFACTS == ("meta_sign_test_gate", "meta_returns", "meta_flattened")
+    assert registry.path("sleeve", "wf_returns") == "backtest/returns.parquet"
+    for name in REQUIRED_SLEEVE_ARTIFACTS:
+        registry.artifact("sleeve", name)
+    for name in REQUIRED_META_ARTIFACTS:
+        registry.artifact("meta", name)
+
+
+def test_completeness_accepts_a_risk_method_enum(pair):
+    """`meta.allocation.risk_profile` may be a str enum: the column is looked up by its value."""
+    from quantlib.core.enums import RiskMethod
+
+    gate = completeness_gate(pair, RiskMethod.MIN_VARIANCE)
+    assert gate["passed"] is True and gate["info"]["risk_profile"] == "min_variance"
+    assert "column 'min_variance'" in _check(gate, "STREAM", "crypto_long")["detail"]
+    streams = load_streams(pair, RiskMethod.MIN_VARIANCE)
+    pd.testing.assert_series_equal(streams["crypto_long"], load_streams(pair, "min_variance")["crypto_long"])
+    books = load_books(pair, RiskMethod.HRP)
+    assert books["crypto_long"]["net_weight"].tolist() == [0.6, 0.4]
 
 
 def test_completeness_no_run_dir(pair):
@@ -87,14 +139,14 @@ def test_completeness_no_run_dir(pair):
 
 
 def test_completeness_manifest_without_run_id(pair):
-    path = pair[1].run_dir / "manifest.json"
+    path = pair[1].run_dir / MANIFEST
     _write_json(path, {"profile": "x", "status": "PASS"})
     gate = completeness_gate(pair, "hrp")
     assert _failed(gate) == {("crypto_short", "HAS_RUN")}
 
 
 def test_completeness_run_status_fail(pair):
-    path = pair[1].run_dir / "manifest.json"
+    path = pair[1].run_dir / MANIFEST
     m = json.loads(path.read_text())
     m["status"] = "FAIL"
     _write_json(path, m)
@@ -103,25 +155,26 @@ def test_completeness_run_status_fail(pair):
     assert _failed(gate) == {("crypto_short", "RUN_PASSED")}
 
 
-@pytest.mark.parametrize("artifact", [a for a in REQUIRED_SLEEVE_ARTIFACTS])
+@pytest.mark.parametrize("artifact", [MANIFEST, *REQUIRED_SLEEVE_ARTIFACTS])
 def test_completeness_each_missing_artifact(pair, artifact):
-    (pair[0].run_dir / artifact).unlink()
+    rel = artifact if artifact == MANIFEST else registry.path("sleeve", artifact)
+    (pair[0].run_dir / rel).unlink()
     gate = completeness_gate(pair, "hrp")
     assert gate["passed"] is False
     assert ("crypto_long", "ARTIFACTS") in _failed(gate)
-    detail = next(c["detail"] for c in gate["checks"] if c["code"] == "ARTIFACTS" and c["sleeve"] == "crypto_long")
-    assert Path(artifact).name in detail
+    detail = _check(gate, "ARTIFACTS", "crypto_long")["detail"]
+    assert f"missing {pair[0].run_dir / rel}" in detail
     assert all(s == "crypto_long" for s, _ in _failed(gate))
 
 
-@pytest.mark.parametrize("artifact", ["artifacts/flattened.parquet", "backtest/returns.parquet",
-                                      "artifacts/sign_test.json"])
+@pytest.mark.parametrize("artifact", ["flattened", "wf_returns", "sign_test", MANIFEST])
 def test_completeness_corrupt_file(pair, artifact):
-    (pair[1].run_dir / artifact).write_bytes(b"PAR1 this is not a parquet or json file")
+    rel = artifact if artifact == MANIFEST else registry.path("sleeve", artifact)
+    (pair[1].run_dir / rel).write_bytes(b"PAR1 this is not a parquet or json file")
     gate = completeness_gate(pair, "hrp")   # must not raise
     assert gate["passed"] is False
-    detail = next(c["detail"] for c in gate["checks"] if c["code"] == "ARTIFACTS" and c["sleeve"] == "crypto_short")
-    assert "corrupt" in detail and Path(artifact).name in detail
+    detail = _check(gate, "ARTIFACTS", "crypto_short")["detail"]
+    assert "corrupt" in detail and Path(rel).name in detail
 
 
 def test_completeness_all_nan_stream(pair):
@@ -150,35 +203,66 @@ def test_completeness_sleeve_count(pair):
     assert completeness_gate([], "hrp")["passed"] is False
 
 
+def _meta_file(run: Path, name: str) -> Path:
+    path = run / registry.path("meta", name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def test_completeness_nested_meta(tmp_path, pair):
     run = tmp_path / "nested"
-    _write_json(run / "manifest.json", {"run_id": "nested-1", "status": "PASS"})
-    _write_json(run / "artifacts" / "meta_sign_test_gate.json", {"passed": True, "checks": []})
+    _write_json(run / MANIFEST, {"run_id": "nested-1", "status": "PASS"})
+    _write_json(_meta_file(run, "meta_sign_test_gate"), sign_test_gate(pair))
     pd.DataFrame({"meta": [0.01, -0.02, np.nan]}, index=_dates("crypto", 3)).to_parquet(
-        run / "artifacts" / "meta_returns.parquet")
+        _meta_file(run, "meta_returns"))
     pd.DataFrame({"symbol": ["BTC"], "net_weight": [0.5], "gross_weight": [0.5]}).to_parquet(
-        run / "artifacts" / "meta_flattened.parquet", index=False)
+        _meta_file(run, "meta_flattened"), index=False)
     nested = SleeveRef("nested", run, kind="meta")
-    assert completeness_gate([pair[0], nested], "hrp")["passed"] is True
+    gate = completeness_gate([pair[0], nested], "hrp")
+    assert gate["passed"] is True
+    assert _check(gate, "ARTIFACTS", "nested")["detail"] == "4 required artifacts readable"
     assert list(load_streams([nested], "hrp")["nested"].dropna()) == [0.01, -0.02]
-    (run / "artifacts" / "meta_flattened.parquet").unlink()
+    assert load_books([nested], "hrp")["nested"].to_dict("list") == {"symbol": ["BTC"], "net_weight": [0.5],
+                                                                     "gross_weight": [0.5]}
+    _meta_file(run, "meta_flattened").unlink()
     assert ("nested", "ARTIFACTS") in _failed(completeness_gate([pair[0], nested], "hrp"))
 
 
 # ------------------------------------------------------------------------------ sign tests
 
 def test_sign_test_gate_passes_and_names_a_broken_sleeve(tmp_path, pair):
-    assert sign_test_gate(pair)["passed"] is True
+    ok = sign_test_gate(pair)
+    assert ok["passed"] is True and ok["gate"] == "meta_sign_test_gate"
+    assert [(c["subject"], c["code"]) for c in ok["checks"]] == [
+        ("crypto_long", "SIGN_TEST_PRE"), ("crypto_long", "SIGN_TEST_POST"),
+        ("crypto_short", "SIGN_TEST_PRE"), ("crypto_short", "SIGN_TEST_POST")]
     broken = make_sleeve(tmp_path, "broken_short", direction="SHORT", sign_post=False)
     gate = sign_test_gate(pair + [broken])
     assert gate["passed"] is False
     assert _failed(gate) == {("broken_short", "SIGN_TEST_POST")}
-    with pytest.raises(GateError, match="broken_short"):
-        meta.enforce_gate(gate, "sign-test")
+    detail = _check(gate, "SIGN_TEST_POST", "broken_short")["detail"]
+    assert detail.endswith("sign_test.json: passed=False, 1 error(s), 0 warning(s); first: SHORT_NOT_NEGATIVE X/rsi/SHORT")
+    with pytest.raises(GateError, match="meta_sign_test_gate gate failed: broken_short SIGN_TEST_POST: .*; re-run it"):
+        enforce(GateResult.from_dict(gate), fix="re-run it")
+
+
+def test_sign_test_gate_reads_gate_result_files(tmp_path, pair):
+    """A sleeve whose gate files are GateResults: the verdict is computed from their checks."""
+    good = make_sleeve(tmp_path, "gate_shape", gate_shape="gate")
+    bad = make_sleeve(tmp_path, "gate_bad", gate_shape="gate", sign_pre=False)
+    gate = sign_test_gate([pair[0], good, bad])
+    assert _failed(gate) == {("gate_bad", "SIGN_TEST_PRE")}
+    assert "failed checks: X/rsi/SHORT SIGN" in _check(gate, "SIGN_TEST_PRE", "gate_bad")["detail"]
+    # a stored "passed": true does not override a failed required check
+    path = good.run_dir / registry.path("sleeve", "sign_test")
+    doc = json.loads(path.read_text())
+    doc["checks"][0]["passed"] = False
+    _write_json(path, doc)
+    assert doc["passed"] is True and ("gate_shape", "SIGN_TEST_POST") in _failed(sign_test_gate([good]))
 
 
 def test_sign_test_gate_missing_file_and_pre_opt(tmp_path, pair):
-    (pair[0].run_dir / "artifacts" / "sign_test_pre_opt.json").unlink()
+    (pair[0].run_dir / registry.path("sleeve", "sign_test_pre_opt")).unlink()
     pre = make_sleeve(tmp_path, "bad_pre", sign_pre=False)
     gate = sign_test_gate([pair[0], pair[1], pre, SleeveRef("ghost", None)])
     assert _failed(gate) == {("crypto_long", "SIGN_TEST_PRE"), ("bad_pre", "SIGN_TEST_PRE"),
@@ -187,11 +271,11 @@ def test_sign_test_gate_missing_file_and_pre_opt(tmp_path, pair):
 
 def test_sign_test_gate_nested_meta(tmp_path, pair):
     run = tmp_path / "nested"
-    _write_json(run / "artifacts" / "meta_sign_test_gate.json", {"passed": False, "checks": [
-        {"sleeve": "inner", "code": "SIGN_TEST_POST", "passed": False, "detail": "x"}]})
+    inner = make_sleeve(tmp_path, "inner", sign_post=False)
+    _write_json(_meta_file(run, "meta_sign_test_gate"), sign_test_gate([inner]))  # the nested meta's own gate
     gate = sign_test_gate([pair[0], SleeveRef("nested", run, kind="meta")])
     assert _failed(gate) == {("nested", "META_SIGN_TEST")}
-    assert "inner" in next(c["detail"] for c in gate["checks"] if c["sleeve"] == "nested")
+    assert _check(gate, "META_SIGN_TEST", "nested")["detail"].endswith("; nested failures: inner SIGN_TEST_POST")
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -268,7 +352,7 @@ def test_fold_hand_computed_weekend_holiday_pending_and_leading_rows():
     days = pd.date_range("2024-01-06", "2024-01-21", freq="D")
     crypto = pd.Series(np.arange(1, len(days) + 1) / 100.0, index=days)          # 0.01, 0.02, ...
     common = pd.bdate_range("2024-01-08", "2024-01-19").drop(pd.Timestamp("2024-01-17"))
-    out, counts = meta.fold(crypto, common)
+    out, counts = fold(crypto, common)
     r = crypto.to_dict()
     assert list(out.index) == list(common)
     # leading Sat 6 / Sun 7 are before the first common date: excluded, not folded into Mon 8
@@ -288,12 +372,12 @@ def test_fold_hand_computed_weekend_holiday_pending_and_leading_rows():
 
 def test_fold_nan_is_no_observation_and_a_common_date_without_rows_stays_nan():
     idx = _dates("crypto", 4)
-    out, counts = meta.fold(pd.Series([0.01, np.nan, 0.03, 0.04], index=idx), idx[[0, 1, 3]])
+    out, counts = fold(pd.Series([0.01, np.nan, 0.03, 0.04], index=idx), idx[[0, 1, 3]])
     assert np.isnan(out[idx[1]])                                   # nothing observed since idx[0]: no zero
     assert out[idx[3]] == pytest.approx(1.03 * 1.04 - 1, abs=1e-15)
     assert counts["folded"] == 1 and counts["on_common"] == 2
     with pytest.raises(ValueError, match="no common dates"):
-        meta.fold(pd.Series([0.01], index=idx[:1]), pd.DatetimeIndex([]))
+        fold(pd.Series([0.01], index=idx[:1]), pd.DatetimeIndex([]))
 
 
 def test_aggregate_nan_rows_are_not_common_dates_and_fold_forward():
@@ -321,8 +405,8 @@ def test_aggregate_empty_overlap_raises_naming_sleeves_and_ranges():
 def test_annualization_of_the_joined_stream():
     crypto = pd.Series(0.01, index=_dates("crypto", 21))
     equity = pd.Series(0.01, index=_dates("equities", 15))
-    assert meta.infer_annualization(aggregate_streams({"c": crypto, "e": equity})[0].index) == 252
-    assert meta.infer_annualization(aggregate_streams({"c": crypto, "d": crypto * 2})[0].index) == 365
+    assert infer_annualization(aggregate_streams({"c": crypto, "e": equity})[0].index) == 252
+    assert infer_annualization(aggregate_streams({"c": crypto, "d": crypto * 2})[0].index) == 365
 
 
 # ------------------------------------------------------------------------------ weights
@@ -360,7 +444,7 @@ def test_meta_weights_risk_parity_max_bound_binds():
 
 
 def test_bound_weights_proportional_projection_and_infeasible():
-    w = meta.bound_weights(pd.Series([0.5, 0.3, 0.17, 0.03]), 0.05, 0.45)
+    w = bound_weights(pd.Series([0.5, 0.3, 0.17, 0.03]), 0.05, 0.45)
     assert abs(w.sum() - 1) < 1e-12 and w.min() >= 0.05 - 1e-12 and w.max() <= 0.45 + 1e-12
     assert w[0] == pytest.approx(0.45) and w[3] == pytest.approx(0.05)
     assert w[1] / w[2] == pytest.approx(0.3 / 0.17)          # free weights keep their ratio
@@ -529,3 +613,183 @@ def test_report_sections_end_to_end(pair, tmp_path):
     assert ok is False
     assert _header(md, "Sleeve completeness").endswith("FAIL") and _header(md, "Sign tests").endswith("PASS")
     assert _header(md, "Performance").endswith("FAIL")
+
+
+# ------------------------------------------------------------------------------ enums and the report's verdict
+
+def test_meta_weights_takes_the_meta_method_enum_or_its_value():
+    r = _frame([0.005, 0.01, 0.02])
+    for method in MetaMethod:
+        pd.testing.assert_series_equal(meta_weights(r, method), meta_weights(r, method.value), check_exact=True)
+    with pytest.raises(ValueError, match="use one of risk_parity, hrp, min_variance"):
+        meta_weights(r, "equal_weight")
+    stream, _ = walk_forward_meta(r, MetaMethod.RISK_PARITY, 0.05, 0.95, train_days=100, test_days=50)
+    pd.testing.assert_series_equal(stream, walk_forward_meta(r, "risk_parity", 0.05, 0.95, 100, 50)[0])
+
+
+def test_report_gate_has_a_check_per_section_and_the_sleeve_counts():
+    sections = _good_sections()
+    gate = report_gate(sections, multi_sleeve=True, n_sleeves=2, info={"run_id": "r1"})
+    doc = gate.to_dict()
+    assert doc["gate"] == "meta_report" and doc["passed"] is True
+    assert [(c["code"], c["subject"]) for c in doc["checks"]] == [("SECTION", n) for n in REQUIRED_SECTIONS] + [
+        ("HAS_SLEEVES", None), ("SLEEVE_COUNT", None)]
+    assert doc["info"] == {"run_id": "r1", "sections": {n: True for n in REQUIRED_SECTIONS}}
+    sections["Performance"]["passed"] = False
+    del sections["Sign tests"]
+    failed = report_gate(sections, multi_sleeve=True, n_sleeves=1)
+    assert failed.passed is False
+    assert [(c.code, c.subject, c.detail) for c in failed.failed] == [
+        ("SECTION", "Sign tests", "is missing"),
+        ("SECTION", "Performance", "did not pass (passed=False)"),
+        ("SLEEVE_COUNT", None, "multi-sleeve profile left with 1 sleeve(s) (< 2); declare single_sleeve: true "
+                               "for a one-sleeve meta")]
+    md, ok = render_report(sections, multi_sleeve=True, n_sleeves=1)
+    assert ok is False and md.split("Failures:\n")[1].split("\n\n")[0].splitlines() == [
+        "- section 'Sign tests' is missing", "- section 'Performance' did not pass (passed=False)",
+        "- multi-sleeve profile left with 1 sleeve(s) (< 2); declare single_sleeve: true for a one-sleeve meta"]
+    assert report_gate(_good_sections(), multi_sleeve=False, n_sleeves=0).check("HAS_SLEEVES").passed is False
+
+
+def test_report_shows_gate_checks_by_sleeve(pair):
+    sections = report_sections(completeness=completeness_gate(pair[:1], "hrp"), sign_tests=sign_test_gate(pair))
+    body = sections["Sleeve completeness"]["body"]
+    assert body.splitlines()[0] == "| sleeve | code | passed | detail |"
+    assert "| crypto_long | HAS_RUN | PASS | run_id crypto_long-20240101T000000-abcd |" in body
+    assert "| (meta) | SLEEVE_COUNT | FAIL | 1 sleeve(s); a multi-sleeve meta needs >= 2" in body
+    assert sections["Sleeve completeness"]["passed"] is False and sections["Sign tests"]["passed"] is True
+
+
+# ------------------------------------------------------------------------------ the meta stages on fake sleeve runs
+
+def _meta_run(tmp_path: Path, refs: list[SleeveRef], env: dict | None = None):
+    from conftest import ROOT
+
+    from quantlib.core.profiles import load_profile
+    from quantlib.core.runs import Run
+    from quantlib.engine.context import StageContext
+
+    resolved = load_profile("demo_meta", env={"FW_META__ALLOCATION": "{train_days: 60, test_days: 20}", **(env or {})})
+    run = Run.create(tmp_path / "runs", resolved, "meta", ROOT)
+
+    def ctx(stage: str) -> StageContext:
+        return StageContext(run=run, phase="meta", stage=registry.find_stage("meta", stage)[1])
+
+    ctx("sleeves").write("sleeves", {"run_id": run.id, "executor": "local", "ray_address": None, "ray_logs": None,
+                                     "sleeves": [{"id": r.id, "kind": r.kind, "profile": r.id, "run_id": r.id,
+                                                  "run_dir": str(r.run_dir), "status": "PASS"} for r in refs]})
+    return run, ctx
+
+
+def _five(prefix: str) -> dict:
+    return {f"{prefix}{i}": 0.2 for i in range(5)}
+
+
+@pytest.fixture
+def trio(tmp_path):
+    return [make_sleeve(tmp_path, "crypto_long", seed=1, n=160, book=_five("L")),
+            make_sleeve(tmp_path, "crypto_short", seed=2, n=160, direction="SHORT", book=_five("S")),
+            make_sleeve(tmp_path, "equities", seed=3, n=110, calendar="equities", book=_five("E"), gate_shape="gate")]
+
+
+def test_meta_stages_write_their_artifacts_by_name(tmp_path, trio):
+    from quantlib.stages import meta as stages
+
+    run, ctx = _meta_run(tmp_path, trio)
+    gates = stages.gates(ctx("gates"))
+    for name, doc in (("meta_sign_test_gate", gates["sign_tests"]), ("completeness", gates["completeness"])):
+        on_disk = json.loads(run.path(registry.path("meta", name)).read_text())
+        assert on_disk == doc and on_disk["gate"] == name and on_disk["passed"] is True
+        assert {c["subject"] for c in on_disk["checks"]} >= {"crypto_long", "crypto_short", "equities"}
+
+    out = stages.allocate(ctx("allocate"))
+    streams = load_streams(trio, "hrp")
+    matrix, agg = aggregate_streams(streams)
+    pd.testing.assert_frame_equal(out["matrix"], matrix)
+    # 22 weeks Mon 1 Jan .. Fri 31 May: 21 weekends folded into Mondays, Sat 1 .. Sat 8 June pending
+    assert len(matrix) == 110 and agg["rows_folded"]["crypto_long"] == 42 and agg["rows_pending"]["crypto_long"] == 8
+    expected = meta_weights(matrix, "risk_parity", 0.05, 0.95)
+    saved = pd.read_parquet(run.path(registry.path("meta", "meta_weights")))["weight"]
+    pd.testing.assert_series_equal(saved, expected, check_names=False)
+    assert saved.sum() == pytest.approx(1.0)
+    oos = pd.read_parquet(run.path(registry.path("meta", "meta_returns")))["meta"]
+    assert len(oos) == 50 and oos.index[0] == matrix.index[60]
+    day = matrix.index[60]
+    first = meta_weights(matrix.iloc[:60], "risk_parity", 0.05, 0.95)
+    assert oos[day] == pytest.approx(float(matrix.loc[day] @ first), abs=1e-15)
+    aggregation = json.loads(run.path(registry.path("meta", "aggregation")).read_text())
+    assert aggregation["allocation"]["method"] == "risk_parity" and aggregation["rows_joined"] == 110
+
+    flat = stages.flatten(ctx("flatten"))["flat"].set_index("symbol")
+    # disjoint books: each physical weight is meta weight x sleeve weight, the SHORT sleeve negative
+    assert flat.loc["L0", "net_weight"] == pytest.approx(0.2 * saved["crypto_long"], abs=1e-15)
+    assert flat.loc["S3", "net_weight"] == pytest.approx(-0.2 * saved["crypto_short"], abs=1e-15)
+    assert flat["net_weight"].sum() == pytest.approx(saved["crypto_long"] - saved["crypto_short"] + saved["equities"])
+
+    result = stages.report(ctx("report"))
+    assert result["passed"] is True
+    verdict = json.loads(run.path(registry.path("meta", "meta_report")).read_text())
+    assert verdict["gate"] == "meta_report" and verdict["passed"] is True
+    assert verdict["info"] == {"run_id": run.id, "sections": {n: True for n in REQUIRED_SECTIONS}}
+    text = run.path(registry.path("meta", "meta_report_md")).read_text()
+    assert text == result["text"] and "Status: PASS" in text and f"Run: {run.id}" in text
+
+
+def test_meta_gates_stage_enforces_with_the_failed_checks_and_the_fix(tmp_path, trio):
+    from quantlib.stages import meta as stages
+
+    broken = make_sleeve(tmp_path, "broken", sign_pre=False, gate_shape="gate")
+    run, ctx = _meta_run(tmp_path, trio + [broken])
+    with pytest.raises(GateError) as exc:
+        stages.gates(ctx("gates"))
+    msg = str(exc.value)
+    assert msg.startswith("meta_sign_test_gate gate failed: broken SIGN_TEST_PRE: ")
+    assert "fix or re-run the named sleeves" in msg and "features.directional_sign_test_gate" in msg
+    saved = json.loads(run.path(registry.path("meta", "meta_sign_test_gate")).read_text())
+    assert saved["passed"] is False and _failed(saved) == {("broken", "SIGN_TEST_PRE")}
+
+
+def test_meta_report_stage_fails_on_a_physical_cap_breach(tmp_path, trio):
+    from quantlib.stages import meta as stages
+
+    run, ctx = _meta_run(tmp_path, trio, env={"FW_META__PHYSICAL_CAP": "0.01"})
+    stages.gates(ctx("gates"))
+    stages.allocate(ctx("allocate"))
+    assert stages.flatten(ctx("flatten"))["cap_check"]["passed"] is False
+    with pytest.raises(GateError, match=r"meta_report gate failed: Flattened book SECTION: did not pass "
+                                        r"\(passed=False\); see .*meta_portfolio_report\.md"):
+        stages.report(ctx("report"))
+    verdict = json.loads(run.path(registry.path("meta", "meta_report")).read_text())
+    assert verdict["passed"] is False and verdict["info"]["sections"]["Flattened book"] is False
+    assert [(c["subject"], c["passed"]) for c in verdict["checks"] if not c["passed"]] == [("Flattened book", False)]
+
+
+def test_fanout_specs_carry_the_run_options_and_pinned_runs_are_read_in_place(tmp_path):
+    from conftest import ROOT
+
+    from quantlib.core.profiles import load_profile
+    from quantlib.core.runs import Run, RunOptions
+    from quantlib.engine import fanout
+
+    runs = tmp_path / "runs"
+    pinned = Run.create(runs, load_profile("demo_crypto_long"), "sleeve", ROOT)
+    pinned.manifest["status"] = "PASS"
+    pinned.save()
+    sleeves = f"[{{id: a, profile: demo_crypto_long, run_id: {pinned.id}}}, {{id: b, profile: demo_crypto_short}}]"
+    run = Run.create(runs, load_profile("demo_meta", env={"FW_META__SLEEVES": sleeves}), "meta", ROOT,
+                     options=RunOptions(executor="local", depth=1))
+    assert (run.options.executor, run.options.ray_address, run.runs_root, run.options.depth) == ("local", None, runs, 1)
+    specs, pins = fanout.sleeve_specs(run)
+    assert [p["id"] for p in pins] == ["a"] and pins[0]["run_dir"] == str(pinned.dir) and pins[0]["status"] == "PASS"
+    assert specs == [{"id": "b", "kind": "sleeve", "profile": "demo_crypto_short", "phase": "sleeve",
+                      "runs_dir": str(run.dir / "sleeves"), "run_id": "b", "runs_root": str(runs),
+                      "parent_run": run.id, "workspace": str(run.workspace), "overrides": run.resolved.overrides,
+                      "depth": 2}]
+    only_pinned = Run.create(runs, load_profile("demo_meta", env={"FW_META__SLEEVES": sleeves.split(", {id: b")[0] + "]"}),
+                             "meta", ROOT, options=RunOptions(executor="local"))
+    doc, results = fanout.run_books(only_pinned, print, connect_timeout_s=1)
+    assert doc["executor"] == "local" and doc["ray_logs"] is None and doc["sleeves"] == results == pins
+    missing = Run.create(runs, load_profile("demo_meta", env={"FW_META__SLEEVES": "[{id: a, profile: demo_crypto_long, "
+                                                                                 "run_id: nope-1}]"}), "meta", ROOT)
+    with pytest.raises(DataError, match="pinned run 'nope-1' of sleeve 'a' does not exist"):
+        fanout.sleeve_specs(missing)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import OVERRIDES, SHORT_ENV, Workspace, art
 from quantlib.core.errors import ProfileError
-from quantlib.stages.meta import check_meta_tree
+from quantlib.meta.tree import check_meta_tree
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,10 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import ROOT
-from quantlib.stages import meta as metaflow
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run, RunOptions
+from quantlib.engine import fanout
+from quantlib.stages import meta as meta_stages
 
 
 AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
@@ -73,8 +74,8 @@ def session(tmp_path_factory) -> Session:
     stack = ExitStack()
     stack.callback(shutil.rmtree, squatter, ignore_errors=True)
     try:
-        private = stack.enter_context(metaflow.local_ray_files(run_dir))
-        stack.enter_context(metaflow.ray_session(None, private, connect_timeout_s=30))
+        private = stack.enter_context(fanout.local_ray_files(run_dir))
+        stack.enter_context(fanout.ray_session(None, private, connect_timeout_s=30))
     except BaseException:
         stack.close()
         raise
@@ -103,7 +104,7 @@ def test_ray_temp_dir_is_the_runs_ray_folder_through_a_short_link(session):
     link = session.private / "ray"
     assert link.is_symlink() and link.resolve() == (session.run_dir / "ray").resolve()
     sockets = list(link.glob("session_*/sockets/*"))
-    assert sockets and all(len(str(p).encode()) <= metaflow.RAY_SOCKET_PATH_MAX for p in sockets)
+    assert sockets and all(len(str(p).encode()) <= fanout.RAY_SOCKET_PATH_MAX for p in sockets)
     assert old_link_path(session.run_dir).is_dir()  # the pre-existing directory at the old path: untouched
 
 
@@ -207,8 +208,8 @@ def test_every_listening_socket_of_the_instance_is_on_loopback(session):
 
 
 def test_a_cluster_that_does_not_answer_fails_in_one_line_within_the_timeout(tmp_path):
-    code = ("import json, time\nfrom quantlib.stages import meta as metaflow\nstart = time.perf_counter()\n"
-            "try:\n    metaflow.execute([{'id': 'x'}], 'ray', '127.0.0.1:9', connect_timeout_s=2)\n"
+    code = ("import json, time\nfrom quantlib.engine import fanout\nstart = time.perf_counter()\n"
+            "try:\n    fanout.execute([{'id': 'x'}], 'ray', '127.0.0.1:9', connect_timeout_s=2)\n"
             "except Exception as exc:\n"
             "    print(json.dumps({'seconds': time.perf_counter() - start, 'type': type(exc).__name__, 'msg': str(exc)}))\n")
     env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
@@ -229,7 +230,7 @@ def test_private_folder_ignores_whatever_squats_the_old_predictable_path(tmp_pat
     squatter = old_link_path(run_dir)
     squatter.symlink_to(victim, target_is_directory=True)  # a foreign symlink where the meta used to write
     try:
-        with metaflow.local_ray_files(run_dir) as private:
+        with fanout.local_ray_files(run_dir) as private:
             assert private != squatter and (private / "ray").resolve() == (run_dir / "ray").resolve()
         assert not private.exists()
         assert squatter.is_symlink() and squatter.resolve() == victim.resolve() and not any(victim.iterdir())
@@ -246,9 +247,9 @@ def test_run_sleeves_removes_the_private_folder_on_ctrl_c_and_passes_the_profile
         seen.update(private=private, timeout=connect_timeout_s, token=(private / "auth_token").exists())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(metaflow, "execute", interrupted)
+    monkeypatch.setattr(fanout, "execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        metaflow.run_sleeves(SimpleNamespace(run=run, profile=run.profile))
+        meta_stages.run_sleeves(SimpleNamespace(run=run, profile=run.profile))
     assert seen["timeout"] == 7.0 and seen["token"]
     assert not seen["private"].exists() and (run.dir / "ray").is_dir()
 

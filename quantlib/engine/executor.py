@@ -30,7 +30,7 @@ WARM_IMPORTS = {
     "sleeve": "import pandas, scipy.stats, scipy.cluster.hierarchy, plotly.express, plotly.subplots, "
               "quantlib.stages.sleeve, quantlib.sleeve.selection, quantlib.sleeve.analysis, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
               "quantlib.core.figures, quantlib.engine.context",
-    "meta": "import pandas, plotly.express, quantlib.stages.meta, quantlib.meta.legacy, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
+    "meta": "import pandas, plotly.express, quantlib.stages.meta, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
             "quantlib.core.figures, quantlib.engine.context",
 }
 
