@@ -16,7 +16,7 @@ from pathlib import Path
 
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import MANIFEST, Run
+from quantlib.core.runs import MANIFEST, Run, RunOptions
 from quantlib.engine.executor import run_phase
 
 
