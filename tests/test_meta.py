@@ -14,7 +14,7 @@ from quantlib.meta.legacy import (REQUIRED_SECTIONS, REQUIRED_SLEEVE_ARTIFACTS, 
                            completeness_gate, exposures, flatten_meta, load_books, load_streams,
                            meta_weights, physical_cap_check, render_report, report_sections,
                            sign_test_gate, walk_forward_meta)
-from quantlib.portfolio.optimize import ledoit_wolf
+from quantlib.portfolio.covariance import ledoit_wolf
 
 PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
 
