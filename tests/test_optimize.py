@@ -8,14 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantlib.core.enums import Engine, RiskMethod
 from quantlib.core.errors import GateError, OptimizationError
 from quantlib.portfolio import optimize as opt
 from quantlib.portfolio.caps import apply_caps, effective_caps
 from quantlib.portfolio.covariance import ledoit_wolf
-from quantlib.portfolio.optimize import ENGINES, METHODS, optimize, optimize_gated, stable_sum_gate
+from quantlib.portfolio.optimize import optimize, optimize_gated, stable_sum_gate
 from quantlib.portfolio.problem import Problem
 from quantlib.portfolio.qp import QP
 
+METHODS = list(RiskMethod)       # members; other tests pass the plain strings
+ENGINES = list(Engine)
 CONVEX = ("min_variance", "max_sharpe", "risk_parity")
 
 
@@ -393,6 +396,24 @@ def test_gate_retry_after_nan_then_failure_names_profile(synth, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- validation
+
+def test_method_engine_linkage_are_enums_or_their_strings(synth):
+    from quantlib.core.enums import Linkage
+
+    w, info = optimize_gated(synth, RiskMethod.HRP, Engine.NATIVE, linkage=Linkage.SINGLE, profile_name="p")
+    assert np.array_equal(w, optimize(synth, "hrp", "native", linkage="single"))
+    assert type(info["method"]) is str and info["method"] == "hrp" and type(info["engine"]) is str
+    for bad, what, allowed in [({"method": "minvar"}, "method", RiskMethod),
+                               ({"engine": "cvxpy"}, "engine", Engine),
+                               ({"linkage": "wards"}, "HRP linkage", Linkage)]:
+        kw = {"method": "hrp", "engine": "native", "linkage": "ward", **bad}
+        with pytest.raises(OptimizationError) as exc:
+            optimize(synth, kw["method"], kw["engine"], linkage=kw["linkage"])
+        assert f"unknown {what} {next(iter(bad.values()))!r}" in str(exc.value)
+        assert "use one of " + ", ".join(m.value for m in allowed) in str(exc.value)
+    # the linkage only matters (and is only checked) for HRP
+    optimize(synth, "min_variance", linkage="wards")
+
 
 def test_degenerate_columns_are_named_not_dropped(synth):
     bad = synth.copy()

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from quantlib.core.enums import Linkage
 from quantlib.portfolio.problem import Problem, SolverFailure
 from quantlib.portfolio.qp import chol, chol_solve, ipm_qp
 
@@ -61,7 +62,7 @@ def blas_single_thread() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def native_hrp(emp: np.ndarray, cov: np.ndarray, linkage: str) -> np.ndarray:
+def native_hrp(emp: np.ndarray, cov: np.ndarray, linkage: Linkage | str) -> np.ndarray:
     """HRP exactly as riskfolio's HCPortfolio(model="HRP", codependence="pearson", rm="MV").
 
     `emp`: sample covariance (its correlation is the Pearson correlation of the returns);
@@ -77,7 +78,7 @@ def native_hrp(emp: np.ndarray, cov: np.ndarray, linkage: str) -> np.ndarray:
     sd = np.sqrt(np.diag(emp))
     corr = np.clip(emp / np.outer(sd, sd), -1.0, 1.0)
     dist = np.sqrt(np.clip((1.0 - corr) / 2.0, 0.0, 1.0))
-    z = sp_linkage(squareform(dist, checks=False), method=linkage, optimal_ordering=HRP_OPTIMAL_LEAF_ORDER)
+    z = sp_linkage(squareform(dist, checks=False), method=str(linkage), optimal_ordering=HRP_OPTIMAL_LEAF_ORDER)
     order = leaves_list(z)
     # the bisection only ever splits contiguous ranges of the leaf order
     c_ord = cov[np.ix_(order, order)]

@@ -9,8 +9,9 @@ Input: a (dates x atoms) DataFrame of synthetic daily returns. NaN policy: none 
 with a NaN, or a constant (zero-variance) column, is an `OptimizationError` naming the atoms (the
 caller drops degenerate columns first; nothing is dropped silently).
 
-Methods (both engines; the shared problem -- Ledoit-Wolf covariance, sample mean, caps -- is
-`problem.Problem`)
+Methods (`core.enums.RiskMethod`), engines (`core.enums.Engine`) and HRP linkages
+(`core.enums.Linkage`, scipy's seven) are enum members or their plain string values. Both engines
+solve the same `problem.Problem` (Ledoit-Wolf covariance, sample mean, effective caps):
 - `equal_weight`: 1/n, then caps.
 - `hrp`: Lopez de Prado (2016) HRP as riskfolio's HCPortfolio (`native.native_hrp`).
 - `min_variance`: min w'Sw subject to the caps.
@@ -34,11 +35,13 @@ raise `OptimizationError` naming the profile, method and engine.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from quantlib.core.enums import Engine, Linkage, RiskMethod
 from quantlib.core.errors import OptimizationError
 from quantlib.portfolio.caps import apply_caps_array
 from quantlib.portfolio.native import (
@@ -50,12 +53,6 @@ from quantlib.portfolio.native import (
 )
 from quantlib.portfolio.problem import Problem, SolverFailure
 from quantlib.portfolio.riskfolio_engine import riskfolio_raw
-
-Method = Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]
-Engine = Literal["native", "riskfolio"]
-METHODS: tuple[str, ...] = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
-ENGINES: tuple[str, ...] = ("native", "riskfolio")
-LINKAGES = ("single", "complete", "average", "weighted", "centroid", "median", "ward")
 
 #: Shrinkage intensity of the single Stable-Sum-Gate retry: 1.0 = the scaled identity target,
 #: which is perfectly conditioned, so the retry cannot fail for numerical reasons.
@@ -83,13 +80,21 @@ def stable_sum_gate(raw: np.ndarray) -> bool:
     return bool(np.all(x >= GATE_NEG_TOL) and x.sum() > GATE_MIN_SUM)
 
 
-def _validate(returns: pd.DataFrame, method: str, engine: str, linkage: str, label: str) -> None:
-    if method not in METHODS:
-        raise OptimizationError(f"{label}: unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if engine not in ENGINES:
-        raise OptimizationError(f"{label}: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if method == "hrp" and linkage not in LINKAGES:
-        raise OptimizationError(f"{label}: unknown HRP linkage {linkage!r}; use one of {', '.join(LINKAGES)}")
+def _member(kind: type[Enum], value: Any, what: str, label: str) -> Any:
+    """`value` as a member of the str enum `kind`, or an OptimizationError listing the allowed values."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise OptimizationError(f"{label}: unknown {what} {value!r}; use one of {', '.join(kind.values())}") from None
+
+
+def _validate(returns: pd.DataFrame, method: RiskMethod | str, engine: Engine | str, linkage: Linkage | str,
+              label: str) -> tuple[RiskMethod, Engine, Linkage | str]:
+    """The method, engine and (for HRP) linkage as enum members; OptimizationError on bad input."""
+    method = _member(RiskMethod, method, "method", label)
+    engine = _member(Engine, engine, "engine", label)
+    if method == RiskMethod.HRP:
+        linkage = _member(Linkage, linkage, "HRP linkage", label)
     if not isinstance(returns, pd.DataFrame) or returns.shape[1] == 0:
         raise OptimizationError(f"{label}: returns must be a non-empty (dates x atoms) DataFrame")
     if returns.columns.has_duplicates:
@@ -107,39 +112,40 @@ def _validate(returns: pd.DataFrame, method: str, engine: str, linkage: str, lab
     if flat.any() and returns.shape[1] > 1:
         raise OptimizationError(f"{label}: atoms {returns.columns[flat].tolist()[:10]} have zero variance; "
                                 "drop degenerate columns before optimizing")
+    return method, engine, linkage
 
 
-def _solve(pb: Problem, method: str, engine: str, linkage: str) -> np.ndarray | None:
+def _solve(pb: Problem, method: RiskMethod, engine: Engine, linkage: Linkage | str) -> np.ndarray | None:
     """Raw (pre-normalization) weights in atom order; the monkeypatch point for gate tests."""
     n = pb.n
-    if method == "equal_weight" or n == 1:
+    if method == RiskMethod.EQUAL_WEIGHT or n == 1:
         return np.full(n, 1.0 / n)
-    if engine == "riskfolio":
+    if engine == Engine.RISKFOLIO:
         return riskfolio_raw(pb, method, linkage)
-    if method == "hrp":
+    if method == RiskMethod.HRP:
         return native_hrp(pb.emp, pb.cov, linkage)
-    if method == "risk_parity":
+    if method == RiskMethod.RISK_PARITY:
         return native_erc(pb.cov)
-    if method == "min_variance":
+    if method == RiskMethod.MIN_VARIANCE:
         return native_min_variance(pb)
     return native_max_sharpe(pb)
 
 
-def _attempt(returns: pd.DataFrame, method: str, engine: str, clusters: pd.Series | None,
-             cluster_cap: float, atom_cap: float, linkage: str, risk_free: float,
+def _attempt(returns: pd.DataFrame, method: RiskMethod, engine: Engine, clusters: pd.Series | None,
+             cluster_cap: float, atom_cap: float, linkage: Linkage | str, risk_free: float,
              shrinkage: float | None, label: str) -> tuple[pd.Series, dict]:
     with blas_single_thread():
         return _attempt_inner(returns, method, engine, clusters, cluster_cap, atom_cap, linkage,
                               risk_free, shrinkage, label)
 
 
-def _attempt_inner(returns: pd.DataFrame, method: str, engine: str, clusters: pd.Series | None,
-                   cluster_cap: float, atom_cap: float, linkage: str, risk_free: float,
+def _attempt_inner(returns: pd.DataFrame, method: RiskMethod, engine: Engine, clusters: pd.Series | None,
+                   cluster_cap: float, atom_cap: float, linkage: Linkage | str, risk_free: float,
                    shrinkage: float | None, label: str) -> tuple[pd.Series, dict]:
     pb = Problem(returns, clusters, cluster_cap, atom_cap, risk_free, shrinkage, label)
     solve_method, fallback = method, None
-    if method == "max_sharpe" and pb.n > 1 and pb.max_excess_return() <= 0.0:
-        solve_method, fallback = "min_variance", "min_variance"
+    if method == RiskMethod.MAX_SHARPE and pb.n > 1 and pb.max_excess_return() <= 0.0:
+        solve_method, fallback = RiskMethod.MIN_VARIANCE, RiskMethod.MIN_VARIANCE.value
     try:
         raw = _solve(pb, solve_method, engine, linkage)
     except (SolverFailure, np.linalg.LinAlgError, ArithmeticError) as exc:
@@ -158,15 +164,16 @@ def _attempt_inner(returns: pd.DataFrame, method: str, engine: str, clusters: pd
     # solvers this only repairs violations at solver tolerance (riskfolio: ~1e-9; native: none)
     w = apply_caps_array(w, pb.labels, pb.u, pb.c)
     weights = pd.Series(w, index=pb.atoms, name="weight")
-    info = {"method": method, "engine": engine, "shrinkage": pb.shrinkage, "fallback": fallback,
+    # the info is a record (optimization.json): plain strings, not enum members
+    info = {"method": method.value, "engine": engine.value, "shrinkage": pb.shrinkage, "fallback": fallback,
             "atom_cap": pb.u, "cluster_cap": pb.c}
     weights.attrs["fallback"] = fallback
     return weights, info
 
 
-def optimize(returns: pd.DataFrame, method: str, engine: str = "native", *,
+def optimize(returns: pd.DataFrame, method: RiskMethod | str, engine: Engine | str = Engine.NATIVE, *,
              clusters: pd.Series | None = None, cluster_cap: float = 1.0, atom_cap: float = 0.25,
-             linkage: str = "ward", risk_free: float = 0.0,
+             linkage: Linkage | str = Linkage.WARD, risk_free: float = 0.0,
              shrinkage: float | None = None) -> pd.Series:
     """Long-only, fully invested weights (Series indexed by atom, >= 0, sum 1, caps respected).
 
@@ -176,13 +183,13 @@ def optimize(returns: pd.DataFrame, method: str, engine: str = "native", *,
     One attempt: a solver failure or a failed Stable Sum Gate raises OptimizationError.
     """
     label = f"optimize {method}/{engine}"
-    _validate(returns, method, engine, linkage, label)
+    method, engine, linkage = _validate(returns, method, engine, linkage, label)
     weights, _ = _attempt(returns, method, engine, clusters, cluster_cap, atom_cap, linkage,
                           risk_free, shrinkage, label)
     return weights
 
 
-def optimize_gated(returns: pd.DataFrame, method: str, engine: str = "native", *,
+def optimize_gated(returns: pd.DataFrame, method: RiskMethod | str, engine: Engine | str = Engine.NATIVE, *,
                    profile_name: str = "", **kw: Any) -> tuple[pd.Series, dict]:
     """`optimize` behind the Stable Sum Gate with exactly one retry at shrinkage RETRY_SHRINKAGE.
 
@@ -191,13 +198,14 @@ def optimize_gated(returns: pd.DataFrame, method: str, engine: str = "native", *
     method and engine when both attempts fail.
     """
     label = f"profile {profile_name or '<unnamed>'} ({method}/{engine})"
-    _validate(returns, method, engine, kw.get("linkage", "ward"), label)
+    method, engine, linkage = _validate(returns, method, engine, kw.get("linkage", Linkage.WARD), label)
     unknown = set(kw) - {"clusters", "cluster_cap", "atom_cap", "linkage", "risk_free", "shrinkage"}
     if unknown:
         raise OptimizationError(f"{label}: unknown optimizer options {sorted(unknown)}")
-    opts: dict[str, Any] = {"clusters": None, "cluster_cap": 1.0, "atom_cap": 0.25, "linkage": "ward",
-                            "risk_free": 0.0, "shrinkage": None}
+    opts: dict[str, Any] = {"clusters": None, "cluster_cap": 1.0, "atom_cap": 0.25, "risk_free": 0.0,
+                            "shrinkage": None}
     opts.update(kw)
+    opts["linkage"] = linkage
     reasons: list[str] = []
     for attempt, shrink in enumerate((opts["shrinkage"], RETRY_SHRINKAGE), start=1):
         try:
@@ -215,5 +223,4 @@ def optimize_gated(returns: pd.DataFrame, method: str, engine: str = "native", *
         "training window or choose another method/engine")
 
 
-__all__ = ["ENGINES", "LINKAGES", "METHODS", "RETRY_SHRINKAGE", "Engine", "Method", "optimize", "optimize_gated",
-           "stable_sum_gate"]
+__all__ = ["RETRY_SHRINKAGE", "optimize", "optimize_gated", "stable_sum_gate"]

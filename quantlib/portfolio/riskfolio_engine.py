@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from quantlib.core.enums import Linkage, RiskMethod
 from quantlib.portfolio.native import HRP_OPTIMAL_LEAF_ORDER
 from quantlib.portfolio.problem import Problem, SolverFailure
 
@@ -72,30 +73,31 @@ def _riskfolio_portfolio(pb: Problem, constrained: bool) -> tuple[Any, float]:
     return port, s
 
 
-def riskfolio_raw(pb: Problem, method: str, linkage: str) -> np.ndarray:
+def riskfolio_raw(pb: Problem, method: RiskMethod, linkage: Linkage | str) -> np.ndarray:
+    """Raw riskfolio weights (atom order) of `method`; SolverFailure when riskfolio has no usable answer."""
     import riskfolio as rp
 
     with _quiet():
         try:
-            if method == "hrp":
+            if method == RiskMethod.HRP:
                 hc = rp.HCPortfolio(returns=pb.returns)
                 out = hc.optimization(model="HRP", codependence="pearson", rm="MV", rf=0,
                                       method_cov="custom_cov",
                                       custom_cov=pd.DataFrame(pb.cov, index=pb.atoms, columns=pb.atoms),
-                                      linkage=linkage, leaf_order=HRP_OPTIMAL_LEAF_ORDER)
-            elif method == "risk_parity":
+                                      linkage=str(linkage), leaf_order=HRP_OPTIMAL_LEAF_ORDER)
+            elif method == RiskMethod.RISK_PARITY:
                 port, scale = _riskfolio_portfolio(pb, constrained=False)
                 out = port.rp_optimization(model="Classic", rm="MV", rf=pb.risk_free * scale, b=None, hist=True)
             else:
                 port, scale = _riskfolio_portfolio(pb, constrained=True)
-                obj = "MinRisk" if method == "min_variance" else "Sharpe"
+                obj = "MinRisk" if method == RiskMethod.MIN_VARIANCE else "Sharpe"
                 out = port.optimization(model="Classic", rm="MV", obj=obj, rf=pb.risk_free * scale, hist=True)
         except SolverFailure:
             raise
         except Exception as exc:  # riskfolio/cvxpy failures surface as assorted exceptions
             raise SolverFailure(f"riskfolio {method} raised {type(exc).__name__}: {exc}") from exc
     raw = _rf_weights(out, method)
-    if method == "risk_parity":
+    if method == RiskMethod.RISK_PARITY:
         # riskfolio returns whatever the solver stopped at; on a singular covariance that is not an
         # ERC portfolio (the native Newton fails there instead), so verify the risk contributions
         rc = raw * (pb.cov @ raw)
