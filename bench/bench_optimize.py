@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from quantlib.portfolio.optimize import METHODS, optimize
+from quantlib.core.enums import RiskMethod
+from quantlib.portfolio.optimize import optimize
 
 
 def factor_returns(n_atoms: int, n_days: int = 1000, n_factors: int = 5, seed: int = 7) -> pd.DataFrame:
@@ -88,7 +89,7 @@ def main() -> None:
         if args.clusters:
             kw = {"clusters": pd.Series(np.arange(n) % 8, index=rets.columns), "cluster_cap": 0.2,
                   "atom_cap": max(0.05, 1.0 / n)}
-        for method in METHODS:
+        for method in RiskMethod:
             m = compare(lambda r=rets, mt=method, k=kw: optimize(r, mt, "native", **k),
                         lambda r=rets, mt=method, k=kw: optimize(r, mt, "riskfolio", **k),
                         args.reps if n <= 200 else 2, args.native_per_rep)

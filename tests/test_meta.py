@@ -20,7 +20,7 @@ from quantlib.meta.gates import REQUIRED_META_ARTIFACTS, REQUIRED_SLEEVE_ARTIFAC
 from quantlib.meta.report import REQUIRED_SECTIONS, render_report, report_gate, report_sections
 from quantlib.meta.sleeves import SleeveRef
 from quantlib.meta.streams import aggregate_streams, fold, infer_annualization, load_streams
-from quantlib.portfolio.optimize import ledoit_wolf
+from quantlib.portfolio.covariance import ledoit_wolf
 
 PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
 

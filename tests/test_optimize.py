@@ -8,20 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantlib.core.enums import Engine, RiskMethod
+from quantlib.core.errors import GateError, OptimizationError
 from quantlib.portfolio import optimize as opt
-from quantlib.core.errors import GateError
-from quantlib.portfolio.optimize import (
-    ENGINES,
-    METHODS,
-    OptimizationError,
-    apply_caps,
-    effective_caps,
-    ledoit_wolf,
-    optimize,
-    optimize_gated,
-    stable_sum_gate,
-)
+from quantlib.portfolio.caps import apply_caps, effective_caps
+from quantlib.portfolio.covariance import ledoit_wolf
+from quantlib.portfolio.optimize import optimize, optimize_gated, stable_sum_gate
+from quantlib.portfolio.problem import Problem
+from quantlib.portfolio.qp import QP
 
+METHODS = list(RiskMethod)       # members; other tests pass the plain strings
+ENGINES = list(Engine)
 CONVEX = ("min_variance", "max_sharpe", "risk_parity")
 
 
@@ -179,11 +176,11 @@ def test_native_convex_is_exact_and_fallback_agrees(monkeypatch, method, seed):
     rng = np.random.default_rng(seed)
     cl = pd.Series(rng.integers(0, 4, rets.shape[1]), index=rets.columns)
     kw = {"clusters": cl, "cluster_cap": 0.35, "atom_cap": 0.06}
-    pb = opt._Problem(rets, cl, 0.35, 0.06, 0.0, None, "test")
+    pb = Problem(rets, cl, 0.35, 0.06, 0.0, None, "test")
     active_set = optimize(rets, method, **kw)
     assert np.abs(active_set.to_numpy() - _reference_qp(pb, method)).max() <= 1e-7
     # the interior-point fallback (used when the active set degenerates) gives the same answer
-    monkeypatch.setattr(opt._QP, "solve", lambda self, *a, **k: None)
+    monkeypatch.setattr(QP, "solve", lambda self, *a, **k: None)
     interior = optimize(rets, method, **kw)
     assert np.abs(active_set - interior).max() <= 1e-7
 
@@ -196,14 +193,14 @@ def test_forced_caps_with_locked_clusters(monkeypatch, method):
     rets = factor_returns(30, days=600, seed=498)
     cl = pd.Series(np.repeat([0, 1, 2, 3, 4, 5], [8, 3, 9, 3, 1, 6]), index=rets.columns)
     kw = {"clusters": cl, "cluster_cap": 0.08, "atom_cap": 0.05}
-    pb = opt._Problem(rets, cl, 0.08, 0.05, 0.0, None, "test")
+    pb = Problem(rets, cl, 0.08, 0.05, 0.0, None, "test")
     assert pb.forced and pb.c == pytest.approx(0.65 / 3, abs=1e-15)
     w = optimize(rets, method, **kw)
     np.testing.assert_allclose(w[cl.isin([1, 3, 4])], 0.05, atol=1e-12)
     np.testing.assert_allclose(w.groupby(cl).sum()[[0, 2, 5]], 0.65 / 3, atol=1e-12)
     assert np.abs(w.to_numpy() - _reference_qp(pb, method)).max() <= 1e-7
     assert np.abs(w - optimize(rets, method, "riskfolio", **kw)).max() <= 1e-5
-    monkeypatch.setattr(opt._QP, "solve", lambda self, *a, **k: None)
+    monkeypatch.setattr(QP, "solve", lambda self, *a, **k: None)
     assert np.abs(w - optimize(rets, method, **kw)).max() <= 1e-7
 
 
@@ -399,6 +396,24 @@ def test_gate_retry_after_nan_then_failure_names_profile(synth, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- validation
+
+def test_method_engine_linkage_are_enums_or_their_strings(synth):
+    from quantlib.core.enums import Linkage
+
+    w, info = optimize_gated(synth, RiskMethod.HRP, Engine.NATIVE, linkage=Linkage.SINGLE, profile_name="p")
+    assert np.array_equal(w, optimize(synth, "hrp", "native", linkage="single"))
+    assert type(info["method"]) is str and info["method"] == "hrp" and type(info["engine"]) is str
+    for bad, what, allowed in [({"method": "minvar"}, "method", RiskMethod),
+                               ({"engine": "cvxpy"}, "engine", Engine),
+                               ({"linkage": "wards"}, "HRP linkage", Linkage)]:
+        kw = {"method": "hrp", "engine": "native", "linkage": "ward", **bad}
+        with pytest.raises(OptimizationError) as exc:
+            optimize(synth, kw["method"], kw["engine"], linkage=kw["linkage"])
+        assert f"unknown {what} {next(iter(bad.values()))!r}" in str(exc.value)
+        assert "use one of " + ", ".join(m.value for m in allowed) in str(exc.value)
+    # the linkage only matters (and is only checked) for HRP
+    optimize(synth, "min_variance", linkage="wards")
+
 
 def test_degenerate_columns_are_named_not_dropped(synth):
     bad = synth.copy()

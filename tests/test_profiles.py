@@ -111,3 +111,48 @@ def test_invalid_run_ids(run_id):
 
 def test_symbol_filename():
     assert symbol_filename("BINANCE:BTCUSDT") == "BINANCE_BTCUSDT"
+
+
+# ------------------------------------------------------------------ enums (quantlib.core.enums)
+
+@pytest.mark.parametrize("text, key, allowed", [
+    ("optimizer:\n  engine: cvxpy\n", "optimizer.engine", ["native", "riskfolio"]),
+    ("optimizer:\n  linkage: wards\n", "optimizer.linkage",
+     ["single", "complete", "average", "weighted", "centroid", "median", "ward"]),
+    ("optimizer:\n  profiles: [hrp, minvar]\n", "optimizer.profiles.1",
+     ["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]),
+    ("meta:\n  allocation:\n    method: max_sharpe\n", "meta.allocation.method", ["risk_parity", "hrp", "min_variance"]),
+    ("meta:\n  allocation:\n    risk_profile: sharpe\n", "meta.allocation.risk_profile",
+     ["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]),
+])
+def test_enum_fields_reject_unknown_values_naming_the_allowed_ones(tmp_path, text, key, allowed):
+    d = _profiles(tmp_path, {"bad": text})
+    with pytest.raises(ProfileError) as err:
+        load_profile("bad", profiles_dir=d)
+    msg = str(err.value)
+    assert "bad.yaml" in msg and f"'{key}'" in msg
+    assert all(f"'{a}'" in msg for a in allowed)
+
+
+def test_enum_fields_hold_members_and_dump_as_plain_strings(tmp_path):
+    import json
+
+    import yaml
+
+    from quantlib.core.enums import Engine, Linkage, MetaMethod, RiskMethod
+
+    d = _profiles(tmp_path, {"p": "optimizer:\n  engine: riskfolio\n  linkage: median\n  profiles: [max_sharpe, hrp]\n"})
+    resolved = load_profile("p", profiles_dir=d)
+    opt, alloc = resolved.profile.optimizer, resolved.profile.meta.allocation
+    assert opt.engine is Engine.RISKFOLIO and opt.linkage is Linkage.MEDIAN   # any of scipy's seven
+    assert opt.profiles == [RiskMethod.MAX_SHARPE, RiskMethod.HRP] and opt.profiles == ["max_sharpe", "hrp"]
+    assert isinstance(alloc.method, MetaMethod) and isinstance(alloc.risk_profile, RiskMethod)
+    # str() / f-strings / JSON give the plain value (file names, labels, artifacts)
+    assert f"tearsheet_{opt.profiles[0]}.html" == "tearsheet_max_sharpe.html" and str(opt.engine) == "riskfolio"
+    assert json.loads(json.dumps(opt.model_dump()))["profiles"] == ["max_sharpe", "hrp"]
+    doc = yaml.safe_load(resolved.to_yaml())["profile"]["optimizer"]
+    assert doc["engine"] == "riskfolio" and type(doc["engine"]) is str
+    assert doc["linkage"] == "median" and doc["profiles"] == ["max_sharpe", "hrp"]
+    # the dump validates back to the same profile
+    again = type(resolved.profile).model_validate(yaml.safe_load(resolved.to_yaml())["profile"])
+    assert again == resolved.profile

@@ -1,14 +1,31 @@
 """One enum per concept, shared by profiles, the optimizer, the meta allocation and the book.
 
 They are `str` enums: a profile YAML, a JSON artifact and a parquet column hold the plain value
-("hrp", "LONG", "completed"), and comparisons with plain strings keep working.
+("hrp", "LONG", "completed"), and comparisons with plain strings keep working. `str()` and
+f-strings give the plain value too (as Python 3.11's `enum.StrEnum`; the package supports 3.10), so
+a member can go wherever a string went: labels, file names, error messages.
 """
 from __future__ import annotations
 
 from enum import Enum
 
 
-class Direction(str, Enum):
+class _StrEnum(str, Enum):
+    """A str enum whose str() and format() are the value ("hrp"), not "RiskMethod.HRP"."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The allowed values in declaration order (for error messages and option lists)."""
+        return tuple(m.value for m in cls)
+
+
+class Direction(_StrEnum):
     """The side of a position: a LONG atom holds the asset, a SHORT atom sells it."""
 
     LONG = "LONG"
@@ -19,7 +36,7 @@ class Direction(str, Enum):
         return 1 if self is Direction.LONG else -1
 
 
-class RiskMethod(str, Enum):
+class RiskMethod(_StrEnum):
     """A sleeve optimizer risk profile (`optimizer.profiles`)."""
 
     HRP = "hrp"
@@ -29,7 +46,7 @@ class RiskMethod(str, Enum):
     EQUAL_WEIGHT = "equal_weight"
 
 
-class MetaMethod(str, Enum):
+class MetaMethod(_StrEnum):
     """How a meta portfolio allocates across its sleeves (`meta.allocation.method`)."""
 
     RISK_PARITY = "risk_parity"
@@ -37,7 +54,7 @@ class MetaMethod(str, Enum):
     MIN_VARIANCE = "min_variance"
 
 
-class Linkage(str, Enum):
+class Linkage(_StrEnum):
     """Hierarchical-clustering linkage (scipy's names) for HRP and the selection's clusters."""
 
     SINGLE = "single"
@@ -49,21 +66,21 @@ class Linkage(str, Enum):
     WARD = "ward"
 
 
-class Engine(str, Enum):
+class Engine(_StrEnum):
     """Who solves a risk profile: our native solvers or riskfolio-lib."""
 
     NATIVE = "native"
     RISKFOLIO = "riskfolio"
 
 
-class Executor(str, Enum):
+class Executor(_StrEnum):
     """Where a meta runs its sleeves: Ray tasks, or one after another in this process."""
 
     RAY = "ray"
     LOCAL = "local"
 
 
-class StageStatus(str, Enum):
+class StageStatus(_StrEnum):
     """A stage's state in a run's manifest."""
 
     PENDING = "pending"

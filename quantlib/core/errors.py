@@ -31,3 +31,7 @@ class StageError(WorkbookError):
 
 class GateError(WorkbookError):
     """A computed gate failed (health, sign test, audit)."""
+
+
+class OptimizationError(GateError):
+    """An optimization could not produce valid weights (message names method/profile and the fix)."""

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from quantlib.core.enums import Engine, Linkage, MetaMethod, RiskMethod
 from quantlib.core.errors import ProfileError
 from quantlib.core.ids import check_name, check_symbol
 from quantlib.core.workspace import Workspace
@@ -98,13 +99,15 @@ class SelectionConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    """Optimization (SPEC §2.5): engine, risk profiles and caps."""
+    """Optimization (SPEC §2.5): engine, risk profiles, caps and the HRP linkage (any of scipy's).
 
-    engine: Literal["native", "riskfolio"]
-    profiles: list[Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]] = Field(min_length=1)
+    The caps are the profile's; the optimizer floors them (`quantlib.portfolio.caps.effective_caps`)."""
+
+    engine: Engine
+    profiles: list[RiskMethod] = Field(min_length=1)
     atom_cap: float = Field(gt=0, le=1)
     cluster_cap: float = Field(gt=0, le=1)
-    linkage: Literal["ward", "single", "complete", "average"]
+    linkage: Linkage
 
 
 class BacktestConfig(Strict):
@@ -139,10 +142,10 @@ class SleeveEntry(Strict):
 class AllocationConfig(Strict):
     """Meta-optimization across sleeves (SPEC §3.5)."""
 
-    method: Literal["risk_parity", "hrp", "min_variance"]
+    method: MetaMethod
     min_weight: float = Field(ge=0, le=1)
     max_weight: float = Field(gt=0, le=1)
-    risk_profile: Literal["hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight"]
+    risk_profile: RiskMethod
     train_days: int = Field(ge=10)
     test_days: int = Field(ge=1)
 
