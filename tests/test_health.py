@@ -108,7 +108,7 @@ def test_candidates_union_scanners_and_reject_an_untyped_direction(tmp_path):
 def test_a_missing_features_matrix_names_the_backfill_stage(tmp_path):
     from quantlib.core.errors import DataError
     from quantlib.data.lakehouse import Lakehouse
-    from quantlib.stages.sleeve import _features_for
+    from quantlib.sleeve.inputs import _features_for
 
     with pytest.raises(DataError, match="features_matrix.parquet; run the data phase's backfill stage"):
         _features_for(Lakehouse(tmp_path / "lake"), ["X:A"])
