@@ -242,7 +242,7 @@ def test_sign_test_gate_passes_and_names_a_broken_sleeve(tmp_path, pair):
     assert _failed(gate) == {("broken_short", "SIGN_TEST_POST")}
     detail = _check(gate, "SIGN_TEST_POST", "broken_short")["detail"]
     assert detail.endswith("sign_test.json: passed=False, 1 error(s), 0 warning(s); first: SHORT_NOT_NEGATIVE X/rsi/SHORT")
-    with pytest.raises(GateError, match="meta_sign_test_gate gate failed: broken_short SIGN_TEST_POST: .*; re-run it"):
+    with pytest.raises(GateError, match="meta_sign_test_gate gate failed: SIGN_TEST_POST:broken_short: .*; re-run it"):
         enforce(GateResult.from_dict(gate), fix="re-run it")
 
 
@@ -252,7 +252,7 @@ def test_sign_test_gate_reads_gate_result_files(tmp_path, pair):
     bad = make_sleeve(tmp_path, "gate_bad", gate_shape="gate", sign_pre=False)
     gate = sign_test_gate([pair[0], good, bad])
     assert _failed(gate) == {("gate_bad", "SIGN_TEST_PRE")}
-    assert "failed checks: X/rsi/SHORT SIGN" in _check(gate, "SIGN_TEST_PRE", "gate_bad")["detail"]
+    assert "failed checks: SIGN:X/rsi/SHORT" in _check(gate, "SIGN_TEST_PRE", "gate_bad")["detail"]
     # a stored "passed": true does not override a failed required check
     path = good.run_dir / registry.path("sleeve", "sign_test")
     doc = json.loads(path.read_text())
@@ -275,7 +275,7 @@ def test_sign_test_gate_nested_meta(tmp_path, pair):
     _write_json(_meta_file(run, "meta_sign_test_gate"), sign_test_gate([inner]))  # the nested meta's own gate
     gate = sign_test_gate([pair[0], SleeveRef("nested", run, kind="meta")])
     assert _failed(gate) == {("nested", "META_SIGN_TEST")}
-    assert _check(gate, "META_SIGN_TEST", "nested")["detail"].endswith("; nested failures: inner SIGN_TEST_POST")
+    assert _check(gate, "META_SIGN_TEST", "nested")["detail"].endswith("; nested failures: SIGN_TEST_POST:inner")
 
 
 # ------------------------------------------------------------------------------ aggregation
@@ -743,7 +743,7 @@ def test_meta_gates_stage_enforces_with_the_failed_checks_and_the_fix(tmp_path, 
     with pytest.raises(GateError) as exc:
         stages.gates(ctx("gates"))
     msg = str(exc.value)
-    assert msg.startswith("meta_sign_test_gate gate failed: broken SIGN_TEST_PRE: ")
+    assert msg.startswith("meta_sign_test_gate gate failed: SIGN_TEST_PRE:broken: ")
     assert "fix or re-run the named sleeves" in msg and "features.directional_sign_test_gate" in msg
     saved = json.loads(run.path(registry.path("meta", "meta_sign_test_gate")).read_text())
     assert saved["passed"] is False and _failed(saved) == {("broken", "SIGN_TEST_PRE")}
@@ -756,7 +756,7 @@ def test_meta_report_stage_fails_on_a_physical_cap_breach(tmp_path, trio):
     stages.gates(ctx("gates"))
     stages.allocate(ctx("allocate"))
     assert stages.flatten(ctx("flatten"))["cap_check"]["passed"] is False
-    with pytest.raises(GateError, match=r"meta_report gate failed: Flattened book SECTION: did not pass "
+    with pytest.raises(GateError, match=r"meta_report gate failed: SECTION:Flattened book: did not pass "
                                         r"\(passed=False\); see .*meta_portfolio_report\.md"):
         stages.report(ctx("report"))
     verdict = json.loads(run.path(registry.path("meta", "meta_report")).read_text())
