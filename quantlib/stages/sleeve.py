@@ -26,7 +26,8 @@ from quantlib.engine.context import StageContext
 from quantlib.sleeve.synthesis import check_directions
 from quantlib.sleeve.universe import (base_universe, candidates_at, check_point_in_time, funnel_text, require_symbols_table,
                        screener_history)
-from quantlib.sleeve.window import analyze_window, optimize_window, select_window, selection_params, training_window
+from quantlib.sleeve.window import (analyze_window, optimize_window, select_window, selection_params, training_window,
+                                   window_caps)
 
 CANDIDATE_FIELDS = ["symbol", "direction", "logic", "scanner", "value_traded", "recommend_all", "recommend_ma"]
 
@@ -275,14 +276,15 @@ def optimize(ctx: StageContext) -> dict:
     state = storage.read_json(ctx.require("artifacts/regime.json"))
     opt = ctx.profile.optimizer
     weights, infos = optimize_window(synthetic, clusters, state, ctx.profile)
+    atom_cap, cluster_cap = window_caps(clusters, state, ctx.profile)
     flat = flatten(weights, atoms)
     result = signtest.post_opt(atoms, weights, flat)
     storage.write_parquet(ctx.path("artifacts/weights.parquet"), weights)
     storage.write_parquet(ctx.path("artifacts/flattened.parquet"), flat)
     storage.write_json(ctx.path("artifacts/sign_test.json"), result)
     storage.write_json(ctx.path("artifacts/optimization.json"),
-                       {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": state["cluster_cap"],
-                        "atom_cap": state["atom_cap"], "profiles": infos})
+                       {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": cluster_cap,
+                        "atom_cap": atom_cap, "profiles": infos})
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "optimize")
     return {"weights": weights, "flattened": flat, "sign_test": result, "info": infos}
 
