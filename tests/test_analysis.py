@@ -160,22 +160,38 @@ def test_regime_label_thresholds():
 # ---------------------------------------------------------------- caps
 
 def test_regime_cluster_cap():
-    assert regime_cluster_cap("NORMAL", 20) == 0.25
-    assert regime_cluster_cap("QUIET", 20) == 0.25
-    assert regime_cluster_cap("TURBULENT", 20) == pytest.approx(0.20)
-    assert regime_cluster_cap("CRISIS", 20) == pytest.approx(0.15)
-    # floor 1 / n_clusters
-    assert regime_cluster_cap("CRISIS", 5) == pytest.approx(0.2)
-    assert regime_cluster_cap("TURBULENT", 4) == pytest.approx(0.25)
-    assert regime_cluster_cap("NORMAL", 3) == pytest.approx(1 / 3)
-    assert regime_cluster_cap("CRISIS", 1) == 1.0
+    assert regime_cluster_cap("NORMAL") == 0.25
+    assert regime_cluster_cap("QUIET") == 0.25
+    assert regime_cluster_cap("TURBULENT") == pytest.approx(0.20)
+    assert regime_cluster_cap("CRISIS") == pytest.approx(0.15)
     # a tighter base cap is never loosened by the regime
-    assert regime_cluster_cap("NORMAL", 20, base_cap=0.1) == pytest.approx(0.1)
-    assert regime_cluster_cap("TURBULENT", 20, base_cap=0.1) == pytest.approx(0.1)
+    assert regime_cluster_cap("NORMAL", base_cap=0.1) == pytest.approx(0.1)
+    assert regime_cluster_cap("TURBULENT", base_cap=0.1) == pytest.approx(0.1)
+    assert regime_cluster_cap("CRISIS", base_cap=0.5) == pytest.approx(0.15)
     with pytest.raises(ValueError):
-        regime_cluster_cap("PANIC", 10)
-    with pytest.raises(ValueError):
-        regime_cluster_cap("NORMAL", 0)
+        regime_cluster_cap("PANIC")
+
+
+def test_window_caps_are_the_optimizers_floored_caps():
+    """The regime cap is not floored; the optimizer floors it (1/n_clusters) and the atom cap (1/n)
+    in `effective_caps`, and `window_caps` reports exactly the caps every profile's info records."""
+    from quantlib.core.profiles import load_profile
+    from quantlib.sleeve.window import analyze_window, optimize_window, window_caps
+
+    base = load_profile("demo").profile
+    rng = np.random.default_rng(3)
+    synth = pd.DataFrame(rng.normal(0.0005, 0.01, (200, 12)), columns=[f"a{i}" for i in range(12)])
+    synth.iloc[-10:] *= 6.0                                  # a volatility burst: CRISIS regime
+    for atom_cap, cluster_cap in [(0.25, 0.25), (0.01, 0.01), (0.3, 1.0)]:
+        opt = base.optimizer.model_copy(update={"atom_cap": atom_cap, "cluster_cap": cluster_cap})
+        profile = base.model_copy(update={"optimizer": opt})
+        clusters, state = analyze_window(synth, profile)
+        assert state["label"] == "CRISIS" and "atom_cap" not in state
+        assert state["cluster_cap"] == min(cluster_cap, 0.15)           # the regime's cap, unfloored
+        u, c = window_caps(clusters, state, profile)
+        assert u == max(atom_cap, 1 / 12) and c >= max(state["cluster_cap"], 1 / clusters["n_clusters"])
+        _, infos = optimize_window(synth, clusters, state, profile, methods=["equal_weight", "min_variance"])
+        assert all((i["atom_cap"], i["cluster_cap"]) == (u, c) for i in infos.values())
 
 
 # ---------------------------------------------------------------- clusters

@@ -53,7 +53,7 @@ def test_long_sleeve_weights_are_valid_and_flatten_to_positive_positions(long_sl
     sums = weights.groupby("profile")["weight"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-12)
     assert (weights["weight"] >= 0).all() and (atoms["direction"] == "LONG").all()
-    cap = art(run, "artifacts/regime.json")["atom_cap"]
+    cap = art(run, "artifacts/optimization.json")["atom_cap"]   # the effective (floored) cap
     assert weights["weight"].max() <= cap + 1e-9
     assert (flat["net_weight"] >= 0).all()
     audit = art(run, "artifacts/audit.json")

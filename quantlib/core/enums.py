@@ -19,11 +19,6 @@ class _StrEnum(str, Enum):
     def __format__(self, spec: str) -> str:
         return str.__format__(str.__str__(self), spec)
 
-    @classmethod
-    def values(cls) -> tuple[str, ...]:
-        """The allowed values in declaration order (for error messages and option lists)."""
-        return tuple(m.value for m in cls)
-
 
 class Direction(_StrEnum):
     """The side of a position: a LONG atom holds the asset, a SHORT atom sells it."""

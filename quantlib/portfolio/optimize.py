@@ -85,7 +85,8 @@ def _member(kind: type[Enum], value: Any, what: str, label: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise OptimizationError(f"{label}: unknown {what} {value!r}; use one of {', '.join(kind.values())}") from None
+        allowed = ", ".join(m.value for m in kind)
+        raise OptimizationError(f"{label}: unknown {what} {value!r}; use one of {allowed}") from None
 
 
 def _validate(returns: pd.DataFrame, method: RiskMethod | str, engine: Engine | str, linkage: Linkage | str,

@@ -143,21 +143,20 @@ def regime(returns: pd.DataFrame) -> dict:
     }
 
 
-def regime_cluster_cap(label: str, n_clusters: int, base_cap: float = 0.25) -> float:
+def regime_cluster_cap(label: str, base_cap: float = 0.25) -> float:
     """Per-cluster weight cap for a regime: base_cap for NORMAL/QUIET, 0.20 TURBULENT, 0.15 CRISIS.
 
-    A regime cap never loosens the base cap (min(base_cap, regime cap)), and the result is never
-    below 1 / n_clusters (otherwise the caps could not sum to 1).
+    A regime cap never loosens the base cap (min(base_cap, regime cap)). Not floored here: the
+    optimizer raises it to 1/n_clusters (and further if the caps cannot add up to 1) in one place,
+    `quantlib.portfolio.caps.effective_caps`.
     """
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
     if label in (NORMAL, QUIET):
         cap = base_cap
     elif label in REGIME_CAPS:
         cap = min(base_cap, REGIME_CAPS[label])
     else:
         raise ValueError(f"unknown regime label {label!r}; expected one of {CRISIS, TURBULENT, NORMAL, QUIET}")
-    return float(max(cap, 1.0 / n_clusters))
+    return float(cap)
 
 
 def atom_clusters(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: int = 25) -> dict:

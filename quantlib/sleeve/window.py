@@ -2,7 +2,8 @@
 the look-ahead audit all run (LESSONS L-X3: the validated decisions are the produced ones).
 
 training window -> HTR selection on the window's universe -> atoms and synthetic returns -> clusters
-and regime caps -> every risk profile through the Stable Sum Gate. Pure functions of their inputs;
+and the regime's cluster cap -> every risk profile through the Stable Sum Gate (the optimizer floors
+the caps: `window_caps` gives the ones it applies). Pure functions of their inputs;
 nothing here reads a file.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from quantlib.sleeve.analysis import atom_clusters, regime, regime_cluster_cap
+from quantlib.portfolio.caps import cluster_labels, effective_caps
 from quantlib.portfolio.optimize import optimize_gated
 from quantlib.core.profiles import Profile
 from quantlib.sleeve.selection import SelectionParams, SelectionResult
@@ -46,13 +48,21 @@ def select_window(train: pd.DataFrame, candidates: pd.DataFrame, asset_class: st
 
 
 def analyze_window(synthetic: pd.DataFrame, profile: Profile) -> tuple[dict, dict]:
-    """Atom clusters and the regime with the caps it implies (cluster cap, per-atom cap >= 1/n)."""
+    """Atom clusters and the regime with the cluster cap it implies (`regime_cluster_cap`, not floored)."""
     sel, opt = profile.selection, profile.optimizer
     clusters = atom_clusters(synthetic, threshold=sel.threshold, max_clusters=sel.max_clusters)
     state = regime(synthetic)
-    state["cluster_cap"] = regime_cluster_cap(state["label"], clusters["n_clusters"], opt.cluster_cap)
-    state["atom_cap"] = max(opt.atom_cap, 1.0 / synthetic.shape[1])
+    state["cluster_cap"] = regime_cluster_cap(state["label"], opt.cluster_cap)
     return clusters, state
+
+
+def window_caps(clusters: dict, state: dict, profile: Profile) -> tuple[float, float]:
+    """(atom cap, cluster cap) the optimizer applies to this window's atoms: `effective_caps` of the
+    profile's atom cap and the regime's cluster cap (atom cap >= 1/n, cluster cap >= 1/n_clusters and
+    raised further if the caps could not add up to 1) -- the numbers every profile's info reports."""
+    labels = pd.Series(clusters["labels"])
+    _, sizes = cluster_labels(pd.Index(labels.index), labels, "window caps")
+    return effective_caps(len(labels), sizes, state["cluster_cap"], profile.optimizer.atom_cap)
 
 
 def optimize_window(synthetic: pd.DataFrame, clusters: dict, state: dict, profile: Profile,
@@ -63,7 +73,7 @@ def optimize_window(synthetic: pd.DataFrame, clusters: dict, state: dict, profil
     frames, infos = [], {}
     for method in methods or opt.profiles:
         w, info = optimize_gated(synthetic, method, opt.engine, profile_name=profile.name, clusters=labels,
-                                 cluster_cap=state["cluster_cap"], atom_cap=state["atom_cap"], linkage=opt.linkage)
+                                 cluster_cap=state["cluster_cap"], atom_cap=opt.atom_cap, linkage=opt.linkage)
         frames.append(pd.DataFrame({"profile": method, "atom_id": w.index.astype(str), "weight": w.to_numpy(),
                                     "cluster": labels.reindex(w.index).to_numpy().astype(int)}))
         infos[method] = info

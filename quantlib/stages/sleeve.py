@@ -30,7 +30,8 @@ from quantlib.sleeve.health import assess
 from quantlib.sleeve.inputs import HealthError, benchmark_returns, load_sleeve_inputs
 from quantlib.sleeve.synthesis import build_atoms, check_directions, flatten as flatten_atoms, synthetic_returns
 from quantlib.sleeve.universe import candidates_at, funnel_text
-from quantlib.sleeve.window import analyze_window, optimize_window, select_window, selection_params, training_window
+from quantlib.sleeve.window import (analyze_window, optimize_window, select_window, selection_params, training_window,
+                                   window_caps)
 
 CANDIDATE_FIELDS = ["symbol", "direction", "logic", "scanner", "value_traded", "recommend_all", "recommend_ma"]
 
@@ -193,15 +194,17 @@ def optimize(ctx: StageContext) -> dict:
     """Every risk profile with the profile's engine, Stable Sum Gate, flattening, post-opt sign test."""
     atoms, state = ctx.read("atoms"), ctx.read("regime")
     opt = ctx.profile.optimizer
-    weights, infos = optimize_window(ctx.read("synthetic_returns"), ctx.read("clusters"), state, ctx.profile)
+    clusters = ctx.read("clusters")
+    weights, infos = optimize_window(ctx.read("synthetic_returns"), clusters, state, ctx.profile)
+    atom_cap, cluster_cap = window_caps(clusters, state, ctx.profile)
     flat = flatten_atoms(weights, atoms)
     result = signtest.post_opt(atoms, weights, flat)
     ctx.write("weights", weights)
     ctx.write("flattened", flat)
     ctx.write("sign_test", result.to_dict())
     ctx.write("optimization",
-              {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": state["cluster_cap"],
-               "atom_cap": state["atom_cap"], "profiles": infos})
+              {"engine": opt.engine, "linkage": opt.linkage, "cluster_cap": cluster_cap,
+               "atom_cap": atom_cap, "profiles": infos})
     signtest.enforce(result, ctx.profile.features.directional_sign_test_gate_atomic, "optimize")
     return {"weights": weights, "flattened": flat, "sign_test": result, "info": infos}
 
