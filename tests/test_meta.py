@@ -48,7 +48,8 @@ def _sign_test_doc(ok: bool, shape: str) -> dict:
     """A sleeve's sign-test file: the GateResult shape, or the earlier {passed, errors, warnings, findings}."""
     if shape == "gate":
         return GateResult("sign_test", (Check("SIGN", ok, "planted" if not ok else "signs agree",
-                                              subject="X/rsi/SHORT"),)).to_dict()
+                                              subject="X/rsi/SHORT"),),
+                          {"errors": 0 if ok else 1, "warnings": 0}).to_dict()
     return {"passed": ok, "errors": 0 if ok else 1, "warnings": 0,
             "findings": [] if ok else [{"level": "error", "code": "SHORT_NOT_NEGATIVE", "atom": "X/rsi/SHORT",
                                         "message": "planted"}]}
@@ -252,7 +253,8 @@ def test_sign_test_gate_reads_gate_result_files(tmp_path, pair):
     bad = make_sleeve(tmp_path, "gate_bad", gate_shape="gate", sign_pre=False)
     gate = sign_test_gate([pair[0], good, bad])
     assert _failed(gate) == {("gate_bad", "SIGN_TEST_PRE")}
-    assert "failed checks: SIGN:X/rsi/SHORT" in _check(gate, "SIGN_TEST_PRE", "gate_bad")["detail"]
+    detail = _check(gate, "SIGN_TEST_PRE", "gate_bad")["detail"]
+    assert "passed=False, 1 error(s), 0 warning(s); failed checks: SIGN:X/rsi/SHORT" in detail
     # a stored "passed": true does not override a failed required check
     path = good.run_dir / registry.path("sleeve", "sign_test")
     doc = json.loads(path.read_text())

@@ -179,6 +179,9 @@ def _sign_test_check(ref: SleeveRef, name: str, code: str) -> Check:
     if gate is not None:  # a GateResult file: its verdict is computed from its checks
         ok = gate
         detail = f"{path}: passed={ok!r}"
+        info = doc.get("info") or {}
+        if "errors" in info or "warnings" in info:  # a sign test's counts
+            detail += f", {info.get('errors')} error(s), {info.get('warnings')} warning(s)"
         if not ok:
             failed = GateResult.from_dict(doc).failed
             label = "nested failures" if ref.kind == "meta" else "failed checks"
