@@ -72,7 +72,7 @@ def test_every_declared_output_exists_and_matches_its_hash(first):
             path = run.dir / rel
             assert path.exists(), rel
             assert storage.sha256_file(path) == rec["outputs"][rel], f"{rel} changed since the stage wrote it"
-        for rel in stage.lakehouse_outputs:
+        for rel in stage.lakehouse_writes:
             assert rec["lakehouse_outputs"][rel] == first.lake_hashes[rel], f"lakehouse/{rel} of {stage.name}"
         assert book.stage_complete(run, stage)
 
