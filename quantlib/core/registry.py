@@ -52,8 +52,7 @@ class Artifact:
         if self.field == "scanner":
             return [self.resolve(scanner=s) for s in profile.data.scanners]
         if self.field == "profile":
-            return [self.resolve(profile=str(p.value if hasattr(p, "value") else p))
-                    for p in profile.optimizer.profiles]
+            return [self.resolve(profile=str(p)) for p in profile.optimizer.profiles]  # str(enum) is its value
         return [self.path]
 
 
