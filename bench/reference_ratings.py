@@ -7,7 +7,7 @@ oscillator undefined when a true-range sum is 0, recommend_all = mean of the def
 
 Written independently of ``quantlib.data.indicators`` / ``quantlib.data.ratings`` (pandas rolling windows,
 ``ewm`` for the seeded EMAs, ``rolling.apply`` for WMA and the CCI mean deviation, row-by-row
-Series logic for the votes) so that it can serve as a cross-check in ``tests/test_ratings.py``
+Series logic for the votes) so that it can serve as a cross-check in ``tests/data/test_ratings.py``
 and as the slow baseline in ``bench/bench_ratings.py``. Not optimized on purpose.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ Why own solvers: riskfolio's convex solutions are Clarabel solutions at solver t
 the KKT point), these are exact to round-off, and they skip cvxpy's problem construction (timings in
 bench/bench_optimize.py). Cholesky factorizations go straight to LAPACK potrf/potrs; scipy is
 imported on first use so that importing the optimizer stays light
-(tests/test_optimize.py::test_import_is_light).
+(tests/portfolio/test_optimize.py::test_import_is_light).
 """
 from __future__ import annotations
 

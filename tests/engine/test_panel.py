@@ -17,7 +17,7 @@ import pytest
 from quantlib.engine import panel
 from quantlib.core.profiles import default_profiles_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKBOOK = ROOT / "notebooks" / "00_workbook.ipynb"
 
 

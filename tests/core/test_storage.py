@@ -13,7 +13,7 @@ from quantlib.core import storage
 from quantlib.core.errors import DataError
 from quantlib.data.lakehouse import Lakehouse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bars(start: str, n: int, base: float = 100.0) -> pd.DataFrame:

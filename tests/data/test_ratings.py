@@ -12,7 +12,7 @@ import pytest
 from quantlib.data import ratings as R
 
 NAN = np.nan
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_reference():

@@ -1,7 +1,7 @@
 """The book orchestrator on tiny test notebooks: pass, failing cell, timeout, missing output, resume, HTML.
 
 `quantlib.engine.executor.REGISTRY` is replaced by a throw-away phase whose stages point at the notebooks in
-`tests/notebooks/` (via `quantlib.engine.executor.NOTEBOOKS_DIR`), and every run lives in `tmp_path` with its
+`tests/engine/notebooks/` (via `quantlib.engine.executor.NOTEBOOKS_DIR`), and every run lives in `tmp_path` with its
 lakehouse redirected there too, so nothing touches the repository's `runs/` or `lakehouse/`.
 """
 from __future__ import annotations

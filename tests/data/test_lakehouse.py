@@ -21,7 +21,7 @@ from quantlib.engine.context import StageContext
 
 from conftest import AS_OF
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UTC = "UTC"
 
 
