@@ -34,7 +34,7 @@ Every write is atomic; readers validate schemas and name the file and the fix on
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -169,18 +169,9 @@ class Lakehouse:
     def read_registry(self) -> pd.DataFrame:
         """The registry with REGISTRY_COLUMNS (UTC timestamps); an older file without `bar_ts` gets
         `bar_ts = detected_at` (the flag is then effective from when it was detected)."""
-        if not self.registry_path.exists():
-            return _typed(pd.DataFrame(columns=REGISTRY_COLUMNS), REGISTRY_TIMES, ("value",))
-        registry = storage.read_parquet(self.registry_path)
-        missing = [c for c in REGISTRY_COLUMNS if c not in registry.columns and c not in ("bar_ts", "value")]
-        if missing:
-            raise DataError(f"malformed registry {self.registry_path}: missing columns {missing}; "
-                            f"restore it or delete it and re-run ingestion")
-        if "bar_ts" not in registry.columns:
-            registry["bar_ts"] = registry["detected_at"]
-        if "value" not in registry.columns:
-            registry["value"] = np.nan
-        return _typed(registry[REGISTRY_COLUMNS], REGISTRY_TIMES, ("value",))
+        return _read_table(self.registry_path, REGISTRY_COLUMNS, REGISTRY_TIMES, ("value",),
+                           required=[c for c in REGISTRY_COLUMNS if c not in ("bar_ts", "value")],
+                           what="registry", fix="re-run ingestion", fill=_fill_older_registry)
 
     def excluded_symbols(self) -> set[str]:
         """Symbols the data phase skips (toxic or flagged), whatever their `bar_ts`."""
@@ -215,18 +206,8 @@ class Lakehouse:
     def read_symbols(self) -> pd.DataFrame:
         """symbols.parquet with SYMBOLS_COLUMNS (empty if none). A table written before the history
         columns existed gets `first_seen = updated_at` and, for inactive rows, `inactive_since = updated_at`."""
-        if not self.symbols_path.exists():
-            return _typed(pd.DataFrame(columns=SYMBOLS_COLUMNS), SYMBOLS_TIMES)
-        table = storage.read_parquet(self.symbols_path)
-        missing = [c for c in MARKET_COLUMNS + ["updated_at"] if c not in table.columns]
-        if missing:
-            raise DataError(f"malformed symbols table {self.symbols_path}: missing columns {missing}; "
-                            f"restore it or delete it and re-run the metadata stage")
-        if "first_seen" not in table.columns:
-            table["first_seen"] = table["updated_at"]
-        if "inactive_since" not in table.columns:
-            table["inactive_since"] = table["updated_at"].where(~table["active"].astype(bool))
-        return _typed(table[SYMBOLS_COLUMNS], SYMBOLS_TIMES)
+        return _read_table(self.symbols_path, SYMBOLS_COLUMNS, SYMBOLS_TIMES, required=MARKET_COLUMNS + ["updated_at"],
+                           what="symbols table", fix="re-run the metadata stage", fill=_fill_older_symbols)
 
     def upsert_symbols(self, markets: pd.DataFrame, observed: pd.Timestamp) -> dict[str, list[str]]:
         """Merge one market snapshot (MARKET_COLUMNS) seen at `observed` into symbols.parquet.
@@ -264,6 +245,38 @@ class Lakehouse:
 
     def write_table(self, path: Path, frame: pd.DataFrame) -> Path:
         return storage.write_parquet(path, frame)
+
+
+def _read_table(path: Path, columns: list[str], times: tuple[str, ...], floats: tuple[str, ...] = (), *,
+                required: list[str], what: str, fix: str, fill: Callable[[pd.DataFrame], None]) -> pd.DataFrame:
+    """A lakehouse table with `columns` (typed): empty when `path` does not exist; a corrupt file raises
+    storage's DataError (file and fix), a file without a `required` column a DataError naming the file,
+    the columns and `fix`; `fill(table)` adds in place the columns an older file did not have."""
+    if not path.exists():
+        return _typed(pd.DataFrame(columns=columns), times, floats)
+    table = storage.read_parquet(path)
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(f"malformed {what} {path}: missing columns {missing}; restore it or delete it and {fix}")
+    fill(table)
+    return _typed(table[columns], times, floats)
+
+
+def _fill_older_registry(registry: pd.DataFrame) -> None:
+    """A registry written before `bar_ts` / `value` existed: `bar_ts = detected_at`, `value` NaN."""
+    if "bar_ts" not in registry.columns:
+        registry["bar_ts"] = registry["detected_at"]
+    if "value" not in registry.columns:
+        registry["value"] = np.nan
+
+
+def _fill_older_symbols(table: pd.DataFrame) -> None:
+    """A symbols table written before the history columns: `first_seen = updated_at`, and
+    `inactive_since = updated_at` for inactive rows."""
+    if "first_seen" not in table.columns:
+        table["first_seen"] = table["updated_at"]
+    if "inactive_since" not in table.columns:
+        table["inactive_since"] = table["updated_at"].where(~table["active"].astype(bool))
 
 
 def _typed(frame: pd.DataFrame, times: tuple[str, ...], floats: tuple[str, ...] = ()) -> pd.DataFrame:

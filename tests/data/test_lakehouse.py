@@ -1,5 +1,8 @@
-"""The lakehouse tables' contracts (registry.parquet, symbols.parquet) and the data stages that read
-stored bars (features, scan, backfill) facing corrupt files, run in process on a small sim venue."""
+"""The lakehouse tables' contracts (registry.parquet, symbols.parquet): columns and types, older files,
+listing history; both table readers (`read_registry`, `read_symbols`, one `_read_table`) on a missing
+file (empty, typed), a corrupt one and one without a required column (the error names the file and the
+fix); OHLCV files; and the data stages that read stored bars (features, scan, backfill) facing corrupt
+files, run in process on a small sim venue."""
 from __future__ import annotations
 
 import json
@@ -13,7 +16,7 @@ from quantlib.stages import data as dataflow
 from quantlib.core import storage
 from quantlib.core.registry import find_stage
 from quantlib.core.errors import DataError
-from quantlib.data.lakehouse import REGISTRY_COLUMNS, SYMBOLS_COLUMNS, Lakehouse
+from quantlib.data.lakehouse import REGISTRY_COLUMNS, REGISTRY_TIMES, SYMBOLS_COLUMNS, SYMBOLS_TIMES, Lakehouse
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
 from quantlib.data.sources.base import MARKET_COLUMNS
@@ -129,6 +132,73 @@ def test_an_older_symbols_table_is_read_with_history_filled(tmp_path):
     assert table.at["BINANCE:BBBUSDT", "inactive_since"] == seen and pd.isna(table.at["BINANCE:AAAUSDT", "inactive_since"])
     lake.upsert_symbols(markets(("BINANCE:AAAUSDT", True)), ts("2026-02-01"))
     assert lake.read_symbols().set_index("symbol").at["BINANCE:BBBUSDT", "inactive_since"] == seen
+
+
+# ------------------------------------------------------------------ both table readers: missing, corrupt, malformed
+def _registry_rows() -> pd.DataFrame:
+    return pd.DataFrame([("A:X", "TOXIC", "spike", ts("2026-06-01T06:00"), ts("2026-05-31"), 6.0)],
+                        columns=REGISTRY_COLUMNS)
+
+
+#: reader -> (its file, the columns it returns, its UTC time columns, a valid table, a required column,
+#: how the message names the table, its fix)
+READERS = {
+    "read_registry": ("registry_path", REGISTRY_COLUMNS, REGISTRY_TIMES, _registry_rows, "reason",
+                      "malformed registry", "restore it or delete it and re-run ingestion"),
+    "read_symbols": ("symbols_path", SYMBOLS_COLUMNS, SYMBOLS_TIMES,
+                     lambda: markets(("BINANCE:AAAUSDT", True)).assign(updated_at=ts("2026-01-01")), "tick_size",
+                     "malformed symbols table", "restore it or delete it and re-run the metadata stage"),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_missing_table_reads_as_empty_with_typed_columns(tmp_path, reader):
+    attr, columns, times, *_ = READERS[reader]
+    lake = Lakehouse(tmp_path)
+    table = getattr(lake, reader)()  # no file is not an error: nothing was recorded yet
+    assert table.empty and list(table.columns) == columns
+    assert [c for c in columns if isinstance(table[c].dtype, pd.DatetimeTZDtype)] == list(times)
+    assert not getattr(lake, attr).exists()  # reading never creates the file
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("content", [b"garbage, not parquet", "truncated"])
+def test_a_corrupt_table_names_the_file_and_the_fix(tmp_path, reader, content):
+    attr, _, _, valid, *_ = READERS[reader]
+    lake = Lakehouse(tmp_path)
+    path = getattr(lake, attr)
+    valid().to_parquet(path)
+    path.write_bytes(path.read_bytes()[:40] if content == "truncated" else content)
+    before = path.read_bytes()
+    with pytest.raises(DataError) as err:
+        getattr(lake, reader)()
+    message = str(err.value)
+    assert message.startswith(f"corrupt parquet file {path} (")
+    assert message.endswith("delete it and re-run the stage that writes it") and "\n" not in message
+    assert path.read_bytes() == before  # reported, never overwritten
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_table_without_a_required_column_names_the_file_the_columns_and_the_fix(tmp_path, reader):
+    attr, _, _, valid, required, what, fix = READERS[reader]
+    lake = Lakehouse(tmp_path)
+    path = getattr(lake, attr)
+    valid().drop(columns=[required, "symbol"]).to_parquet(path)
+    with pytest.raises(DataError) as err:
+        getattr(lake, reader)()
+    missing = ["symbol", required]  # in the order of the contract's columns
+    assert str(err.value) == f"{what} {path}: missing columns {missing}; {fix}"
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_valid_table_round_trips_with_the_reader_columns(tmp_path, reader):
+    attr, columns, _, valid, *_ = READERS[reader]
+    lake = Lakehouse(tmp_path)
+    frame = valid()
+    frame.assign(extra="ignored").to_parquet(getattr(lake, attr))
+    table = getattr(lake, reader)()
+    assert list(table.columns) == columns and len(table) == 1
+    assert table.iloc[0]["symbol"] == frame.iloc[0]["symbol"]
 
 
 # ------------------------------------------------------------------ OHLCV files
