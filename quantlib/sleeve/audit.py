@@ -4,12 +4,14 @@ Checks (code: what it verifies):
   ARTIFACTS       every output of every completed earlier stage exists and hashes as in the manifest
   RETURNS         the returns matrix is non-empty (>= 2 assets, >= 2 dates) and finite where present
   SELECTION       the selection holds >= 2 atoms and its audit counts add up
-  STABLE_SUM      each risk profile's weights are finite, >= 0 and sum to 1 (1e-9), gate recorded passed
+  STABLE_SUM      each risk profile's weights exist, are finite, >= 0 and sum to 1 (1e-9), gate recorded passed
   SIGN_TEST_PRE / SIGN_TEST_POST   the sign tests passed (required when a sign-test gate flag is on)
   CALENDAR        crypto returns contain weekend rows; equities returns none
 Result: a `GateResult` (gate `audit`); it passes when every required check passed.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,8 +56,12 @@ def check_selection(selection: pd.DataFrame, audit: dict) -> Check:
     return Check("SELECTION", ok, f"{n} selected at stage {audit.get('stage_reached')}; funnel {funnel}")
 
 
-def check_weights(weights: pd.DataFrame, optimization: dict) -> list[Check]:
-    out = []
+def check_weights(weights: pd.DataFrame, optimization: dict, profiles: Sequence[str] = ()) -> list[Check]:
+    """One STABLE_SUM check per risk profile in `weights`, and a failed one for each of `profiles` (the
+    sleeve's risk profiles) without any weight (an empty weights table must not pass)."""
+    present = set(weights["profile"])
+    out = [Check("STABLE_SUM", False, "no weights for this risk profile of the sleeve", subject=p)
+           for p in profiles if p not in present]
     for profile, frame in weights.groupby("profile", sort=False):
         w = frame["weight"].to_numpy(dtype=float)
         gate = optimization.get("profiles", {}).get(profile, {}).get("gate_passed") is True
@@ -86,7 +92,7 @@ def audit_sleeve(run: Run, earlier_stages: list[str], *, returns: pd.DataFrame, 
         check_artifacts(run, earlier_stages),
         check_returns(returns),
         check_selection(selection, selection_audit),
-        *check_weights(weights, optimization),
+        *check_weights(weights, optimization, [str(p) for p in profile.optimizer.profiles]),
         check_sign_test(sign_test_pre, "SIGN_TEST_PRE", gate),
         check_sign_test(sign_test_post, "SIGN_TEST_POST", gate),
         check_calendar(returns, profile.sleeve.asset_class),
