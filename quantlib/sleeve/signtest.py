@@ -81,8 +81,9 @@ def pre_opt(atoms: pd.DataFrame, raw: pd.DataFrame, synthetic: pd.DataFrame,
 
 def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame) -> GateResult:
     """After optimization: optimizer weights >= 0 (synthetic-long streams); the flattener's net weights
-    equal sum(sign * w) recomputed from the typed atom table; and every symbol held only through SHORT
-    atoms with positive weight has a negative net weight (a flattener that drops the sign fails both).
+    equal sum(sign * w) recomputed from the typed atom table (a NaN net, or a non-zero row for a symbol
+    no atom weight explains, is a mismatch); and every symbol held only through SHORT atoms with
+    positive weight has a negative net weight (a flattener that drops the sign fails both).
 
     `weights`: profile, atom_id, weight. `flattened`: profile, symbol, net_weight (the flattener's output).
     """
@@ -91,6 +92,7 @@ def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame
     by_atom = atoms.set_index("atom_id")
     expected_net: dict[tuple[str, str], float] = {}
     only_short: dict[tuple[str, str], bool] = {}
+    unverifiable: set[tuple[str, str]] = set()  # (profile, symbol) with a non-finite weight (already an error)
     for row in weights.itertuples(index=False):
         w = float(row.weight)
         if row.atom_id not in by_atom.index:
@@ -98,6 +100,7 @@ def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame
             continue
         if not np.isfinite(w):
             found.add("error", "NONFINITE_WEIGHT", row.atom_id, f"profile {row.profile}: weight {w}")
+            unverifiable.add((row.profile, by_atom.loc[row.atom_id, "symbol"]))
             continue
         if w < 0:
             found.add("error", "NEGATIVE_WEIGHT", row.atom_id,
@@ -113,13 +116,17 @@ def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame
     for key, net in expected_net.items():
         profile, symbol = key
         actual = got.get(key)
-        if actual is None or abs(actual - net) > FLATTEN_TOLERANCE:
+        if actual is None or not abs(actual - net) <= FLATTEN_TOLERANCE:  # a NaN net never matches
             found.add("error", "FLATTEN_MISMATCH", symbol,
                       f"profile {profile}: flattened net {actual} != sum(sign * w) = {net:.12g}")
             continue
         if only_short[key] and net != 0 and not actual < 0:
             found.add("error", "SHORT_NOT_NEGATIVE", symbol,
                       f"profile {profile}: SHORT-only symbol has net weight {actual:.6g} (must be < 0)")
+    for (profile, symbol), actual in got.items():  # a position that no atom weight explains
+        if (profile, symbol) not in expected_net and (profile, symbol) not in unverifiable and not actual == 0:
+            found.add("error", "FLATTEN_MISMATCH", symbol,
+                      f"profile {profile}: flattened net {actual} for a symbol without an atom weight")
     return found.result("post_opt")
 
 
