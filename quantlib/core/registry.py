@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from quantlib.core.errors import WorkbookError
+from quantlib.core.ids import check_name
 
 FORMATS = {".parquet": "parquet", ".json": "json", ".md": "text", ".csv": "text", ".html": "text", ".txt": "text"}
 
@@ -40,12 +41,13 @@ class Artifact:
         return next((f for f in ("scanner", "profile") if "{" + f + "}" in self.path), None)
 
     def resolve(self, **fields: str) -> str:
-        """The run-relative path, its placeholder filled from `fields`."""
+        """The run-relative path, its placeholder filled from `fields` (a plain name: a value such as
+        `../artifacts/x` would reach another artifact's file)."""
         if self.field is None:
             return self.path
         if self.field not in fields:
             raise WorkbookError(f"artifact {self.name!r} ({self.path}) needs {self.field}=...")
-        return self.path.format(**{self.field: fields[self.field]})
+        return self.path.format(**{self.field: check_name(str(fields[self.field]), self.field)})
 
     def expand(self, profile: Any) -> list[str]:
         """Every path of this artifact for a resolved profile (data scanners / risk profiles)."""
