@@ -124,7 +124,7 @@ def post_opt(atoms: pd.DataFrame, weights: pd.DataFrame, flattened: pd.DataFrame
             found.add("error", "SHORT_NOT_NEGATIVE", symbol,
                       f"profile {profile}: SHORT-only symbol has net weight {actual:.6g} (must be < 0)")
     for (profile, symbol), actual in got.items():  # a position that no atom weight explains
-        if (profile, symbol) not in expected_net and (profile, symbol) not in unverifiable and not actual == 0:
+        if (profile, symbol) not in expected_net and (profile, symbol) not in unverifiable and actual != 0:  # NaN too
             found.add("error", "FLATTEN_MISMATCH", symbol,
                       f"profile {profile}: flattened net {actual} for a symbol without an atom weight")
     return found.result("post_opt")
