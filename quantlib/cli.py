@@ -55,7 +55,7 @@ def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    ok, _ = run_phase("data", args.profile, args)
+    ok, _ = run_phase("data", args.profile, args, options=RunOptions(cache=not args.no_cache))
     return 0 if ok else 1
 
 
@@ -65,7 +65,7 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
         skip["validate"] = "--skip-validation"
     if args.skip_analysis:
         skip["post_analysis"] = "--skip-analysis"
-    ok, _ = run_phase("sleeve", args.profile, args, skip=skip)
+    ok, _ = run_phase("sleeve", args.profile, args, skip=skip, options=RunOptions(cache=not args.no_cache))
     return 0 if ok else 1
 
 
@@ -73,7 +73,8 @@ def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
 
-    return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address))
+    return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address,
+                                                          cache=not args.no_cache))
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
@@ -101,7 +102,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           "meta portfolio of a crypto LONG, a crypto SHORT and an equities LONG sleeve, each validated walk-forward")
     start = time.perf_counter()
     args.run_id = None
-    results = [run_phase("data", profile, args) for profile in args.profiles]
+    results = [run_phase("data", profile, args, options=RunOptions(cache=not args.no_cache))
+               for profile in args.profiles]
     if all(ok for ok, _ in results):
         results.append(run_meta(args.meta_profile, args))
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Reports:")
@@ -175,10 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", help="where run directories live (default: ./runs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def no_cache(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-cache", action="store_true",
+                       help="compute every stage, even one an earlier run already computed from the same code, "
+                            "parameters and inputs (by default such a stage is restored from that run)")
+
     p = sub.add_parser("data", help="Phase 1: scanners, ingestion, metadata, ratings, backfill",
                        description="Run the data phase of PROFILE into a new run dir (or resume --run-id).")
     p.add_argument("--profile", default="demo", help="data profile in profiles/ (default: demo)")
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    no_cache(p)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("sleeve", help="Phase 2: one sleeve's book (aggregate ... report)",
@@ -188,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
     p.add_argument("--skip-validation", action="store_true", help="skip the walk-forward validation backtest")
     p.add_argument("--skip-analysis", action="store_true", help="skip the post-analysis charts")
+    no_cache(p)
     p.set_defaults(func=cmd_sleeve)
 
     def ray_options(p: argparse.ArgumentParser) -> None:
@@ -196,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one, giving up after "
                                              "meta.ray_connect_timeout_s (30 s); runs and lakehouse paths must then "
                                              "be on storage every node sees")
+        no_cache(p)
 
     p = sub.add_parser("meta", help="Phase 3: sleeves in parallel on Ray, gates, risk parity, flattening",
                        description="Run the meta book of PROFILE: every sleeve's book (Ray tasks), the sign-test and "

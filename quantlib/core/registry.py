@@ -70,6 +70,7 @@ class Stage:
     lakehouse_writes: tuple[str, ...] = ()  # files in the shared lakehouse (hashes recorded)
     optional: bool = False  # skipped by a CLI flag (--skip-validation / --skip-analysis)
     description: str = ""
+    external: str | None = None  # "module:function" fingerprinting what it reads outside its run (stage cache)
 
     @property
     def gates(self) -> tuple[Artifact, ...]:
@@ -87,31 +88,35 @@ def _a(name: str, path: str, gate: bool = False) -> Artifact:
     return Artifact(name, path, gate)
 
 
+DATA_EXTERNAL = "quantlib.stages.data:external_inputs"  # every data stage reads the source and/or the lakehouse
+
+
 PHASES: dict[str, tuple[Stage, ...]] = {
     "data": (
         Stage("universe", "data/01_universe.ipynb", "quantlib.stages.data:discover_universe",
               (_a("universe", "artifacts/universe.json"), _a("markets", "artifacts/markets.parquet"),
                _a("tickers", "artifacts/tickers.parquet")),
-              description="market-level scan: the symbols to ingest"),
+              external=DATA_EXTERNAL, description="market-level scan: the symbols to ingest"),
         Stage("ingest", "data/02_ingest.ipynb", "quantlib.stages.data:ingest_universe",
               (_a("ingest_report", "artifacts/ingest_report.parquet"),),
               reads=("universe",), lakehouse_writes=("registry.parquet",),
-              description="parallel OHLCV ingestion with the toxic guard"),
+              external=DATA_EXTERNAL, description="parallel OHLCV ingestion with the toxic guard"),
         Stage("metadata", "data/03_metadata.ipynb", "quantlib.stages.data:refresh_metadata",
               (_a("metadata_report", "artifacts/metadata_report.json"),),
-              reads=("markets",), lakehouse_writes=("symbols.parquet",), description="tick/lot sizes and fees"),
+              reads=("markets",), lakehouse_writes=("symbols.parquet",), external=DATA_EXTERNAL,
+              description="tick/lot sizes and fees"),
         Stage("features", "data/04_features.ipynb", "quantlib.stages.data:technicals",
               (_a("technicals", "artifacts/technicals.parquet"),),
               reads=("universe",), lakehouse_writes=("technicals.parquet",),
-              description="technical ratings snapshot"),
+              external=DATA_EXTERNAL, description="technical ratings snapshot"),
         Stage("scan", "data/05_scan.ipynb", "quantlib.stages.data:full_scan",
               (_a("export", "export/{scanner}.json"), _a("scan_summary", "artifacts/scan_summary.json")),
               reads=("technicals", "markets", "tickers"),
-              description="full scanners -> candidate lists"),
+              external=DATA_EXTERNAL, description="full scanners -> candidate lists"),
         Stage("backfill", "data/06_backfill.ipynb", "quantlib.stages.data:backfill_matrix",
               (_a("backfill_report", "artifacts/backfill_report.json"),),
               lakehouse_writes=("features_matrix.parquet",),
-              description="point-in-time features matrix"),
+              external=DATA_EXTERNAL, description="point-in-time features matrix"),
     ),
     "sleeve": (
         Stage("aggregate", "sleeve/01_aggregate.ipynb", "quantlib.stages.sleeve:aggregate",
@@ -119,6 +124,7 @@ PHASES: dict[str, tuple[Stage, ...]] = {
                _a("screener", "artifacts/screener.parquet"), _a("candidates", "artifacts/candidates.parquet"),
                _a("funnel", "artifacts/funnel.parquet"), _a("health", "artifacts/health.json"),
                _a("universe", "artifacts/universe.json"), _a("data_inputs", "artifacts/data_inputs.json")),
+              external="quantlib.stages.sleeve:external_inputs",
               description="base-universe returns, point-in-time screener and the production universe "
                           "(the only stage that reads the lakehouse)"),
         Stage("select", "sleeve/02_select.ipynb", "quantlib.stages.sleeve:select",
@@ -185,6 +191,10 @@ PHASES: dict[str, tuple[Stage, ...]] = {
               description="meta_portfolio_report.md with computed verdicts"),
     ),
 }
+
+#: phases whose stages the stage cache may restore; a meta's stages read its sleeve runs (fresh ids each
+#: time, pinned runs that may have changed) and are cheap: they always run, while its sleeves use the cache
+CACHED_PHASES = ("data", "sleeve")
 
 #: artifacts written into a finished run by a command, not by a stage
 COMMAND_ARTIFACTS: dict[str, tuple[Artifact, ...]] = {

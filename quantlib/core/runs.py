@@ -68,7 +68,7 @@ class RunOptions(BaseModel):
 
     `runs_root` is where its data run and pinned sleeves are looked up (a meta's sleeve lives under the
     meta's folder, so it points back at the meta's runs root); `parent_run` and `depth` place a sleeve
-    in its meta tree."""
+    in its meta tree; `cache` is handed down to a meta's sleeves."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +77,7 @@ class RunOptions(BaseModel):
     runs_root: str | None = None
     parent_run: str | None = None
     depth: int = Field(0, ge=0)
+    cache: bool = True  # restore unchanged stages from earlier runs (`--no-cache`: compute every stage)
 
 
 @dataclass

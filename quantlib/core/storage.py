@@ -142,3 +142,42 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HASH_MEMO: dict[tuple, str] = {}
+
+
+def sha256_file_memo(path: Path) -> str:
+    """`sha256_file`, remembered per (path, size, mtime, inode): atomic writes give a new inode, so a
+    rewritten file is hashed again while an untouched one is hashed once per process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASH_MEMO:
+        _HASH_MEMO[key] = sha256_file(path)
+    return _HASH_MEMO[key]
+
+
+def tree_hash(root: str | os.PathLike) -> str:
+    """One sha256 over every file under `root` (relative path and content; temp files of interrupted
+    writes ignored): equal only if the tree holds the same files with the same bytes."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and not TEMP_PATTERN.match(p.name)):
+            digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file_memo(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Put `source`'s bytes at `target` atomically: a hard link when both are on one file system (files
+    are only ever replaced, never edited in place, so the link cannot change under the target), else a copy."""
+    import shutil
+
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+    return target

@@ -15,7 +15,7 @@ from quantlib.core.errors import StageError, WorkbookError
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import Run, utc_now
 from quantlib.core.workspace import Workspace
-from quantlib.engine import html
+from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
 
@@ -73,9 +73,20 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
                 continue
             rerun = True
+            key = cache.stage_key(run, phase, stage, source_notebook(run, stage))
+            hit = cache.find(run, stage, key) if key and run.options.cache else None
+            if hit:
+                seconds = cache.restore(run, stage, hit, key, f"notebooks/{notebook_name(index, stage)}")
+                record_outside_reads(run, stage)
+                run.save()
+                say(f"[{index}/{len(plan)}] {stage.name}: cached from {hit.run.id} ({seconds:.1f} s; "
+                    f"computed there in {hit.record.get('seconds', 0):.1f} s)")
+                continue
             say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
             seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel,
                                     exports)
+            cache.record_computed(run, phase, stage, key, run.dir / "notebooks" / notebook_name(index, stage))
+            run.save()
             say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
         run.manifest["status"] = "PASS"
         run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
@@ -167,7 +178,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    source = (NOTEBOOKS_DIR or Workspace(run.workspace).notebooks) / stage.notebook
+    source = source_notebook(run, stage)
     target = run.dir / "notebooks" / notebook_name(index, stage)
     record = run.stage(stage.name)
     record.update(status="running", started_at=utc_now(), notebook=f"notebooks/{target.name}",
@@ -213,10 +224,20 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     record.update(status="completed", ended_at=utc_now(), seconds=round(seconds, 3), outputs=outputs,
                   lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
                                      for rel in stage.lakehouse_writes if (lake_root / rel).exists()})
-    if stage.writes_name(DATA_INPUTS):  # what the stage read outside the run (lakehouse, data run)
-        run.record_read(storage.read_json(run.path(registry.path(run.manifest["phase"], DATA_INPUTS))))
+    record_outside_reads(run, stage)
     run.save()
     return seconds
+
+
+def source_notebook(run: Run, stage: Stage) -> Path:
+    """The stage's notebook in the run's workspace (or in NOTEBOOKS_DIR)."""
+    return (NOTEBOOKS_DIR or Workspace(run.workspace).notebooks) / stage.notebook
+
+
+def record_outside_reads(run: Run, stage: Stage) -> None:
+    """Copy what a stage read outside the run (lakehouse files, data run) into the manifest."""
+    if stage.writes_name(DATA_INPUTS):
+        run.record_read(storage.read_json(run.path(registry.path(run.manifest["phase"], DATA_INPUTS))))
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:

@@ -46,7 +46,8 @@ def sleeve_specs(run: Run) -> tuple[list[dict], list[dict]]:
         specs.append({"id": entry.id, "kind": kind, "profile": entry.meta_profile or entry.profile,
                       "phase": kind, "runs_dir": str(run.dir / "sleeves"), "run_id": entry.id,
                       "runs_root": str(runs_root), "parent_run": run.id, "workspace": str(run.workspace),
-                      "overrides": run.resolved.overrides, "depth": depth + 1})
+                      "overrides": run.resolved.overrides, "depth": depth + 1,
+                      "cache": run.options.cache})
     return specs, pinned
 
 
@@ -62,7 +63,8 @@ def run_spec(spec: dict) -> dict:
     else:
         resolved = load_profile(spec["profile"], overrides=spec["overrides"])
         options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
-                             runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"])
+                             runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
+                             cache=spec.get("cache", True))
         run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
                          options=options)
     log = []

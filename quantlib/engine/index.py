@@ -39,6 +39,8 @@ def write_index(run: Run, phase: str) -> Path:
         nb = rec.get("notebook")
         html = rec.get("html")
         status = rec.get("status", "pending") + (f" ({rec['reason']})" if rec.get("reason") else "")
+        if rec.get("cached_from"):
+            status += f" (cached from `{rec['cached_from_path']}`)"
         lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
                      f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
     lines += _gate_lines(run, phase) + _children_lines(run)

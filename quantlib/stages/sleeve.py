@@ -87,6 +87,14 @@ def scanners_of(ctx: StageContext) -> list[Scanner]:
     return [Scanner.model_validate(s) for s in ctx.read("universe")["scanners"]]
 
 
+def external_inputs(ctx: StageContext) -> str:
+    """What the aggregate stage reads outside its run, for the stage cache: the data run it would use
+    now and the lakehouse's content."""
+    cfg = ctx.profile.sleeve
+    data_run = locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id)
+    return f"data run {data_run.id}; lakehouse {storage.tree_hash(ctx.lake.root)}"
+
+
 def aggregate(ctx: StageContext) -> dict:
     """The point-in-time inputs copied into the run (returns, screener history, benchmark) and the
     production universe: the sleeve's scanners evaluated at its last bar, strict health on the

@@ -50,6 +50,11 @@ class MarketDataSource(ABC):
     def now(self) -> pd.Timestamp:
         """The source's current time (UTC); freshness is judged against it."""
 
+    def snapshot(self) -> str | None:
+        """What fixes every answer this source gives, or None for a live venue (whose answers change
+        by themselves: a stage reading it is never restored from the stage cache)."""
+        return None
+
 
 def empty_ohlcv() -> pd.DataFrame:
     """An OHLCV frame with no rows and the right dtypes."""

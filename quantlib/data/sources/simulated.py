@@ -82,6 +82,13 @@ class SimExchange(MarketDataSource):
     def now(self) -> pd.Timestamp:
         return self._as_of if self._as_of is not None else pd.Timestamp.now(tz="UTC")
 
+    def snapshot(self) -> str | None:
+        """Deterministic given venue, seed, listed names and a fixed `as_of`; on the wall clock, the answers
+        (tickers, the time recorded with metadata) change from one second to the next: None."""
+        if self._as_of is None:
+            return None
+        return f"{self.name} seed={self.seed} bases={len(self._bases)} as_of={self._as_of.isoformat()}"
+
     def markets(self) -> pd.DataFrame:
         rows = []
         last_close = self._panel["close"][-1]
