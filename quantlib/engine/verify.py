@@ -112,14 +112,17 @@ def _hash(path: Path) -> str | None:
     return storage.sha256_file(path) if path.is_file() else None
 
 
-def _file_item(prefix: str, rel: str, path: Path, recorded: str | None, what: str, group: str) -> Item:
+def _file_item(prefix: str, rel: str, path: Path, recorded: str | None, what: str, group: str,
+               changed: str = "", gone: str = "not on disk") -> Item:
+    """The row of one recorded file: OK, MISSING (`gone`), UNRECORDED or CHANGED (`changed` said first)."""
     now = _hash(path)
     if now is None:
-        return Item("MISSING", prefix + rel, f"{what}: not on disk ({path})")
+        return Item("MISSING", prefix + rel, f"{what}: {gone} ({path})")
     if recorded is None:
         return Item("UNRECORDED", prefix + rel, f"{what}: the manifest records no hash for it", group)
     if now != recorded:
-        return Item("CHANGED", prefix + rel, f"{what}: sha256 {now[:12]}… differs from the recorded {recorded[:12]}…")
+        return Item("CHANGED", prefix + rel,
+                    f"{what}: {changed}sha256 {now[:12]}… differs from the recorded {recorded[:12]}…")
     return Item("OK", prefix + rel, f"{what}: sha256 as recorded", group)
 
 
@@ -166,12 +169,8 @@ def _inputs(run: Run, prefix: str) -> Iterator[Item]:
     inputs = run.manifest.get("inputs") or {}
     for label, digest in inputs.items():
         path = _input_path(run, label, workspace, lake)
-        item = _file_item(prefix, label, path, digest, "input", f"{prefix}inputs")
-        if item.status == "CHANGED":
-            item = Item("CHANGED", item.item, f"changed since the run read it ({path}): " + item.detail.split(": ", 1)[1])
-        elif item.status == "MISSING":
-            item = Item("MISSING", item.item, f"the run read it; gone now ({path})")
-        yield item
+        yield _file_item(prefix, label, path, digest, "input", f"{prefix}inputs",
+                         changed=f"changed since the run read it ({path}): ", gone="the run read it, gone now")
     yield from _data_inputs(run, prefix, inputs)
     lake_writes = {rel: (stage, digest) for stage, rec in (run.manifest.get("stages") or {}).items()
                    for rel, digest in ((rec or {}).get("lakehouse_outputs") or {}).items()}
@@ -241,12 +240,14 @@ def _sleeve_runs(run: Run, prefix: str, top: dict, seen: set[Path]) -> Iterator[
 def _environment(manifest: dict, prefix: str = "", reference: dict | None = None) -> list[Item]:
     """Recorded versions and git revision vs the current environment (or, with `reference`, vs the
     top run's record); INFO when they differ, never a failure."""
-    against = "the top run's record" if reference else "the current environment"
-    versions = (reference or {}).get("versions") if reference else package_versions()
-    revision = reference.get("git_revision") if reference else git_revision(Workspace.current().root)
+    if reference is None:
+        against, versions, revision = ("the current environment", package_versions(),
+                                       git_revision(Workspace.current().root))
+    else:
+        against, versions, revision = "the top run's record", reference.get("versions") or {}, reference.get("git_revision")
     recorded = manifest.get("versions") or {}
-    diffs = [f"{name} {recorded.get(name, '-')} -> {(versions or {}).get(name, '-')}"
-             for name in sorted(set(recorded) | set(versions or {})) if recorded.get(name) != (versions or {}).get(name)]
+    diffs = [f"{name} {recorded.get(name, '-')} -> {versions.get(name, '-')}"
+             for name in sorted(set(recorded) | set(versions)) if recorded.get(name) != versions.get(name)]
     items = [Item("INFO" if diffs else "OK", f"{prefix}versions",
                   (f"differ from {against}: " + ", ".join(diffs)) if diffs else f"same as {against}",
                   "" if diffs else f"{prefix}environment")]

@@ -36,10 +36,10 @@ def verify(run_dir: Path, capsys, *extra: str) -> tuple[int, list[str]]:
     return code, capsys.readouterr().out.splitlines()
 
 
-def row(lines: list[str], status: str, item: str) -> str:
-    """The table row of `item` with `status` (fails the test when there is none)."""
-    found = [line for line in lines if line.split()[:2] == [status, item]]
-    assert found, f"no {status} row for {item}:\n" + "\n".join(lines)
+def row(lines: list[str], status: str, item: str, containing: str = "") -> str:
+    """The table row of `item` with `status` (and `containing` in it); fails the test when there is none."""
+    found = [line for line in lines if line.split()[:2] == [status, item] and containing in line]
+    assert found, f"no {status} row for {item} with {containing!r}:\n" + "\n".join(lines)
     return found[0]
 
 
@@ -77,9 +77,8 @@ def test_a_clean_sleeve_run_verifies_every_file_input_and_gate_and_writes_nothin
     lake_inputs = [label for label in run.manifest["inputs"] if label.startswith("lakehouse/")]
     assert lake_inputs and all("input: sha256 as recorded" in row(lines, "OK", label) for label in lake_inputs)
     for rel in ("artifacts/sign_test_pre_opt.json", "artifacts/sign_test.json", "artifacts/audit.json"):
-        gate = [line for line in lines if line.split()[1:2] == [rel] and "recomputed" in line]
-        assert gate and "same verdict (PASS)" in gate[0], rel
-    assert "not recomputed" in [line for line in lines if "backtest/parity.json" in line and "self-consistent" in line][0]
+        assert "recomputed from the run's artifacts: same verdict (PASS)" in row(lines, "OK", rel, "self-consistent")
+    assert "not recomputed (needs both simulators" in row(lines, "OK", "backtest/parity.json", "self-consistent")
     assert {d: snapshot(d) for d in (run.dir, first.run.dir)} == before  # nothing written into the runs
     code, folded = verify(run.dir, capsys)  # the default table folds the OK rows per kind
     assert code == 0 and len(folded) < 15 and "items: as recorded" in row(folded, "OK", "artifacts")
@@ -150,7 +149,7 @@ def test_a_tampered_gate_file_fails(copied, capsys, how):
     code, lines = verify(copied.dir, capsys)
     assert code == 1
     row(lines, "CHANGED", "artifacts/audit.json")
-    gate = row(lines, "MISMATCH", "artifacts/audit.json")
+    gate = row(lines, "MISMATCH", "artifacts/audit.json", "gate")
     if how == "passed_flipped":
         assert "not self-consistent: stored passed=False but its checks give passed=True" in gate
     else:
@@ -188,11 +187,12 @@ def test_a_meta_verifies_with_its_nested_and_pinned_sleeves(meta, capsys):
     assert code == 0, "\n".join(lines)
     assert snapshot(meta.dir) == before
     for rel in ("artifacts/completeness.json", "artifacts/meta_sign_test_gate.json", "artifacts/meta_report.json"):
-        assert "same verdict (PASS)" in [line for line in lines if line.split()[1:2] == [rel] and "recomputed" in line][0]
-    assert "recomputed from the sleeves' streams: same weights" in row(lines, "OK", "artifacts/meta_weights.parquet")
+        assert "recomputed from the run's artifacts: same verdict (PASS)" in row(lines, "OK", rel, "self-consistent")
+    row(lines, "OK", "artifacts/meta_weights.parquet", "recomputed from the sleeves' streams: same weights")
     row(lines, "OK", "sleeves/crypto_short/backtest/returns.parquet")
     row(lines, "OK", "pinned:crypto_long/backtest/returns.parquet")
-    row(lines, "OK", "sleeves/crypto_short/artifacts/audit.json")
+    row(lines, "OK", "sleeves/crypto_short/artifacts/audit.json", "same verdict (PASS)")
+    row(lines, "OK", "pinned:crypto_long/artifacts/audit.json", "same verdict (PASS)")
 
 
 def test_a_tampered_nested_sleeve_artifact_fails_the_meta(meta, tmp_path, capsys):
@@ -202,7 +202,7 @@ def test_a_tampered_nested_sleeve_artifact_fails_the_meta(meta, tmp_path, capsys
     code, lines = verify(copy.dir, capsys)
     assert code == 1
     row(lines, "CHANGED", "sleeves/crypto_short/backtest/returns.parquet")
-    completeness = row(lines, "MISMATCH", "artifacts/completeness.json")
+    completeness = row(lines, "MISMATCH", "artifacts/completeness.json", "self-consistent")
     assert "recomputed fails HASHES:crypto_short" in completeness and "backtest/returns.parquet changed" in completeness
     weights = row(lines, "MISMATCH", "artifacts/meta_weights.parquet")
     assert "stored weights crypto_long" in weights and "recomputed from the sleeves' streams" in weights
