@@ -54,17 +54,19 @@ class Verification:
         """The table: every item, or (default) OK and UNRECORDED items folded into one row per group."""
         if every:
             return list(self.items)
-        groups: dict[tuple[str, str], list[Item]] = {}
+        sizes: dict[tuple[str, str], int] = {}
         for item in self.items:
             if item.status in FOLDED and item.group:
-                groups.setdefault((item.status, item.group), []).append(item)
+                sizes[(item.status, item.group)] = sizes.get((item.status, item.group), 0) + 1
         out: list[Item] = []
+        shown: set[tuple[str, str]] = set()
         for item in self.items:
-            members = groups.get((item.status, item.group), [item]) if item.status in FOLDED and item.group else [item]
-            if len(members) == 1:
+            key = (item.status, item.group)
+            if sizes.get(key, 1) == 1:
                 out.append(item)
-            elif item is members[0]:
-                out.append(Item(item.status, item.group, f"{len(members)} items: {FOLDED[item.status]}", item.group))
+            elif key not in shown:
+                shown.add(key)
+                out.append(Item(item.status, item.group, f"{sizes[key]} items: {FOLDED[item.status]}", item.group))
         return out
 
     def summary(self) -> str:

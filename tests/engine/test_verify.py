@@ -16,8 +16,8 @@ from quantlib.cli import main
 from quantlib.core import registry, storage
 from quantlib.core.gates import Check, GateResult
 from quantlib.core.runs import MANIFEST, RESOLVED_PROFILE, Run
-from quantlib.engine.verify import verify_run
-from quantlib.engine.verify_gates import compare_gate, shape_problems
+from quantlib.engine.verify import Verification
+from quantlib.engine.verify_gates import Item, compare_gate, shape_problems
 from quantlib.meta.gates import completeness_gate
 from quantlib.meta.sleeves import SleeveRef
 
@@ -228,3 +228,19 @@ def test_shape_problems_and_compare_gate_on_hand_made_gates():
     same, detail = compare_gate(good, failing)
     assert not same and detail.startswith("stored PASS, recomputed FAIL; recomputed fails A: now broken")
     assert "only in the stored file: A=pass" in detail
+
+
+def test_the_table_folds_ok_and_unrecorded_rows_per_group_and_the_summary_counts():
+    items = [Item("OK", "a/x", "fine", "a"), Item("OK", "a/y", "fine", "a"), Item("OK", "b/z", "fine", "b"),
+             Item("UNRECORDED", "n/1", "no hash", "n"), Item("UNRECORDED", "n/2", "no hash", "n"),
+             Item("CHANGED", "a/w", "differs"), Item("INFO", "git_revision", "moved on")]
+    result = Verification("r-1", items)
+    assert [(r.status, r.item, r.detail) for r in result.rows()] == [
+        ("OK", "a", "2 items: as recorded"), ("OK", "b/z", "fine"),
+        ("UNRECORDED", "n", "2 items: no hash recorded (a run made before these files were hashed)"),
+        ("CHANGED", "a/w", "differs"), ("INFO", "git_revision", "moved on")]
+    assert result.rows(every=True) == items and not result.passed
+    assert result.summary() == ("NOT VERIFIED: 1 of 7 items of run r-1 do not match its record (1 changed); "
+                                "2 unrecorded, 1 info")
+    clean = Verification("r-1", [i for i in items if i.status != "CHANGED"])
+    assert clean.passed and clean.summary() == "VERIFIED: 6 items of run r-1 match its record (2 unrecorded, 1 info)"
