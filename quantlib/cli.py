@@ -7,6 +7,7 @@
   python run_book.py baseline rating_all       # the Binance rating LONG/SHORT pair, audited
   python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
   python run_book.py compare RUN_A RUN_B       # same artifacts? (parquet exact, JSON apart from ids/times)
+  python run_book.py verify RUN_ID             # does a run still match its record? (hashes, inputs, gates)
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
@@ -26,6 +27,7 @@ from quantlib.core.runs import INDEX, Run, RunOptions, list_runs
 from quantlib.engine.compare import compare_runs
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
+from quantlib.engine.verify import verify_run
 from quantlib.meta.tree import check_meta_tree
 
 
@@ -152,6 +154,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if not differences else 1
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash, re-read and recompute a run's record; print the table and a summary; 0 verified, 1 not."""
+    run = _run_at(args, args.run_id)
+    result = verify_run(run)
+    rows = result.rows(every=args.all)
+    width = min(max((len(r.item) for r in rows), default=4), 64)
+    print(f"{'status':<10}  {'item':<{width}}  detail")
+    for r in rows:
+        print(f"{r.status:<10}  {r.item:<{width}}  {r.detail}")
+    print(result.summary())
+    return 0 if result.passed else 1
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = list_runs(_runs_dir(args))
@@ -250,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
     p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("verify", help="check a finished run against its record: hashes, inputs, gates",
+                       description="Re-hash every artifact, executed notebook and HTML export the manifest records, "
+                                   "re-hash the lakehouse and definition files the run read (naming what changed "
+                                   "since), check every gate file and recompute the gates that pure functions give "
+                                   "(sign tests, sleeve audit, meta completeness, sign-test and report gates, meta "
+                                   "weights); a meta's nested and pinned sleeve runs too. Package versions and git "
+                                   "revision are compared with the current ones (informational). Writes nothing. "
+                                   "Exit 0 when everything matches, 1 otherwise.")
+    p.add_argument("run_id", metavar="RUN_ID", help="run id (under --runs-dir) or run directory")
+    p.add_argument("--all", action="store_true", help="list every item (default: OK items folded per kind)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
     p.set_defaults(func=cmd_runs)

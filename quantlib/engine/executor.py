@@ -182,7 +182,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     target = run.dir / "notebooks" / notebook_name(index, stage)
     record = run.stage(stage.name)
     record.update(status="running", started_at=utc_now(), notebook=f"notebooks/{target.name}",
-                  outputs={}, error=None, html=None)
+                  outputs={}, error=None, html=None, notebook_sha256=None, html_sha256=None)
     run.save()
     start = time.perf_counter()
     try:
@@ -209,6 +209,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
         if export_html and target.exists():
             (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start
+    record["notebook_sha256"] = storage.sha256_file(target)  # `run_book.py verify` re-hashes it
     outputs = {}
     missing = []
     for rel in stage.expanded_outputs(run.profile):

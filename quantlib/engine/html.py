@@ -33,7 +33,8 @@ class HtmlExports:
 def _html_result(notebook: Path) -> dict:
     """Export the HTML report; a failed export is recorded, never masks the stage's own outcome."""
     try:
-        return {"html": f"notebooks/{export_notebook_html(notebook).name}"}
+        page = export_notebook_html(notebook)
+        return {"html": f"notebooks/{page.name}", "html_sha256": storage.sha256_file(page)}
     except Exception as exc:
         return {"html_error": f"{type(exc).__name__}: {exc}"}
 

@@ -3,8 +3,9 @@
 - `sign_test_gate`: every sleeve's pre- and post-optimization sign tests passed (a nested meta: its
   own `meta_sign_test_gate` passed).
 - `completeness_gate`: each sleeve has a run (manifest with a run_id), status PASS, every required
-  artifact present and readable, a non-empty out-of-sample stream for the risk profile; >= 2 sleeves
-  (exactly 1 when `single_sleeve`).
+  artifact present and readable, every artifact its manifest records still hashing as recorded (a
+  pinned run edited after it finished is caught here), a non-empty out-of-sample stream for the risk
+  profile; >= 2 sleeves (exactly 1 when `single_sleeve`).
 
 Both return a `quantlib.core.gates.GateResult` as its dict (``{"gate", "passed", "checks": [{code,
 passed, detail, required, subject}], "info"}``) with `subject` the sleeve id (None for checks about
@@ -21,6 +22,7 @@ import pandas as pd
 from quantlib.core import registry, storage
 from quantlib.core.errors import DataError
 from quantlib.core.gates import Check, GateResult, verdict
+from quantlib.core.integrity import output_problems
 from quantlib.core.runs import MANIFEST
 from quantlib.meta.sleeves import KINDS, REQUIRED_COLUMNS, SleeveRef, value
 
@@ -36,7 +38,7 @@ META_SIGN_TESTS: tuple[tuple[str, str], ...] = (("meta_sign_test_gate", "META_SI
 
 COMPLETENESS = "completeness"
 SIGN_TESTS = "meta_sign_test_gate"
-_PER_SLEEVE = ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "STREAM")
+_PER_SLEEVE = ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "HASHES", "STREAM")
 
 
 def required_artifacts(ref: SleeveRef) -> tuple[str, ...]:
@@ -51,8 +53,9 @@ def completeness_gate(sleeves: list[SleeveRef], risk_profile: str, single_sleeve
 
     Per sleeve (subject = sleeve id): HAS_RUN (run dir and a manifest with a run_id), RUN_PASSED
     (manifest status PASS), ARTIFACTS (the manifest and every required artifact exist, are readable
-    and have their columns), STREAM (the risk-profile column -- "meta" for a nested meta -- exists
-    with >= 1 non-NaN row). Overall (subject None): SLEEVE_COUNT (>= 2, or exactly 1 when
+    and have their columns), HASHES (every output the manifest records -- the required artifacts
+    among them -- exists and hashes as recorded; a nested meta's own sleeve runs too), STREAM (the
+    risk-profile column -- "meta" for a nested meta -- exists with >= 1 non-NaN row). Overall (subject None): SLEEVE_COUNT (>= 2, or exactly 1 when
     `single_sleeve`) and UNIQUE_IDS.
     """
     checks: list[Check] = []
@@ -83,10 +86,12 @@ def _sleeve_completeness(ref: SleeveRef, risk_profile: str) -> list[Check]:
 
     # HAS_RUN / RUN_PASSED
     manifest_path = Path(ref.run_dir) / MANIFEST
+    manifest: dict | None = None
     try:
-        manifest = storage.read_json(manifest_path)
-        if not isinstance(manifest, dict):
+        doc = storage.read_json(manifest_path)
+        if not isinstance(doc, dict):
             raise DataError(f"manifest {manifest_path} is not a JSON object")
+        manifest = doc
     except DataError as exc:
         out.append(Check("HAS_RUN", False, str(exc), subject=sid))
         out.append(Check("RUN_PASSED", False, f"no readable manifest {manifest_path}", subject=sid))
@@ -124,6 +129,7 @@ def _sleeve_completeness(ref: SleeveRef, risk_profile: str) -> list[Check]:
             problems.append(f"{path} is not a JSON object")
     out.append(Check("ARTIFACTS", not problems,
                      "; ".join(problems) if problems else f"{len(required)} required artifacts readable", subject=sid))
+    out.append(_hashes_check(ref, manifest))
 
     # STREAM
     name, column = ref.stream(risk_profile)
@@ -142,6 +148,26 @@ def _sleeve_completeness(ref: SleeveRef, risk_profile: str) -> list[Check]:
     out.append(Check("STREAM", n_ok >= 1, f"{path} column {column!r}: {n_ok} non-NaN row(s) of {len(values)}",
                      subject=sid))
     return out
+
+
+def _hashes_check(ref: SleeveRef, manifest: dict | None) -> Check:
+    """HASHES: the sleeve run's recorded outputs (its required artifacts among them) hash as its
+    manifest says; for a nested meta, the outputs of its own sleeve runs too."""
+    run_dir = Path(ref.run_dir)
+    if manifest is None:
+        return Check("HASHES", False, f"no readable manifest {run_dir / MANIFEST}: no recorded hashes", subject=ref.id)
+    count, problems = output_problems(run_dir, manifest, [registry.path(ref.phase, n) for n in required_artifacts(ref)])
+    if ref.kind == "meta":
+        for child in sorted((run_dir / "sleeves").glob(f"*/{MANIFEST}")):
+            try:
+                n, found = output_problems(child.parent, storage.read_json(child))
+            except DataError as exc:
+                n, found = 0, [str(exc)]
+            count += n
+            problems += [f"sleeves/{child.parent.name}/{p}" for p in found]
+    if problems:
+        return Check("HASHES", False, f"{run_dir}: " + "; ".join(problems), subject=ref.id)
+    return Check("HASHES", True, f"{count} recorded artifacts hash as in {run_dir / MANIFEST}", subject=ref.id)
 
 
 # ------------------------------------------------------------------------------------ sign tests

@@ -114,6 +114,8 @@ def test_passing_stage_records_hashes_notebook_html_and_index(make_run):
     assert any("wrote" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     html = run.dir / rec["html"]
     assert html == executed.with_suffix(".html") and html.stat().st_size > 0
+    # both are hashed as written (`run_book.py verify` re-hashes them)
+    assert (rec["notebook_sha256"], rec["html_sha256"]) == (storage.sha256_file(executed), storage.sha256_file(html))
 
     text = (run.dir / "INDEX.md").read_text(encoding="utf-8")
     assert index_status(run) == "PASS"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlib.core import registry
+from quantlib.core import registry, storage
 from quantlib.core.enums import MetaMethod
 from quantlib.core.errors import DataError, GateError
 from quantlib.core.gates import Check, GateResult, enforce
@@ -55,12 +55,18 @@ def _sign_test_doc(ok: bool, shape: str) -> dict:
                                         "message": "planted"}]}
 
 
+def record_outputs(run: Path, doc: dict) -> None:
+    """Write the manifest `doc` of a fake run, recording every file in it as one stage's outputs
+    (with their sha256, as the executor does)."""
+    outputs = {p.relative_to(run).as_posix(): storage.sha256_file(p) for p in sorted(run.rglob("*"))
+               if p.is_file() and p.name != MANIFEST and "sleeves" not in p.relative_to(run).parts}
+    _write_json(run / MANIFEST, {**doc, "stages": {"all": {"status": "completed", "outputs": outputs}}})
+
+
 def make_sleeve(root: Path, sid: str, *, calendar: str = "crypto", n: int = 120, seed: int = 0,
                 status: str = "PASS", direction: str = "LONG", book: dict | None = None,
                 sign_pre: bool = True, sign_post: bool = True, gate_shape: str = "legacy") -> SleeveRef:
     run = root / sid
-    _write_json(run / MANIFEST, {"run_id": f"{sid}-20240101T000000-abcd", "profile": sid,
-                                 "status": status, "stages": {}})
     for name, ok in (("sign_test_pre_opt", sign_pre), ("sign_test", sign_post)):
         _write_json(_sleeve_file(run, name), _sign_test_doc(ok, gate_shape))
     _write_json(_sleeve_file(run, "audit"), GateResult("audit", (Check("RETURNS", True, "ok"),)).to_dict())
@@ -75,6 +81,7 @@ def make_sleeve(root: Path, sid: str, *, calendar: str = "crypto", n: int = 120,
     idx = _dates(calendar, n)
     stream = pd.DataFrame(rng.normal(0.0005, 0.01, (n, len(PROFILES))), index=idx, columns=list(PROFILES))
     stream.to_parquet(_sleeve_file(run, "wf_returns"))
+    record_outputs(run, {"run_id": f"{sid}-20240101T000000-abcd", "profile": sid, "status": status})
     return SleeveRef(sid, run)
 
 
@@ -101,10 +108,11 @@ def test_completeness_passes_on_a_complete_pair(pair):
     assert all(set(c) == {"code", "passed", "detail", "required", "subject"} and c["required"] for c in gate["checks"])
     codes = [(c["subject"], c["code"]) for c in gate["checks"]]
     assert codes == [(sid, k) for sid in ("crypto_long", "crypto_short")
-                     for k in ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "STREAM")] + [(None, "SLEEVE_COUNT"),
-                                                                                  (None, "UNIQUE_IDS")]
+                     for k in ("HAS_RUN", "RUN_PASSED", "ARTIFACTS", "HASHES", "STREAM")] + [
+        (None, "SLEEVE_COUNT"), (None, "UNIQUE_IDS")]
     # the manifest and the six registry artifacts
     assert _check(gate, "ARTIFACTS", "crypto_long")["detail"] == "7 required artifacts readable"
+    assert _check(gate, "HASHES", "crypto_long")["detail"].startswith("6 recorded artifacts hash as in ")
     assert _check(gate, "STREAM", "crypto_short")["detail"].endswith("column 'hrp': 120 non-NaN row(s) of 120")
     assert GateResult.from_dict(gate).passed is True  # the file shape core.gates reads back
 
@@ -141,7 +149,9 @@ def test_completeness_no_run_dir(pair):
 
 def test_completeness_manifest_without_run_id(pair):
     path = pair[1].run_dir / MANIFEST
-    _write_json(path, {"profile": "x", "status": "PASS"})
+    m = json.loads(path.read_text())
+    del m["run_id"]
+    _write_json(path, m)
     gate = completeness_gate(pair, "hrp")
     assert _failed(gate) == {("crypto_short", "HAS_RUN")}
 
@@ -183,6 +193,7 @@ def test_completeness_all_nan_stream(pair):
     frame = pd.read_parquet(path)
     frame["hrp"] = np.nan
     frame.to_parquet(path)
+    record_outputs(pair[0].run_dir, json.loads((pair[0].run_dir / MANIFEST).read_text()))  # the run wrote it so
     gate = completeness_gate(pair, "hrp")
     assert _failed(gate) == {("crypto_long", "STREAM")}
     assert completeness_gate(pair, "min_variance")["passed"] is True   # other profile still fine
@@ -191,9 +202,57 @@ def test_completeness_all_nan_stream(pair):
 def test_completeness_missing_risk_profile_column(pair):
     path = pair[0].run_dir / "backtest" / "returns.parquet"
     pd.read_parquet(path).drop(columns=["risk_parity"]).to_parquet(path)
+    record_outputs(pair[0].run_dir, json.loads((pair[0].run_dir / MANIFEST).read_text()))  # the run wrote it so
     gate = completeness_gate(pair, "risk_parity")
     assert _failed(gate) == {("crypto_long", "STREAM")}
     assert completeness_gate(pair, "hrp")["passed"] is True
+
+
+def test_completeness_hashes_catch_a_stream_edited_after_the_run(pair):
+    """A finished (e.g. pinned) sleeve run whose returns were scaled afterwards: readable, a valid stream,
+    but no longer what its run wrote -- HASHES fails and names the file; nothing else does."""
+    path = pair[0].run_dir / registry.path("sleeve", "wf_returns")
+    (pd.read_parquet(path) * 10).to_parquet(path)
+    gate = completeness_gate(pair, "hrp")
+    assert gate["passed"] is False and _failed(gate) == {("crypto_long", "HASHES")}
+    detail = _check(gate, "HASHES", "crypto_long")["detail"]
+    assert detail.startswith(f"{pair[0].run_dir}: ") and "backtest/returns.parquet changed since stage all" in detail
+    assert _check(gate, "HASHES", "crypto_short")["passed"] is True
+    with pytest.raises(GateError, match=r"completeness gate failed: HASHES:crypto_long: .*backtest/returns\.parquet"):
+        enforce(GateResult.from_dict(gate), fix="re-run it")
+
+
+def test_completeness_hashes_a_required_artifact_the_manifest_does_not_record(pair):
+    path = pair[1].run_dir / MANIFEST
+    m = json.loads(path.read_text())
+    del m["stages"]["all"]["outputs"]["backtest/returns.parquet"]
+    _write_json(path, m)
+    gate = completeness_gate(pair, "hrp")
+    assert _failed(gate) == {("crypto_short", "HASHES")}
+    assert "backtest/returns.parquet has no recorded hash" in _check(gate, "HASHES", "crypto_short")["detail"]
+
+
+def test_completeness_hashes_a_deleted_recorded_output_and_a_nested_metas_sleeves(tmp_path, pair):
+    (pair[0].run_dir / registry.path("sleeve", "audit")).unlink()
+    gate = completeness_gate(pair, "hrp")
+    assert _failed(gate) == {("crypto_long", "ARTIFACTS"), ("crypto_long", "HASHES")}
+    assert "artifacts/audit.json missing (recorded by stage all)" in _check(gate, "HASHES", "crypto_long")["detail"]
+
+    run = tmp_path / "nested"
+    inner = make_sleeve(run / "sleeves", "inner")
+    _write_json(_meta_file(run, "meta_sign_test_gate"), sign_test_gate([inner]))
+    pd.DataFrame({"meta": [0.01, -0.02]}, index=_dates("crypto", 2)).to_parquet(_meta_file(run, "meta_returns"))
+    pd.DataFrame({"symbol": ["BTC"], "net_weight": [0.5], "gross_weight": [0.5]}).to_parquet(
+        _meta_file(run, "meta_flattened"), index=False)
+    record_outputs(run, {"run_id": "nested-1", "status": "PASS"})
+    nested = SleeveRef("nested", run, kind="meta")
+    assert _check(completeness_gate([pair[1], nested], "hrp"), "HASHES", "nested")["detail"].startswith(
+        "9 recorded artifacts hash")  # its own 3 and its sleeve's 6
+    flat = inner.run_dir / registry.path("sleeve", "flattened")
+    pd.read_parquet(flat).assign(net_weight=1.0).to_parquet(flat, index=False)
+    gate = completeness_gate([pair[1], nested], "hrp")
+    assert _failed(gate) == {("nested", "HASHES")}
+    assert "sleeves/inner/artifacts/flattened.parquet changed" in _check(gate, "HASHES", "nested")["detail"]
 
 
 def test_completeness_sleeve_count(pair):
@@ -212,12 +271,12 @@ def _meta_file(run: Path, name: str) -> Path:
 
 def test_completeness_nested_meta(tmp_path, pair):
     run = tmp_path / "nested"
-    _write_json(run / MANIFEST, {"run_id": "nested-1", "status": "PASS"})
     _write_json(_meta_file(run, "meta_sign_test_gate"), sign_test_gate(pair))
     pd.DataFrame({"meta": [0.01, -0.02, np.nan]}, index=_dates("crypto", 3)).to_parquet(
         _meta_file(run, "meta_returns"))
     pd.DataFrame({"symbol": ["BTC"], "net_weight": [0.5], "gross_weight": [0.5]}).to_parquet(
         _meta_file(run, "meta_flattened"), index=False)
+    record_outputs(run, {"run_id": "nested-1", "status": "PASS"})
     nested = SleeveRef("nested", run, kind="meta")
     gate = completeness_gate([pair[0], nested], "hrp")
     assert gate["passed"] is True
