@@ -145,7 +145,8 @@ def restore(run: Run, stage: Stage, hit: Hit, key: StageKey, notebook_rel: str) 
     seconds = time.perf_counter() - start
     run.stage(stage.name).update(
         status="completed", started_at=utc_now(), ended_at=utc_now(), seconds=round(seconds, 3),
-        notebook=notebook_rel, notebook_sha256=source["notebook_sha256"], html=html, error=None,
+        notebook=notebook_rel, notebook_sha256=source["notebook_sha256"], html=html,
+        html_sha256=source.get("html_sha256") if html else None, error=None,
         outputs=dict(source["outputs"]), lakehouse_outputs=dict(source.get("lakehouse_outputs", {})),
         cache_key=key.key, external_after=key.external,
         cached_from=hit.run.id, cached_from_path=_relative(run, hit.run), cached_seconds=source.get("seconds"))
@@ -160,10 +161,9 @@ def _relative(run: Run, other: Run) -> str:
         return str(other.dir)
 
 
-def record_computed(run: Run, phase: str, stage: Stage, key: StageKey | None, notebook: Path) -> None:
-    """After a computed stage: its key, the notebook's hash and its external inputs as it left them."""
+def record_computed(run: Run, phase: str, stage: Stage, key: StageKey | None) -> None:
+    """After a computed stage: its key and its external inputs as it left them."""
     if key is None:
         return
     after = external_fingerprint(run, phase, stage) if stage.external else None
-    run.stage(stage.name).update(cache_key=key.key, external_after=after,
-                                 notebook_sha256=storage.sha256_file(notebook))
+    run.stage(stage.name).update(cache_key=key.key, external_after=after)

@@ -85,7 +85,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
             say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
             seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel,
                                     exports)
-            cache.record_computed(run, phase, stage, key, run.dir / "notebooks" / notebook_name(index, stage))
+            cache.record_computed(run, phase, stage, key)
             run.save()
             say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
         run.manifest["status"] = "PASS"
