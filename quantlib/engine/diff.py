@@ -52,9 +52,14 @@ class Change:
     b: Any
 
 
+def fact_differs(fact: Change) -> bool:
+    """Both sides known and unequal (a fact unknown on one side is not a difference)."""
+    return fact.a is not None and fact.b is not None and fact.a != fact.b
+
+
 @dataclass(frozen=True)
 class InputsDiff:
-    facts: list[Change]  # data run, as-of dates: every fact, equal or not
+    facts: list[Change]  # data run, as-of dates: every fact, equal or not (None: unknown, never a difference)
     added: list[str]  # input labels recorded by B only
     removed: list[str]
     changed: list[str]  # same label, another hash
@@ -62,7 +67,7 @@ class InputsDiff:
 
     @property
     def differs(self) -> bool:
-        return bool(self.added or self.removed or self.changed or any(c.a != c.b for c in self.facts))
+        return bool(self.added or self.removed or self.changed or any(fact_differs(c) for c in self.facts))
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class GateDiff:
     gate: str
     a: str  # PASS | FAIL | not checked | — (no file)
     b: str
-    checks: list[Change]  # checks whose outcome differs: a/b are "pass" | "fail" | None
+    checks: list[Change]  # checks whose outcome differs: a/b are "pass" | "fail" | "2 fail" | ... | None
 
     @property
     def differs(self) -> bool:
@@ -259,47 +264,57 @@ def _input_hashes(run: Run) -> dict[str, str]:
     return {RUN_ID.sub("<data run>", k): v for k, v in (run.manifest.get("inputs") or {}).items()}
 
 
-def _as_of(run: Run) -> dict[str, Any]:
-    """The data run a sleeve read, that data run's source clock and the sleeve's last bar."""
+def _runs_root(run: Run) -> Path:
+    return Path((run.manifest.get("options") or {}).get("runs_root") or run.dir.parent)
+
+
+def _as_of(run: Run, roots: list[Path]) -> dict[str, Any]:
+    """The data run a sleeve read, that data run's source clock (looked up under `roots`) and the
+    sleeve's last bar; None where unknown."""
     if run.manifest.get("phase") != "sleeve":
         return {}
-    facts: dict[str, Any] = {"data run": run.manifest.get("data_run")}
     data_run = run.manifest.get("data_run")
-    root = Path((run.manifest.get("options") or {}).get("runs_root") or run.dir.parent)
-    universe = _read_path(root / data_run / registry.path("data", "universe")) if data_run else None
-    facts["source as-of"] = universe.get("as_of") if universe else None
+    found = [u for root in roots if data_run and (u := _read_path(root / data_run / registry.path("data", "universe")))]
     own = _read(run, registry.path("sleeve", "universe"))
-    facts["last bar"] = str(own["as_of"])[:10] if own and own.get("as_of") else None
-    return facts
+    return {"data run": data_run, "source as-of": found[0].get("as_of") if found else None,
+            "last bar": str(own["as_of"])[:10] if own and own.get("as_of") else None}
 
 
 def inputs_diff(a: Run, b: Run) -> InputsDiff:
+    """Input hashes and as-of facts; the source as-of is looked up under both runs' roots (a copied run
+    still finds its data run)."""
     ha, hb = _input_hashes(a), _input_hashes(b)
-    fa, fb = _as_of(a), _as_of(b)
+    roots = list(dict.fromkeys([_runs_root(a), _runs_root(b)]))
+    fa, fb = _as_of(a, roots), _as_of(b, roots)
     return InputsDiff(facts=[Change(k, fa.get(k), fb.get(k)) for k in fa | fb],
                       added=sorted(set(hb) - set(ha)), removed=sorted(set(ha) - set(hb)),
                       changed=sorted(k for k in set(ha) & set(hb) if ha[k] != hb[k]), n_files=len(set(ha) | set(hb)))
 
 
-def _gate_state(doc: Any) -> tuple[str, dict[str, bool]]:
-    """(verdict, {check label: passed}) of a gate file; an older file without checks keeps its `passed`."""
+def _outcome(passed: list[bool]) -> str:
+    """`pass` / `fail` for one check; `2 fail` / `1 pass, 1 fail` when a label repeats."""
+    if len(passed) == 1:
+        return "pass" if passed[0] else "fail"
+    n_pass, n_fail = sum(passed), len(passed) - sum(passed)
+    return ", ".join(f"{n} {word}" for n, word in ((n_pass, "pass"), (n_fail, "fail")) if n)
+
+
+def _gate_state(doc: Any) -> tuple[str, dict[str, str]]:
+    """(verdict, {check label: outcome}) of a gate file. A label is `code:subject`, `(warning)` added
+    for a check that is not required; an older file without checks keeps its `passed`."""
     if doc is None:
         return "—", {}
     raw = [c for c in doc.get("checks") or [] if isinstance(c, dict) and "code" in c]
     checks = [Check(str(c["code"]), bool(c.get("passed")), str(c.get("detail", "")), bool(c.get("required", True)),
                     c.get("subject")) for c in raw]
-    outcomes: dict[str, bool] = {}
+    grouped: dict[str, list[bool]] = {}
     for check in checks:
-        name, n = check.label(), 1
-        while name in outcomes:  # the same code and subject twice: keep both
-            n += 1
-            name = f"{check.label()}#{n}"
-        outcomes[name] = check.passed
+        grouped.setdefault(check.label() + ("" if check.required else " (warning)"), []).append(check.passed)
     result = GateResult(str(doc.get("gate", "")), tuple(checks))
     verdict = result.passed if result.checked else None
     if not checks and isinstance(doc.get("passed"), bool):
         verdict = doc["passed"]
-    return {True: "PASS", False: "FAIL", None: "not checked"}[verdict], outcomes
+    return {True: "PASS", False: "FAIL", None: "not checked"}[verdict], {k: _outcome(v) for k, v in grouped.items()}
 
 
 def gate_diffs(a: Run, b: Run, phase: str) -> list[GateDiff]:
@@ -312,9 +327,7 @@ def gate_diffs(a: Run, b: Run, phase: str) -> list[GateDiff]:
         if da is None and db is None:
             continue
         (va, ca), (vb, cb) = _gate_state(da), _gate_state(db)
-        fmt = {True: "pass", False: "fail"}
-        checks = [Change(k, fmt.get(ca.get(k)), fmt.get(cb.get(k))) for k in sorted(set(ca) | set(cb))
-                  if ca.get(k) != cb.get(k)]
+        checks = [Change(k, ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
         out.append(GateDiff(gate.name, va, vb, checks))
     return out
 
@@ -349,15 +362,16 @@ def weight_diffs(a: Run, b: Run, phase: str) -> list[WeightDiff]:
                       for f in (fa, fb))
             out.append(WeightDiff(title, unit, rel, _weight_rows(sa, sb), "A" if fa is None else "B" if fb is None else None))
         return out
-    out = []
+    vectors: dict[str, list[WeightDiff]] = {}
     for kind, unit, rel, name, value in (("atoms", "atom", registry.path("sleeve", "weights"), "atom_id", "weight"),
                                          ("physical names", "name", registry.path("sleeve", "flattened"), "symbol", "net_weight")):
         fa, fb = _read(a, rel), _read(b, rel)
         pa, pb = _by_profile(fa, name, value), _by_profile(fb, name, value)
         for profile in list(dict.fromkeys([*pa, *pb])):
             missing = "A" if profile not in pa else "B" if profile not in pb else None
-            out.append(WeightDiff(f"{profile} · {kind}", unit, rel, _weight_rows(pa.get(profile), pb.get(profile)), missing))
-    return out
+            vectors.setdefault(profile, []).append(
+                WeightDiff(f"{profile} · {kind}", unit, rel, _weight_rows(pa.get(profile), pb.get(profile)), missing))
+    return [w for group in vectors.values() for w in group]  # per risk profile: its atoms, then its names
 
 
 def oos_returns(run: Run, phase: str) -> tuple[pd.DataFrame | None, str]:

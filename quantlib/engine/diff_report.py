@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from quantlib.core import storage
 from quantlib.core.errors import WorkbookError
 from quantlib.core.figures import plotly_js
-from quantlib.engine.diff import RunDiff, WeightDiff, label, to_json
+from quantlib.engine.diff import TOL, RunDiff, WeightDiff, fact_differs, label, to_json
 from quantlib.portfolio.metrics import wealth
 
 A_COLOR, B_COLOR = "#4c78a8", "#f58518"
@@ -47,11 +47,19 @@ def _num(value: Any, digits: int = 6) -> str:
 
 
 def _signed(value: float, digits: int = 6) -> str:
-    return "NaN" if math.isnan(value) else f"{value:+.{digits}f}"
+    """A delta; one too small for `digits` decimals in scientific notation (never a bare +0.000000)."""
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:+.2e}" if 0 < abs(value) < 0.5 * 10 ** -digits else f"{value:+.{digits}f}"
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _differ(n: int, word: str) -> str:
+    """`1 key differs`, `3 keys differ`."""
+    return f"{_plural(n, word)} {'differs' if n == 1 else 'differ'}"
 
 
 def _status(run) -> str:
@@ -60,7 +68,7 @@ def _status(run) -> str:
 
 def _profile_lines(d: RunDiff, wide: int = 48) -> list[str]:
     """Changed keys as `key  A → B`; a value longer than `wide` characters gets A and B lines of its own."""
-    head = "Profile (profile.resolved.yaml): " + (_plural(len(d.profile), "key") + " differ" if d.profile else "same")
+    head = "Profile (profile.resolved.yaml): " + (_differ(len(d.profile), "key") if d.profile else "same")
     short = [c for c in d.profile if max(len(to_json(c.a)), len(to_json(c.b))) <= wide]
     lines = [head, *_table([[c.key, to_json(c.a), "→", to_json(c.b)] for c in short])]
     for c in d.profile:
@@ -69,10 +77,14 @@ def _profile_lines(d: RunDiff, wide: int = 48) -> list[str]:
     return lines
 
 
+def _fact(value: Any) -> str:
+    return "? (not found)" if value is None else to_json(value)
+
+
 def _inputs_lines(d: RunDiff, top: int) -> list[str]:
     i = d.inputs
     lines = [f"Data inputs: {'differ' if i.differs else 'same'}"]
-    rows = [[c.key, to_json(c.a), "→" if c.a != c.b else "", to_json(c.b) if c.a != c.b else "(same)"] for c in i.facts]
+    rows = [[c.key, _fact(c.a), "→" if fact_differs(c) else "", _fact(c.b) if c.a != c.b else "(same)"] for c in i.facts]
     rows.append(["input files", f"{i.n_files} recorded", "", f"{len(i.changed)} changed, {len(i.added)} added, "
                                                               f"{len(i.removed)} removed"])
     lines += _table(rows)
@@ -113,7 +125,7 @@ def _weight_lines(w: WeightDiff, top: int) -> list[str]:
 def _weights_section(d: RunDiff, top: int) -> list[str]:
     changed = [w for w in d.weights if w.rows or w.missing]
     same = [w.title for w in d.weights if not (w.rows or w.missing)]
-    lines = [f"Weights: {len(changed)} of {len(d.weights)} vectors differ (top {top} by |Δ|; held = |w| > 1e-12)"]
+    lines = [f"Weights: {len(changed)} of {_differ(len(d.weights), 'vector')} (top {top} by |Δ|; held = |w| > {TOL:g})"]
     for w in changed:
         lines += _weight_lines(w, top)
     if same:
@@ -128,9 +140,10 @@ def _metrics_lines(d: RunDiff) -> list[str]:
     if not m.rows and not d.correlations:
         return [f"Out-of-sample metrics: not recorded in either run"]
     lines = [f"Out-of-sample metrics ({m.source}): "
-             + (f"{_plural(len(m.rows), 'value')} differ" if m.rows else "same")]
+             + (_differ(len(m.rows), "value") if m.rows else "same")]
     rows = [["stream", "metric", "A", "B", "Δ (B−A)"]]
-    rows += [[r.stream, r.metric, _num(r.a), _num(r.b), _signed(r.delta)] for r in m.rows]
+    rows += [[r.stream if k == 0 or m.rows[k - 1].stream != r.stream else "", r.metric, _num(r.a), _num(r.b),
+              _signed(r.delta)] for k, r in enumerate(m.rows)]
     return lines + (_table(rows, right={2, 3, 4}) if m.rows else [])
 
 
@@ -154,14 +167,14 @@ def summary(d: RunDiff) -> str:
         parts.append(f"profile {_plural(len(d.profile), 'key')}")
     if d.inputs.differs:
         parts.append(f"inputs {len(d.inputs.changed) + len(d.inputs.added) + len(d.inputs.removed)} files"
-                     + (", data run" if any(c.key == "data run" and c.a != c.b for c in d.inputs.facts) else ""))
+                     + (", data run" if any(c.key == "data run" and fact_differs(c) for c in d.inputs.facts) else ""))
     if any(g.differs for g in d.gates):
         parts.append("gates " + ", ".join(f"{g.gate} {g.a}→{g.b}" if g.a != g.b else g.gate
                                           for g in d.gates if g.differs))
     moved = [w for w in d.weights if w.rows or w.missing]
     if moved:
         top = max((w for w in moved if w.rows), key=lambda w: abs(w.rows[0].delta), default=None)
-        parts.append(f"weights {len(moved)} vectors" + (f" (max |Δ| {abs(top.rows[0].delta):.4f} {top.title})" if top else ""))
+        parts.append(f"weights {_plural(len(moved), 'vector')}" + (f" (max |Δ| {abs(top.rows[0].delta):.4f} {top.title})" if top else ""))
     if d.metrics.rows or d.metrics.missing:
         parts.append(f"metrics {len(d.metrics.rows)} values" if d.metrics.rows else f"metrics only in "
                      f"{'B' if d.metrics.missing == 'A' else 'A'}")
@@ -180,7 +193,7 @@ def _sleeve_lines(d: RunDiff) -> list[str]:
         return []
     both = [(sid, s) for sid, s in d.sleeves if not isinstance(s, str)]
     differ = sum(isinstance(s, str) or s.differs for _, s in d.sleeves)
-    lines = [f"Sleeves: {differ} of {len(d.sleeves)} differ (each diffed like a sleeve run; "
+    lines = [f"Sleeves: {differ} of {_differ(len(d.sleeves), 'sleeve')} (each diffed like a sleeve run; "
              f"`diff A/sleeves/<id> B/sleeves/<id>` for the detail)"]
     rows = [[sid, s if isinstance(s, str) else summary(s)] for sid, s in d.sleeves]
     return lines + _table(rows) if d.sleeves else lines + ["  none"]
@@ -256,14 +269,17 @@ def check_outside_runs(path: Path, *runs) -> Path:
 
 
 def write_page(path: Path, title: str, text: str, figs: list[go.Figure]) -> Path:
-    """The standalone HTML page: the text report, then the figures (plotly.js embedded once, offline)."""
+    """The standalone HTML page: title, the verdict (the text's last line), the figures, then the whole
+    text report; plotly.js embedded once (offline)."""
     divs = "\n".join(f.to_html(include_plotlyjs=False, full_html=False, config={"displaylogo": False}) for f in figs)
+    verdict = text.rstrip().splitlines()[-1] if text.strip() else ""
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<script type='text/javascript'>{plotly_js()}</script>"
             "<style>body{font-family:sans-serif;margin:16px 24px;max-width:1340px}"
             "pre{font-size:12px;background:#f6f8fa;padding:12px;overflow-x:auto}"
-            ".plotly-graph-div{margin-bottom:24px}</style></head>"
-            f"<body><h1 style='font-size:22px'>{html.escape(title)}</h1><pre>{html.escape(text)}</pre>{divs}</body></html>")
+            "h1{font-size:22px} h2{font-size:18px;margin-top:28px} .plotly-graph-div{margin-bottom:24px}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1><p><b>{html.escape(verdict)}</b></p>{divs}"
+            f"<h2>Report</h2><pre>{html.escape(text)}</pre></body></html>")
     return storage.write_text(path, page)
 
 
