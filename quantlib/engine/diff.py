@@ -160,7 +160,7 @@ class RunDiff:
     metrics: MetricsDiff
     correlations: list[Correlation]
     returns: dict[str, tuple[pd.Series | None, pd.Series | None]]  # stream -> (A, B) out-of-sample
-    sleeves: list[tuple[str, "RunDiff | str"]] = field(default_factory=list)  # id -> diff | "only in A/B"
+    sleeves: list[tuple[str, RunDiff | str]] = field(default_factory=list)  # id -> diff | why not diffed
 
     def differing_sections(self) -> list[str]:
         """Names of the sections holding a difference (empty: identical in every respect diffed)."""
@@ -458,10 +458,12 @@ def diff_runs(a: Run, b: Run) -> RunDiff:
     if phase == "meta":
         da, db = _sleeve_dirs(a), _sleeve_dirs(b)
         for sid in sorted(set(da) | set(db)):
-            if sid in da and sid in db:
-                result.sleeves.append((sid, diff_runs(Run.at(da[sid]), Run.at(db[sid]))))
-            else:
+            if sid not in da or sid not in db:
                 result.sleeves.append((sid, "only in A" if sid in da else "only in B"))
+                continue
+            sa, sb = Run.at(da[sid]), Run.at(db[sid])
+            pa, pb = sa.manifest.get("phase"), sb.manifest.get("phase")
+            result.sleeves.append((sid, diff_runs(sa, sb) if pa == pb else f"a {pa} run in A, a {pb} run in B"))
     return result
 
 

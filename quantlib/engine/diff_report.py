@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from quantlib.core import storage
 from quantlib.core.errors import WorkbookError
 from quantlib.core.figures import plotly_js
+from quantlib.core.runs import Run
 from quantlib.engine.diff import TOL, RunDiff, WeightDiff, fact_differs, label, to_json
 from quantlib.portfolio.metrics import wealth
 
@@ -62,7 +63,7 @@ def _differ(n: int, word: str) -> str:
     return f"{_plural(n, word)} {'differs' if n == 1 else 'differ'}"
 
 
-def _status(run) -> str:
+def _status(run: Run) -> str:
     return str(run.manifest.get("status", "?"))
 
 
@@ -85,8 +86,8 @@ def _inputs_lines(d: RunDiff, top: int) -> list[str]:
     i = d.inputs
     lines = [f"Data inputs: {'differ' if i.differs else 'same'}"]
     rows = [[c.key, _fact(c.a), "→" if fact_differs(c) else "", _fact(c.b) if c.a != c.b else "(same)"] for c in i.facts]
-    rows.append(["input files", f"{i.n_files} recorded", "", f"{len(i.changed)} changed, {len(i.added)} added, "
-                                                              f"{len(i.removed)} removed"])
+    counts = f"{len(i.changed)} changed, {len(i.added)} added, {len(i.removed)} removed"
+    rows.append(["input files", f"{i.n_files} recorded", "", counts])
     lines += _table(rows)
     for word, names in (("changed", i.changed), ("added", i.added), ("removed", i.removed)):
         lines += [f"      {word}: {n}" for n in names[:top]]
@@ -138,7 +139,7 @@ def _metrics_lines(d: RunDiff) -> list[str]:
     if m.missing:
         return [f"Out-of-sample metrics ({m.source}): not recorded in {m.missing}"]
     if not m.rows and not d.correlations:
-        return [f"Out-of-sample metrics: not recorded in either run"]
+        return ["Out-of-sample metrics: not recorded in either run"]
     lines = [f"Out-of-sample metrics ({m.source}): "
              + (_differ(len(m.rows), "value") if m.rows else "same")]
     rows = [["stream", "metric", "A", "B", "Δ (B−A)"]]
@@ -181,7 +182,7 @@ def summary(d: RunDiff) -> str:
     corr = [c for c in d.correlations if not c.identical]
     if corr:
         parts.append("returns " + ", ".join(f"{c.stream} corr {_num(c.corr, 4)}" for c in corr[:2])
-                     + (f" ({corr[0].n_common} common days)" if corr else ""))
+                     + f" ({corr[0].n_common} common days)")
     sleeves = [sid for sid, s in d.sleeves if isinstance(s, str) or s.differs]
     if sleeves:
         parts.append("sleeves " + ", ".join(sleeves))
@@ -191,10 +192,9 @@ def summary(d: RunDiff) -> str:
 def _sleeve_lines(d: RunDiff) -> list[str]:
     if d.phase != "meta":
         return []
-    both = [(sid, s) for sid, s in d.sleeves if not isinstance(s, str)]
     differ = sum(isinstance(s, str) or s.differs for _, s in d.sleeves)
-    lines = [f"Sleeves: {differ} of {_differ(len(d.sleeves), 'sleeve')} (each diffed like a sleeve run; "
-             f"`diff A/sleeves/<id> B/sleeves/<id>` for the detail)"]
+    lines = [(f"Sleeves: {differ} of {_differ(len(d.sleeves), 'sleeve')} (each diffed like a sleeve run; "
+              "`diff A/sleeves/<id> B/sleeves/<id>` for the detail)")]
     rows = [[sid, s if isinstance(s, str) else summary(s)] for sid, s in d.sleeves]
     return lines + _table(rows) if d.sleeves else lines + ["  none"]
 
@@ -219,9 +219,9 @@ def weights_figure(w: WeightDiff, top: int) -> go.Figure:
     names = [r.name for r in rows]
     fig = go.Figure([go.Bar(y=names, x=[r.b or 0.0 for r in rows], name="B", orientation="h", marker_color=B_COLOR),
                      go.Bar(y=names, x=[r.a or 0.0 for r in rows], name="A", orientation="h", marker_color=A_COLOR)])
-    fig.update_layout(title=dict(text=f"Weights · {w.title}: top {len(rows)} changes by |Δ|", x=0.01, xanchor="left"),
-                      barmode="group", height=max(300, 130 + 34 * len(rows)), margin=dict(l=20, r=20, t=70, b=40),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0, traceorder="reversed"),
+    fig.update_layout(title={"text": f"Weights · {w.title}: top {len(rows)} changes by |Δ|", "x": 0.01, "xanchor": "left"},
+                      barmode="group", height=max(300, 130 + 34 * len(rows)), margin={"l": 20, "r": 20, "t": 70, "b": 40},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0, "traceorder": "reversed"},
                       xaxis_title="weight")
     fig.update_yaxes(automargin=True)
     return fig
@@ -235,10 +235,10 @@ def equity_figure(d: RunDiff) -> go.Figure:
             if series is not None and len(series):
                 w = wealth(series)
                 fig.add_trace(go.Scatter(x=w.index, y=w.to_numpy(), mode="lines", name=f"{stream} · {run}",
-                                         line=dict(color=PALETTE[i % len(PALETTE)], dash=dash, width=1.6)))
-    fig.update_layout(title=dict(text="Out-of-sample equity curves (A solid, B dashed; wealth from 1.0)",
-                                 x=0.01, xanchor="left"), height=520, margin=dict(l=20, r=20, t=70, b=40),
-                      yaxis_title="wealth", legend=dict(orientation="v", x=1.01, y=1.0))
+                                         line={"color": PALETTE[i % len(PALETTE)], "dash": dash, "width": 1.6}))
+    fig.update_layout(title={"text": "Out-of-sample equity curves (A solid, B dashed; wealth from 1.0)",
+                                 "x": 0.01, "xanchor": "left"}, height=520, margin={"l": 20, "r": 20, "t": 70, "b": 40},
+                      yaxis_title="wealth", legend={"orientation": "v", "x": 1.01, "y": 1.0})
     fig.update_yaxes(automargin=True)
     return fig
 
@@ -257,7 +257,7 @@ def default_html_path(d: RunDiff) -> Path:
     return Path(tempfile.gettempdir()) / "fractal-workbook-diff" / f"{safe[0]}__vs__{safe[1]}.html"
 
 
-def check_outside_runs(path: Path, *runs) -> Path:
+def check_outside_runs(path: Path, *runs: Run) -> Path:
     """`path` resolved; WorkbookError when it lies inside one of the runs being read."""
     target = path.resolve()
     for run in runs:

@@ -22,7 +22,7 @@ from quantlib.core.figures import plotly_js
 from quantlib.core.gates import Check, GateResult
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
-from quantlib.engine.diff import Change, WeightChange, diff_runs, open_run
+from quantlib.engine.diff import Change, WeightChange, diff_runs
 from quantlib.engine.diff_report import default_html_path, render_text
 
 REFUSED = ("cannot be diffed: diff two sleeve runs, two meta runs, or a meta's sleeve with a sleeve run")
@@ -117,10 +117,10 @@ def test_changed_added_and_removed_weights_are_ranked_with_exact_deltas(long_run
 
     code, out, _ = _diff(capsys, str(long_run.dir), str(copy.dir), "--no-html", "--top", "1")
     assert code == 1 and out.rstrip().endswith("DIFFERENT: weights")
-    assert re.search(rf"^ +1 +{re.escape(big)} +{w_big:.6f} +{w_big + 0.07:.6f} +\+0\.070000 +changed$", out, re.M)
+    assert re.search(rf"^ +1 +{re.escape(big)} +{w_big:.6f} +{w_big + 0.07:.6f} +\+0\.070000 +changed$", out, re.MULTILINE)
     assert "hrp · atoms (artifacts/weights.parquet): 2 changed, 0 added, 0 removed" in out
     assert "    ... and 1 more" in out  # --top 1: the second atom is not listed
-    assert re.search(rf"^ +1 +{re.escape(small)} ", out, re.M) is None
+    assert re.search(rf"^ +1 +{re.escape(small)} ", out, re.MULTILINE) is None
 
 
 # ------------------------------------------------------------------------------------ profile, gates
@@ -146,9 +146,9 @@ def test_profile_key_and_gate_flip(long_run, tmp_path, capsys):
 
     code, out, _ = _diff(capsys, str(long_run.dir), str(copy.dir), "--no-html")
     assert code == 1
-    assert re.search(r"^  optimizer\.atom_cap  0\.25  →  0\.2$", out, re.M)
-    assert re.search(r"^  audit +PASS +FAIL +\*$", out, re.M)
-    assert re.search(r"^    STABLE_SUM:hrp +pass +fail +→$", out, re.M)
+    assert re.search(r"^  optimizer\.atom_cap  0\.25  →  0\.2$", out, re.MULTILINE)
+    assert re.search(r"^  audit +PASS +FAIL +\*$", out, re.MULTILINE)
+    assert re.search(r"^    STABLE_SUM:hrp +pass +fail +→$", out, re.MULTILINE)
     assert "Gates: 1 verdict changed, 1 check changed outcome" in out
 
 
@@ -248,16 +248,20 @@ def test_meta_diff_with_per_sleeve_lines_and_nested_sleeves(long_run, short_run,
     page = tmp_path / "meta.html"
     code, out, _ = _diff(capsys, str(a.dir), str(b.dir), "--html", str(page))
     assert code == 1
-    assert re.search(r"^  crypto_long   DIFFERENT: weights 1 vector \(max \|Δ\| 0\.0100 hrp · atoms\)$", out, re.M)
-    assert re.search(r"^  crypto_short  no difference$", out, re.M)
+    assert re.search(r"^  crypto_long   DIFFERENT: weights 1 vector \(max \|Δ\| 0\.0100 hrp · atoms\)$", out, re.MULTILINE)
+    assert re.search(r"^  crypto_short  no difference$", out, re.MULTILINE)
     assert "Sleeves: 1 of 2 sleeves differ" in out
     assert page.read_text(encoding="utf-8").count('class="plotly-graph-div"') == 3  # 2 weight vectors + equity
 
     code, out, _ = _diff(capsys, str(a.dir / "sleeves/crypto_long"), str(b.dir / "sleeves/crypto_long"), "--no-html")
     assert code == 1 and f"A  {a.id}/sleeves/crypto_long" in out
-    assert re.search(rf"^ +1 +{re.escape(atom)} .* \+0\.010000 +changed$", out, re.M)
+    assert re.search(rf"^ +1 +{re.escape(atom)} .* \+0\.010000 +changed$", out, re.MULTILINE)
     code, out, _ = _diff(capsys, str(a.dir / "sleeves/crypto_long"), str(long_run.dir), "--no-html")
     assert code == 0, out  # a meta's sleeve against the sleeve run it was copied from
     code, _, err = _diff(capsys, str(a.dir), str(long_run.dir), "--no-html")
     assert code == 2 and err.strip() == f"error: a meta run and a sleeve run {REFUSED}"
     assert json.loads((a.dir / "manifest.json").read_text())["phase"] == "meta"
+
+    nested = b.dir / "sleeves/crypto_short/manifest.json"  # B's sleeve crypto_short becomes a nested meta
+    storage.write_json(nested, {**storage.read_json(nested), "phase": "meta"})
+    assert dict(diff_runs(a, b).sleeves)["crypto_short"] == "a sleeve run in A, a meta run in B"
