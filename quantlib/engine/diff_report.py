@@ -186,17 +186,29 @@ def summary(d: RunDiff) -> str:
     sleeves = [sid for sid, s in d.sleeves if isinstance(s, str) or s.differs]
     if sleeves:
         parts.append("sleeves " + ", ".join(sleeves))
-    return "DIFFERENT: " + " · ".join(parts)
+    return "DIFFERENT: " + "; ".join(parts)
 
 
-def _sleeve_lines(d: RunDiff) -> list[str]:
+def _sleeve_lines(d: RunDiff, width: int = 110) -> list[str]:
     if d.phase != "meta":
         return []
     differ = sum(isinstance(s, str) or s.differs for _, s in d.sleeves)
     lines = [(f"Sleeves: {differ} of {_differ(len(d.sleeves), 'sleeve')} (each diffed like a sleeve run; "
               "`diff A/sleeves/<id> B/sleeves/<id>` for the detail)")]
-    rows = [[sid, s if isinstance(s, str) else summary(s)] for sid, s in d.sleeves]
-    return lines + _table(rows) if d.sleeves else lines + ["  none"]
+    if not d.sleeves:
+        return lines + ["  none"]
+    pad = max(len(sid) for sid, _ in d.sleeves) + 4
+    for sid, s in d.sleeves:
+        parts = (s if isinstance(s, str) else summary(s)).split("; ")
+        row = f"  {sid.ljust(pad - 4)}  {parts[0]}"
+        for part in parts[1:]:  # wrapped between parts so a long summary stays readable
+            if len(row) + len(part) + 2 > width:
+                lines.append(row + ";")
+                row = " " * pad + part
+            else:
+                row += "; " + part
+        lines.append(row)
+    return lines
 
 
 def render_text(d: RunDiff, top: int = 10) -> str:

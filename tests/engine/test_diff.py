@@ -59,6 +59,22 @@ def _files(run: Run) -> dict[str, str]:
     return {str(p.relative_to(run.dir)): storage.sha256_file(p) for p in sorted(run.dir.rglob("*")) if p.is_file()}
 
 
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_names_the_sections_options_and_exit_codes(capsys):
+    out = _help(capsys, "diff")
+    assert out.startswith("usage: run_book.py diff")
+    for phrase in ("RUN_A", "RUN_B", "--top", "--html", "--no-html", "sleeves/<id>", "profile", "gate",
+                   "weights", "correlation", "Exit 0 when nothing differs, 1 when something does, 2 on bad input"):
+        assert phrase in " ".join(out.split()), phrase
+    assert "\n    diff " in _help(capsys)
+
+
 # ------------------------------------------------------------------------------------ identical
 def test_identical_runs_exit_0_and_write_nothing_into_them(long_run, tmp_path, capsys):
     copy = _copy(long_run, tmp_path / "b")
