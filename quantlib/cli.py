@@ -8,6 +8,7 @@
   python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
   python run_book.py compare RUN_A RUN_B       # same artifacts? (parquet exact, JSON apart from ids/times)
   python run_book.py verify RUN_ID             # does a run still match its record? (hashes, inputs, gates)
+  python run_book.py diff RUN_A RUN_B          # what changed: profile, inputs, gates, weights, metrics (+ HTML)
   python run_book.py runs                      # list runs with status
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
@@ -25,6 +26,8 @@ from quantlib.core.errors import WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import INDEX, Run, RunOptions, list_runs
 from quantlib.engine.compare import compare_runs
+from quantlib.engine.diff import diff_runs, open_run
+from quantlib.engine.diff_report import check_outside_runs, default_html_path, render_text, write_html
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.verify import verify_run
@@ -165,6 +168,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{r.status:<10}  {r.item:<{width}}  {r.detail}")
     print(result.summary())
     return 0 if result.passed else 1
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Print what differs between two runs, write the HTML page; 0 identical, 1 different."""
+    if args.top < 1:
+        raise WorkbookError(f"--top {args.top}: list at least 1 change")
+    a, b = open_run(args.run_a, _runs_dir(args)), open_run(args.run_b, _runs_dir(args))
+    result = diff_runs(a, b)
+    page = None if args.no_html else check_outside_runs(Path(args.html) if args.html else default_html_path(result), a, b)
+    print(render_text(result, args.top), end="")
+    if page is not None:
+        print(f"html: {write_html(result, page, args.top)}")
+    return 1 if result.differs else 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -277,6 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID", help="run id (under --runs-dir) or run directory")
     p.add_argument("--all", action="store_true", help="list every item (default: OK items folded per kind)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("diff", help="what differs between two runs: profile, inputs, gates, weights, metrics",
+                       description="Diff two sleeve runs, two meta runs or a meta's sleeve (RUN/sleeves/<id>) with a "
+                                   "sleeve run: resolved-profile keys, data inputs, gate verdicts and checks, weights "
+                                   "per risk profile (atoms and physical names; a meta's sleeve weights and "
+                                   "flattened book), out-of-sample metric deltas and the correlation of the "
+                                   "out-of-sample returns on common dates; a meta adds one line per sleeve. Also "
+                                   "writes an HTML page with the weight changes and equity curves. Exit 0 when "
+                                   "nothing differs, 1 when something does, 2 on bad input.")
+    p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
+    p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
+    p.add_argument("--top", type=int, default=10, metavar="N",
+                   help="largest weight changes listed per vector, checks and files per list (default 10)")
+    p.add_argument("--html", metavar="PATH", help="write the HTML page here (default: "
+                                                   "<temp dir>/fractal-workbook-diff/<A>__vs__<B>.html; never inside a run)")
+    p.add_argument("--no-html", action="store_true", help="terminal text only")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
     p.set_defaults(func=cmd_runs)
