@@ -6,6 +6,7 @@
   python run_book.py meta PROFILE              # Phase 3: sleeves in parallel on Ray -> fractal portfolio
   python run_book.py baseline rating_all       # the Binance rating LONG/SHORT pair, audited
   python run_book.py audit-lookahead RUN_ID    # prove a sleeve's decisions ignore later data
+  python run_book.py replay RUN_ID [--at DATE] # rebuild one rebalance decision, prove it equals the record
   python run_book.py compare RUN_A RUN_B       # same artifacts? (parquet exact, JSON apart from ids/times)
   python run_book.py verify RUN_ID             # does a run still match its record? (hashes, inputs, gates)
   python run_book.py diff RUN_A RUN_B          # what changed: profile, inputs, gates, weights, metrics (+ HTML)
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from quantlib.backtest.lookahead import audit_run
+from quantlib.backtest.replay import ReplayRefused, replay_run, report_lines
 from quantlib.core import registry
 from quantlib.core.errors import WorkbookError
 from quantlib.core.profiles import load_profile
@@ -138,6 +140,18 @@ def cmd_audit_lookahead(args: argparse.Namespace) -> int:
         print(f"  {'PASS' if check.passed else 'FAIL'}  {check.code}: {check.detail}")
     print(f"{'PASS' if result.passed else 'FAIL'} · {run.path(registry.path('sleeve', 'lookahead_audit'))}")
     return 0 if result.passed else 1
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Exit 0 MATCH, 1 DIFF or inputs no longer as recorded, 2 unknown run / not a rebalance date."""
+    run = Run.open(_runs_dir(args), args.run_id)
+    try:
+        result = replay_run(run, args.at, from_run=args.from_run)
+    except ReplayRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report_lines(result)))
+    return 0 if result.matched else 1
 
 
 def _run_at(args: argparse.Namespace, ref: str):
@@ -272,6 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events planted after the cutoff: a held symbol delisted, a held symbol +600 %%, "
                         "a new listing (default: all three)")
     p.set_defaults(func=cmd_audit_lookahead)
+
+    p = sub.add_parser("replay", help="rebuild one rebalance decision of a sleeve run and prove it equals the record",
+                       description="Rebuild one rebalance decision of sleeve run RUN_ID from its recorded inputs "
+                                   "(its resolved profile and the lakehouse files whose hashes its manifest recorded; "
+                                   "refused, exit 1, if they changed) -- point-in-time universe, eligibility, "
+                                   "selection, atoms, weights per risk profile, trades -- and compare it exactly with "
+                                   "what the run recorded. Without --at the production decision, with --at DATE the "
+                                   "walk-forward rebalance of that date. Writes nothing. Exit 0 MATCH, 1 DIFF (the "
+                                   "first differing artifact, field and row are printed), 2 unknown run or not a "
+                                   "rebalance date.")
+    p.add_argument("run_id", metavar="RUN_ID", help="a sleeve run")
+    p.add_argument("--at", metavar="DATE", help="a walk-forward rebalance date (ISO; default: the production decision)")
+    p.add_argument("--from-run", action="store_true",
+                   help="replay from the run's own copies of its inputs (returns, screener, benchmark) instead of "
+                        "the lakehouse, e.g. after a later data run changed it")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("compare", help="compare two runs artifact by artifact",
                        description="Compare every artifact of two runs of the same phase (a meta's sleeves too): "

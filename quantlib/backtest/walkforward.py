@@ -36,7 +36,7 @@ from quantlib.data.scanners import Scanner
 from quantlib.sleeve.selection import SelectionError
 from quantlib.sleeve.synthesis import atom_id, synthetic_returns
 from quantlib.sleeve.universe import candidates_at, funnel_text
-from quantlib.sleeve.window import decide_window
+from quantlib.sleeve.window import WindowDecision, decide_window
 
 ASSET_CLASS_DEFAULTS = {"crypto": {"test_days": 10, "slippage_bp": 10.0, "commission_bp": 4.0},
                         "equities": {"test_days": 21, "slippage_bp": 5.0, "commission_bp": 1.0}}
@@ -105,6 +105,7 @@ class WalkForward:
     universe: pd.DataFrame     # decision, symbol, logic, direction, scanner, health, ...: the rebuilt universe
     funnel: pd.DataFrame       # decision, scanner, step, filter, remaining: the scanner funnel per window
     eligibility: pd.DataFrame  # decision, symbol, logic, direction: the healthy pool of each window
+    selection: pd.DataFrame    # the HTR selection of each window that selected (its columns, then decision)
     holdings: pd.DataFrame     # decision, profile, atom_id, symbol, direction, weight, cluster
     targets: dict              # risk profile -> dates x atom_id target weights (the trades' inputs)
     turnover: pd.DataFrame     # date x risk profile (0 between rebalances)
@@ -124,60 +125,126 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     cfg = settings(profile)
     plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
     pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
-    decisions, rows, eligible = [], [], []
-    iterator = progress(plan) if progress else plan
-    for w in iterator:
-        pool = pools[pools["date"] == w.decision]
-        healthy = pool[pool["health"].eq("OK")]
-        if healthy.empty:
-            raise BacktestError(f"validate: the point-in-time universe at the rebalance of {w.decision.date()} "
-                                f"is empty (profile {profile.name}; funnel: {funnel_text(funnel, w.decision)}); "
-                                f"widen sleeve.scanners or shorten backtest.train_days")
-        row = {"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
-               "eligible": len(healthy), "selected": 0, "regime": None, "stage_reached": None, "note": ""}
-        eligible.append(healthy.rename(columns={"date": "decision"}))
-        try:
-            d = decide(returns, pool.drop(columns="date"), profile, w.decision)
-        except SelectionError as exc:   # too few survivors: the production sleeve would not trade either
-            rows.append(row | {"note": f"cash: {str(exc).splitlines()[0]}"})
-            continue
-        except GateError as exc:
-            raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
-        decisions.append((w, d))
-        rows.append(row | {"selected": len(d.atoms), "regime": d.regime["label"],
-                           "stage_reached": d.selection.audit["stage_reached"]})
+    steps = [rebalance(returns, pools, funnel, profile, w, decide) for w in (progress(plan) if progress else plan)]
+    rows = [s.row for s in steps]
+    decisions = [(s.window, s.decision) for s in steps if s.decision is not None]
     if not decisions:
         raise BacktestError(f"validate: no window of profile {profile.name} selected 2 or more assets "
                             f"(first: {rows[0]['note']}); widen sleeve.scanners or relax the selection")
-    holdings = pd.concat([d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
-                          for w, d in decisions], ignore_index=True)
-    span = returns.loc[returns.index >= plan[0].decision]
-    atoms = holdings[["atom_id", "symbol", "logic", "direction"]].drop_duplicates("atom_id")
-    eligible_atoms = _eligible_atoms(pd.concat(eligible, ignore_index=True))
-    all_atoms = (pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
-                 .sort_values("atom_id", ignore_index=True))
-    prices = synthetic_prices(span, all_atoms)
-    exits = delisting_exits(span, all_atoms, prices)
+    holdings = pd.concat([window_holdings(w, d) for w, d in decisions], ignore_index=True)
+    keys = ["decision", "symbol", "logic", "direction"]
+    eligibility = pd.concat([s.eligible for s in steps], ignore_index=True)[keys]
+    book = simulation_book(returns, holdings, eligibility, plan[0].decision)
     results, turnover, costs, parity, targets, events = {}, {}, {}, {}, {}, []
     for method in profile.optimizer.profiles:
-        targets[method] = _targets(holdings[holdings["profile"] == method], prices, [w.decision for w in plan])
-        sims = {name: _simulate(name, prices, targets[method], cfg.fees, exits) for name in cfg.simulators}
-        ref = sims.get("reference") or next(iter(sims.values()))
-        results[method], turnover[method] = ref.returns, ref.turnover
-        costs[method] = ref.costs / ref.equity.shift(1).fillna(1.0)
-        events.append(_liquidations(ref, exits, all_atoms, method))
-        if "vectorbt" in sims and "reference" in sims:
-            parity[method] = _parity(sims["reference"], sims["vectorbt"])
-    benchmarks = _benchmarks(span, benchmark, eligible_atoms, prices, plan, cfg.fees, exits)
+        t = trade(holdings, book, [w.decision for w in plan], cfg, method)
+        targets[method], results[method], turnover[method], costs[method] = t.targets, t.returns, t.turnover, t.costs
+        events.append(t.events)
+        if "vectorbt" in t.sims and "reference" in t.sims:
+            parity[method] = _parity(t.sims["reference"], t.sims["vectorbt"])
+    benchmarks = _benchmarks(book.span, benchmark, book.eligible_atoms, book.prices, plan, cfg.fees, book.exits)
     out = pd.DataFrame(results)
     metrics = _metrics(out, benchmarks, pd.DataFrame(turnover), pd.DataFrame(costs), len(plan), cfg)
     par = parity_gate(parity, cfg.parity_tolerance)
     events = pd.concat(events, ignore_index=True)
-    keys = ["decision", "symbol", "logic", "direction"]
-    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), _with_delistings(pd.DataFrame(rows), events),
+    selection = pd.concat([d.selection.selection.assign(decision=w.decision) for w, d in decisions], ignore_index=True)
+    return WalkForward(out.rename_axis("date"), benchmarks.rename_axis("date"), with_delistings(pd.DataFrame(rows), events),
                        pools.rename(columns={"date": "decision"}), funnel.rename(columns={"date": "decision"}),
-                       pd.concat(eligible, ignore_index=True)[keys], holdings, targets,
+                       eligibility, selection, holdings, targets,
                        pd.DataFrame(turnover), pd.DataFrame(costs), events, par, metrics)
+
+
+@dataclass
+class Rebalance:
+    """One walk-forward rebalance: the universe at its decision date (with health), its healthy pool
+    (`decision` instead of `date`), its windows-table row and the decision (None: the window holds cash)."""
+
+    window: Window
+    pool: pd.DataFrame
+    eligible: pd.DataFrame
+    row: dict
+    decision: WindowDecision | None
+
+
+def rebalance(returns: pd.DataFrame, pools: pd.DataFrame, funnel: pd.DataFrame, profile: Profile, w: Window,
+              decide: Callable | None = None) -> Rebalance:
+    """The decision of window `w` on its point-in-time universe (`pools` rows dated `w.decision`): too
+    few survivors of the selection is a cash window, any other gate failure a `BacktestError`."""
+    pool = pools[pools["date"] == w.decision]
+    healthy = pool[pool["health"].eq("OK")]
+    if healthy.empty:
+        raise BacktestError(f"validate: the point-in-time universe at the rebalance of {w.decision.date()} "
+                            f"is empty (profile {profile.name}; funnel: {funnel_text(funnel, w.decision)}); "
+                            f"widen sleeve.scanners or shorten backtest.train_days")
+    row = {"decision": w.decision, "start": w.start, "end": w.end, "universe": len(pool),
+           "eligible": len(healthy), "selected": 0, "regime": None, "stage_reached": None, "note": ""}
+    eligible = healthy.rename(columns={"date": "decision"})
+    try:
+        d = (decide or decide_window)(returns, pool.drop(columns="date"), profile, w.decision)
+    except SelectionError as exc:   # too few survivors: the production sleeve would not trade either
+        return Rebalance(w, pool, eligible, row | {"note": f"cash: {str(exc).splitlines()[0]}"}, None)
+    except GateError as exc:
+        raise BacktestError(f"validate: window decided on {w.decision.date()}: {exc}") from None
+    return Rebalance(w, pool, eligible, row | {"selected": len(d.atoms), "regime": d.regime["label"],
+                                               "stage_reached": d.selection.audit["stage_reached"]}, d)
+
+
+def window_holdings(w: Window, d: WindowDecision) -> pd.DataFrame:
+    """The holdings rows of one decision: weights of every risk profile with their atoms' symbols."""
+    return d.weights.merge(d.atoms, on="atom_id").assign(decision=w.decision)
+
+
+@dataclass
+class Book:
+    """What the simulations trade: every atom held or eligible in some window (sorted by atom id),
+    priced by its synthetic stream over the span from the first decision, and its delisting exits."""
+
+    span: pd.DataFrame
+    atoms: pd.DataFrame
+    eligible_atoms: pd.DataFrame
+    prices: pd.DataFrame
+    exits: pd.DataFrame
+
+
+def simulation_book(returns: pd.DataFrame, holdings: pd.DataFrame, eligibility: pd.DataFrame,
+                    first_decision: pd.Timestamp) -> Book:
+    """The `Book` of a walk-forward from its holdings and its eligibility (decision, symbol, logic, direction)."""
+    span = returns.loc[returns.index >= first_decision]
+    atoms = holdings[["atom_id", "symbol", "logic", "direction"]].drop_duplicates("atom_id")
+    eligible_atoms = _eligible_atoms(eligibility)
+    all_atoms = (pd.concat([atoms, eligible_atoms], ignore_index=True).drop_duplicates("atom_id")
+                 .sort_values("atom_id", ignore_index=True))
+    prices = synthetic_prices(span, all_atoms)
+    return Book(span, all_atoms, eligible_atoms, prices, delisting_exits(span, all_atoms, prices))
+
+
+@dataclass
+class Trading:
+    """One risk profile traded: its target-weight rows and what its primary simulation (the reference
+    simulator when it runs) did -- returns, turnover, costs as a fraction of the previous equity,
+    delisting liquidations; `sims` holds every simulator's result."""
+
+    targets: pd.DataFrame
+    returns: pd.Series
+    turnover: pd.Series
+    costs: pd.Series
+    events: pd.DataFrame
+    sims: dict
+
+
+def trade(holdings: pd.DataFrame, book: Book, decisions: list[pd.Timestamp], cfg: Settings, method: str,
+          simulators: list[str] | None = None) -> Trading:
+    """Simulate risk profile `method`'s holdings on `book` with `simulators` (default: the profile's)."""
+    targets = _targets(holdings[holdings["profile"] == method], book.prices, decisions)
+    sims = {name: _simulate(name, book.prices, targets, cfg.fees, book.exits) for name in simulators or cfg.simulators}
+    ref = sims.get("reference") or next(iter(sims.values()))
+    return Trading(targets, ref.returns, ref.turnover, ref.costs / ref.equity.shift(1).fillna(1.0),
+                   _liquidations(ref, book.exits, book.atoms, method), sims)
+
+
+def primary_simulator(cfg: Settings) -> str:
+    """The simulator whose returns, turnover, costs and events the walk-forward records."""
+    return "reference" if "reference" in cfg.simulators else cfg.simulators[0]
 
 
 def delisting_exits(span: pd.DataFrame, atoms: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
@@ -205,7 +272,7 @@ def _liquidations(sim, exits: pd.DataFrame, atoms: pd.DataFrame, method: str) ->
     return pd.DataFrame(rows, columns=["date", "atom_id", "symbol", "event", "profile", "weight"])
 
 
-def _with_delistings(table: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def with_delistings(table: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """The window table with the symbols liquidated inside each window's test span."""
     table["delisted"] = [", ".join(sorted(set(events.loc[(events["date"] > d) & (events["date"] <= e), "symbol"])))
                          for d, e in zip(table["decision"], table["end"])]

@@ -157,6 +157,7 @@ PHASES: dict[str, tuple[Stage, ...]] = {
                _a("wf_universe", "backtest/universe.parquet"), _a("wf_funnel", "backtest/funnel.parquet"),
                _a("wf_holdings", "backtest/holdings.parquet"), _a("wf_events", "backtest/events.parquet"),
                _a("wf_turnover", "backtest/turnover.parquet"), _a("wf_costs", "backtest/costs.parquet"),
+               _a("wf_eligibility", "backtest/eligibility.parquet"), _a("wf_selection", "backtest/selection.parquet"),
                _a("parity", "backtest/parity.json", gate=True)),
               reads=("returns", "screener", "universe", "benchmark"), optional=True,
               description="walk-forward validation on point-in-time universes, two simulators, benchmarks"),

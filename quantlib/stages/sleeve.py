@@ -265,7 +265,8 @@ def report(ctx: StageContext) -> SleeveReport:
 WALK_FORWARD_FRAMES = {"wf_returns": "returns", "wf_benchmarks": "benchmarks", "wf_turnover": "turnover",
                        "wf_costs": "costs"}
 WALK_FORWARD_TABLES = {"wf_windows": "windows", "wf_universe": "universe", "wf_funnel": "funnel",
-                       "wf_holdings": "holdings", "wf_events": "events"}
+                       "wf_holdings": "holdings", "wf_events": "events", "wf_eligibility": "eligibility",
+                       "wf_selection": "selection"}
 
 
 def validate(ctx: StageContext, progress: bool = True):
