@@ -168,7 +168,8 @@ def compact_figure(doc: dict) -> dict:
       axis typed `date`), e.g. a daily equity curve;
     - the template keeps the per-trace-type defaults of the trace types the figure has (plotly.py
       embeds all ~25 of them in every figure) and the styling of the subplot kinds it has (3D scenes,
-      polar, ternary, geo and map styling go when the figure has none)."""
+      polar, ternary, geo and map styling go when the figure has none), and its default colorscales
+      only if something in the figure can map values to colors."""
     traces = doc.get("data") or []
     layout = doc.setdefault("layout", {})
     for trace in traces:
@@ -197,7 +198,25 @@ def compact_figure(doc: dict) -> dict:
         for subplot, kinds in _SUBPLOT_TRACES.items():  # the styling of subplot kinds the figure lacks
             if not used & kinds and not any(k.startswith(subplot) for k in layout):
                 template["layout"].pop(subplot, None)
+        if not _maps_values_to_colors(traces, layout):
+            template["layout"].pop("colorscale", None)
+            template["layout"].pop("coloraxis", None)
     return doc
+
+
+def _maps_values_to_colors(traces: list, layout: dict) -> bool:
+    """Whether a colorscale may be drawn: a color axis, a trace with `z`, a colorscale or a color axis of
+    its own, or a marker/line whose colors are an array (which may be numbers)."""
+    if any(k.startswith("coloraxis") for k in layout):
+        return True
+    for trace in traces:
+        if {"z", "colorscale", "coloraxis"} & set(trace):
+            return True
+        for part in (trace.get("marker"), trace.get("line"), (trace.get("marker") or {}).get("line")):
+            if isinstance(part, dict) and ({"colorscale", "coloraxis"} & set(part)
+                                           or isinstance(part.get("color"), (list, dict))):
+                return True
+    return False
 
 
 def figure_json(fig) -> dict:
