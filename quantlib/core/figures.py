@@ -183,6 +183,7 @@ def compact_figure(doc: dict) -> dict:
             trace[key] = short
             axis = f"{key}axis{str(trace.get(f'{key}axis', key))[1:]}"
             if (key != "base" and len(short) > 2 and trace.get("type", "scatter") in _STEPPED_TYPES
+                    and not any("." in day for day in short)  # whole seconds: a step in ms is exact
                     and (layout.get(axis) or {}).get("type") in (None, "date")):
                 ms = [_ms(day) for day in short]
                 steps = {b - a for a, b in zip(ms, ms[1:])}
@@ -273,7 +274,10 @@ def compact_notebook_figures(notebook: str | Path) -> int:
     text = json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=True)  # nbformat's own layout
     for token, value in raw.items():
         text = text.replace(token, value, 1)
-    storage.write_text(path, text + "\n")
+    try:
+        storage.write_text(path, text + "\n")
+    except OSError:  # e.g. a full disk: the notebook stays as papermill wrote it (atomic write)
+        return 0
     return len(raw)
 
 

@@ -57,7 +57,7 @@ def write_index(run: Run, phase: str) -> Path:
 
 def _static_line(run: Run) -> str:
     """Where the HTML reports load their shared files from, and what moving the run alone needs."""
-    static = Path(os.path.relpath(run_static_root(run) / STATIC_DIR, run.dir)).as_posix()
+    static = Path(os.path.relpath(run_static_root(run) / STATIC_DIR, run.dir.resolve())).as_posix()
     return (f"- **HTML reports:** load plotly.js and their stylesheets from `{static}/`, the runs folder's "
             f"shared copy, by relative paths: moving the whole runs folder keeps them working; a run moved "
             f"alone needs a copy of `_static/` at that same relative place (user guide §5)")

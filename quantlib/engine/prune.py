@@ -291,8 +291,14 @@ def profile_pins(profiles_dir: Path | None = None) -> dict[str, str]:
 def apply_prune(plan: PrunePlan) -> list[Path]:
     """Delete every run the plan deletes; return their former directories.
 
-    Each run's manifest is read again first: a run that became RUNNING since the plan stays."""
+    Each run's manifest is read again first: a run that became RUNNING since the plan stays. What an
+    interrupted earlier prune left in `.pruning/` (runs it had already taken out) is removed too."""
     trash = plan.runs_root / TRASH
+    for leftover in sorted(trash.iterdir()) if trash.is_dir() else []:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
     deleted = []
     for decision in plan.deletions:
         run_dir = decision.entry.dir

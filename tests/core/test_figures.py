@@ -91,8 +91,10 @@ def test_intraday_times_keep_their_clock_and_foreign_offsets_are_untouched():
     doc = {"data": [{"type": "scatter", "x": ["2026-01-01T09:30:00+00:00", "2026-01-01T10:00:00+00:00"]},
                     {"type": "scatter", "x": ["2026-01-01T09:30:00+02:00", "2026-01-01T10:00:00+02:00"]}],
            "layout": {}}
+    doc["data"].append({"type": "scatter", "x": [f"2026-01-01T09:30:0{i}.25+00:00" for i in range(4)]})
     compact_figure(doc)
     assert doc["data"][0]["x"] == ["2026-01-01 09:30:00", "2026-01-01 10:00:00"]
+    assert doc["data"][2]["x"] == [f"2026-01-01 09:30:0{i}.25" for i in range(4)]  # fractions: never a step
     assert doc["data"][1]["x"] == ["2026-01-01T09:30:00+02:00", "2026-01-01T10:00:00+02:00"]
 
 

@@ -73,6 +73,15 @@ def test_keep_newest_per_profile_and_dry_run_deletes_nothing(root, no_profiles):
     assert not (root / TRASH).exists()
 
 
+def test_leftovers_of_an_interrupted_prune_are_removed_and_are_no_runs(root, no_profiles):
+    make_run(root, "a-new", "a", days_ago=1)
+    make_run(root / TRASH, "a-old.1234abcd", "a", days_ago=9)  # renamed away, then the process died
+    p = plan(root, no_profiles, keep=1)
+    assert decided(p) == {"a-new": False}  # not a run any more: never listed
+    apply_prune(p)
+    assert not (root / TRASH).exists() and (root / "a-new").is_dir()
+
+
 def test_older_than_alone_and_combined_with_keep(root, no_profiles):
     make_run(root, "a-old", "a", days_ago=40)
     make_run(root, "a-mid", "a", days_ago=20)
