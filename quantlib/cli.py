@@ -11,6 +11,7 @@
   python run_book.py verify RUN_ID             # does a run still match its record? (hashes, inputs, gates)
   python run_book.py diff RUN_A RUN_B          # what changed: profile, inputs, gates, weights, metrics (+ HTML)
   python run_book.py runs                      # list runs with status
+  python run_book.py runs prune --keep 3       # what deleting old runs would free (--yes deletes)
   python run_book.py show RUN_ID               # print a run's INDEX.md
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from quantlib.engine.diff import diff_runs, open_run
 from quantlib.engine.diff_report import check_outside_runs, default_html_path, render_text, write_html
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
+from quantlib.engine.prune import apply_prune, human_bytes, parse_days, parse_keep, plan_lines, plan_prune
 from quantlib.engine.verify import verify_run
 from quantlib.meta.tree import check_meta_tree
 
@@ -207,6 +209,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_prune(args: argparse.Namespace) -> int:
+    """Dry run by default: print what would be deleted and the bytes freed; delete only with --yes."""
+    keep, days = parse_keep(args.keep), parse_days(args.older_than)
+    plan = plan_prune(_runs_dir(args), keep=keep, older_than_days=days)
+    criteria = " and ".join(c for c in (keep is not None and f"beyond the newest {keep} per profile",
+                                        days is not None and f"older than {days:g} days") if c)
+    print(f"runs prune under {plan.runs_root}: delete runs {criteria} "
+          f"({'deleting' if args.yes else 'dry run, nothing is deleted'})")
+    print("\n".join(plan_lines(plan)) if plan.decisions else "  no runs")
+    size = f"{human_bytes(plan.bytes_freed)} ({plan.bytes_freed:,} bytes)"
+    if not plan.deletions:
+        print("nothing to delete")
+    elif not args.yes:
+        print(f"would delete {len(plan.deletions)} run(s) and free {size}; run again with --yes to delete them")
+    else:
+        deleted = apply_prune(plan)
+        freed = sum(d.entry.bytes for d in plan.deletions if d.entry.dir in deleted)
+        print(f"deleted {len(deleted)} run(s), freed {human_bytes(freed)} ({freed:,} bytes)"
+              + (f"; {len(plan.deletions) - len(deleted)} became RUNNING or unreadable and stayed"
+                 if len(deleted) < len(plan.deletions) else ""))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
 
     run = Run.open(_runs_dir(args), args.run_id)
@@ -338,8 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="terminal text only")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("runs", help="list runs with their status", description="List runs, newest first.")
+    p = sub.add_parser("runs", help="list runs with their status; `runs prune` deletes old ones",
+                       description="List runs, newest first (`runs prune --help`: delete old runs).")
     p.set_defaults(func=cmd_runs)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("prune", help="delete old runs (dry run unless --yes)",
+                           description="Delete old runs under --runs-dir: those beyond the newest N of their profile "
+                                       "(--keep) and/or created more than DAYS ago (--older-than). A dry run unless "
+                                       "--yes: it prints every run with its decision and the bytes freed. Never "
+                                       "deleted: a RUNNING run, a run a profile or a kept meta pins as a sleeve, a "
+                                       "data run a kept run read, and _static/ (the reports' shared plotly.js).")
+    q.add_argument("--keep", metavar="N", help="keep the newest N runs of every profile")
+    q.add_argument("--older-than", metavar="DAYS", help="delete only runs created more than DAYS days ago")
+    q.add_argument("--yes", action="store_true", help="delete (without it: print what would be deleted)")
+    q.set_defaults(func=cmd_runs_prune)
 
     p = sub.add_parser("show", help="print a run's INDEX.md", description="Print the INDEX.md of RUN_ID.")
     p.add_argument("run_id", metavar="RUN_ID")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from quantlib.core import registry, storage
 from quantlib.core.errors import StageError, WorkbookError
+from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import Run, utc_now
 from quantlib.core.workspace import Workspace
@@ -62,7 +63,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     run.manifest["skipped"] = dict(skip)
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
-    exports = HtmlExports()
+    exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
     try:
         for index, stage in enumerate(plan, start=1):
             if stage.optional and stage.name in skip:
@@ -206,6 +207,8 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"stage {stage.name} {kind} in {target} cell {cell} "
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
+        if target.exists():
+            compact_notebook_figures(target)  # one line per figure, not one per number
         if export_html and target.exists():
             (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from quantlib.core import storage
 from quantlib.core.errors import WorkbookError
+from quantlib.core.figures import STATIC_DIR, run_static_root
 from quantlib.core.gates import verdict
 from quantlib.core.registry import stages
 from quantlib.core.runs import INDEX, Run
@@ -33,6 +35,7 @@ def write_index(run: Run, phase: str) -> Path:
         lines.append(f"- **Data run:** `{m['data_run']}`")
     if run.options.parent_run:
         lines.append(f"- **Parent run:** `{run.options.parent_run}` ([INDEX.md](../../INDEX.md))")
+    lines.append(_static_line(run))
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
     for index, stage in enumerate(stages(phase), start=1):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -52,6 +55,14 @@ def write_index(run: Run, phase: str) -> Path:
         for rel, digest in rec.get("lakehouse_outputs", {}).items():
             lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
     return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+
+
+def _static_line(run: Run) -> str:
+    """Where the HTML reports load their shared files from, and what moving the run alone needs."""
+    static = Path(os.path.relpath(run_static_root(run) / STATIC_DIR, run.dir.resolve())).as_posix()
+    return (f"- **HTML reports:** load plotly.js and their stylesheets from `{static}/`, the runs folder's "
+            f"shared copy, by relative paths: moving the whole runs folder keeps them working; a run moved "
+            f"alone needs a copy of `_static/` at that same relative place (user guide §5)")
 
 
 def _children_lines(run: Run) -> list[str]:

@@ -6,7 +6,6 @@ lakehouse redirected there too, so nothing touches the repository's `runs/` or `
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from quantlib.engine.html import export_notebook_html
 from quantlib.core import storage
 from quantlib.core import registry
 from quantlib.core.registry import Artifact, Stage
+from quantlib.core.figures import PLOTLY_MIME, STATIC_DIR, figure_json, plotly_js, plotly_js_bytes, plotly_js_name
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
 
@@ -251,38 +251,44 @@ def test_resume_reruns_stage_whose_output_was_deleted(make_run):
 
 
 # ----------------------------------------------------------------------------------- (f) offline HTML
-def test_html_export_embeds_plotly_js_without_cdn(make_run):
-    from quantlib.core.figures import plotly_js
-
+def test_html_export_loads_the_shared_plotly_js_by_a_relative_path(make_run):
     run = make_run((stage("chart", PLOTLY),))
     ok, messages = run_collect(run)
     assert ok, messages
     html_path = run.dir / reopen(run).manifest["stages"]["chart"]["html"]
-    html = html_path.read_text(encoding="utf-8")
-
-    assert "planted-series" in html  # the figure itself is in the page
-    assert "Plotly.newPlot" in html or "plotly-graph-div" in html
+    page = html_path.read_text(encoding="utf-8")
     bundle = plotly_js()
     probe = bundle[len(bundle) // 2: len(bundle) // 2 + 200]  # a slice of the real library text
-    assert html.count(probe) == 1, "plotly.js must be embedded exactly once"
-    assert html.index(probe) < html.index("Plotly.newPlot"), "plotly.js must load before the figure script"
-    page = html.replace(bundle, "")  # the library's own text mentions cdn.plot.ly as a config default
-    assert "cdn.plot.ly" not in page
-    assert not [s for s in script_srcs(page) if "plotly" in s.lower()], script_srcs(page)
 
-    # and directly: export_notebook_html on the executed notebook rewrites the same file
+    assert "planted-series" in page and "Plotly.newPlot" in page  # the figure itself is in the page
+    assert probe not in page and len(page) < 200_000, "plotly.js must not be embedded"
+    srcs = [s for s in script_srcs(page) if "plotly" in s.lower()]
+    assert len(srcs) == 1 and not re.match(r"^([a-z]+:|/)", srcs[0]), srcs  # relative, no scheme, no CDN
+    target = (html_path.parent / srcs[0]).resolve()
+    assert target == (run.dir.parent / STATIC_DIR / plotly_js_name()).resolve()  # the runs root's copy
+    assert target.read_bytes() == plotly_js_bytes()  # the real plotly.js
+    assert page.index(srcs[0]) < page.index("Plotly.newPlot"), "plotly.js must load before the figure script"
+    assert "cdn.plot.ly" not in page
+
+    notebook = (run.dir / "notebooks" / "01_chart.ipynb").read_text(encoding="utf-8")
+    assert probe not in notebook and len(notebook) < 50_000  # the executed notebook does not carry it either
+    assert "planted-series" in notebook
+    index = (run.dir / "INDEX.md").read_text(encoding="utf-8")
+    assert f"`../{STATIC_DIR}/`" in index  # INDEX.md says where the shared files are
+
+    # and directly: export_notebook_html on the executed notebook rewrites the same file, one shared copy
     again = export_notebook_html(run.dir / "notebooks" / "01_chart.ipynb")
-    assert again == html_path and again.read_text(encoding="utf-8").count(probe) == 1
+    assert again == html_path and script_srcs(again.read_text(encoding="utf-8")).count(srcs[0]) == 1
+    assert [p.name for p in (run.dir.parent / STATIC_DIR).glob("plotly-*")] == [plotly_js_name()]
 
 
 def test_html_export_without_plotly_does_not_embed_the_library(make_run):
-    from quantlib.core.figures import plotly_js
-
     run = make_run((ok_stage("alpha"),))
     assert run_collect(run)[0]
     html = (run.dir / "notebooks" / "01_alpha.html").read_text(encoding="utf-8")
     bundle = plotly_js()
     assert bundle[len(bundle) // 2: len(bundle) // 2 + 200] not in html
+    assert not [s for s in script_srcs(html) if "plotly" in s.lower()]  # and does not load it either
 
 
 def plotly_notebook(path: Path) -> Path:
@@ -291,17 +297,15 @@ def plotly_notebook(path: Path) -> Path:
 
     fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2], name="planted-bars"))
     cell = nbformat.v4.new_code_cell("report.show(fig)", execution_count=1)
-    cell.outputs = [nbformat.v4.new_output(
-        "display_data",
-        data={"application/vnd.plotly.v1+json": json.loads(fig.to_json()),
-              "text/html": fig.to_html(include_plotlyjs=False, full_html=False)})]
+    cell.outputs = [nbformat.v4.new_output("display_data", data={PLOTLY_MIME: figure_json(fig),
+                                                                 "text/plain": "<plotly figure>"})]
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(path))
     return path
 
 
 def test_html_export_loads_no_script_from_a_cdn(tmp_path):
     html = export_notebook_html(plotly_notebook(tmp_path / "chart.ipynb")).read_text(encoding="utf-8")
-    assert "planted-bars" in html
+    assert "planted-bars" in html and "Plotly.newPlot" in html  # drawn from the notebook's plotly JSON
     assert not [s for s in script_srcs(html) if s.startswith(("http://", "https://"))], script_srcs(html)
 
 
@@ -326,7 +330,7 @@ def test_unexpected_error_fails_the_run_instead_of_leaving_it_running(make_run, 
 
 def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monkeypatch):
     run = make_run((ok_stage("only"),))
-    monkeypatch.setattr(html, "export_notebook_html", lambda nb: (_ for _ in ()).throw(OSError("no space")))
+    monkeypatch.setattr(html, "export_notebook_html", lambda *_: (_ for _ in ()).throw(OSError("no space")))
     ok, _ = run_collect(run)
     record = reopen(run).manifest["stages"]["only"]
     assert ok and record["status"] == "completed"

@@ -199,8 +199,8 @@ def test_drift_monitor_and_cluster_composition():
 
 
 # ----------------------------------------------------------------------------- output
-def test_figure_html_embeds_plotlyjs_without_cdn(tmp_path, blocks):
-    from quantlib.core.figures import write_figure_html
+def test_figure_html_loads_the_shared_plotlyjs_without_cdn(tmp_path, blocks):
+    from quantlib.core.figures import plotly_js_bytes, write_figure_html
 
     labels = clustering.ward_clusters(blocks).labels
     for name, fig in {"cluster_map": pa.cluster_map(blocks), "factor_map": pa.factor_map(blocks, labels)}.items():
@@ -208,7 +208,10 @@ def test_figure_html_embeds_plotlyjs_without_cdn(tmp_path, blocks):
         html = path.read_text(encoding="utf-8")
         assert "Plotly.newPlot" in html
         assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"']?https?:", html, re.I)
-        assert len(html) > 1_000_000  # the plotly.js bundle itself is inside
+        srcs = re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", html)
+        assert srcs == ["_static/" + srcs[0].split("/")[-1]]  # outside a run: the page's own folder's _static/
+        assert (path.parent / srcs[0]).read_bytes() == plotly_js_bytes()
+        assert len(html) < 1_000_000  # the bundle is not inside
 
 
 def test_import_is_light():

@@ -40,8 +40,13 @@ def test_every_declared_sleeve_output_exists_with_its_hash_and_the_reads_are_rec
             assert storage.sha256_file(run.dir / rel) == digest
     assert any(k.startswith("lakehouse/ohlcv/") for k in manifest["inputs"])
     assert "lakehouse/features_matrix.parquet" in manifest["inputs"]
-    tear = (run.dir / "reports" / "tearsheet_hrp.html").read_text()
-    assert "Plotly.newPlot" in tear and len(tear) > 1_000_000  # plotly.js embedded (works offline)
+    tear_path = run.dir / "reports" / "tearsheet_hrp.html"
+    tear = tear_path.read_text()
+    assert "Plotly.newPlot" in tear and len(tear) < 1_000_000  # plotly.js not embedded ...
+    srcs = re.findall(r"<script[^>]+src=\"([^\"]+)\"", tear)
+    shared = (tear_path.parent / srcs[0]).resolve()
+    assert len(srcs) == 1 and shared.parent == (run.dir.parent / "_static").resolve()  # the runs root's copy
+    assert shared.stat().st_size > 1_000_000  # ... of the real bundle (works offline)
     assert not re.findall(r"<script[^>]+src=[\"']https?://", tear)  # nothing loaded from a CDN
 
 
