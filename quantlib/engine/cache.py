@@ -14,7 +14,8 @@ A stage's key is one sha256 over
 A candidate is a completed stage of another run with the same key whose outputs and executed notebook
 still have their recorded hashes, and which left its external inputs as it found them (a data stage
 that wrote new bars is not replayed by copying its run files). A hit hard-links (or copies) the
-candidate's outputs, executed notebook and HTML export into the run and records `cached_from`.
+candidate's outputs, executed notebook and HTML export into the run and records `cached_from` (a page
+from a run at another depth, e.g. a meta's sleeve, is exported again: its `_static/` links are relative).
 """
 from __future__ import annotations
 
@@ -132,14 +133,16 @@ def _intact(other: Run, record: dict, key: StageKey) -> bool:
 
 
 def restore(run: Run, stage: Stage, hit: Hit, key: StageKey, notebook_rel: str) -> float:
-    """Link the candidate's outputs, executed notebook and HTML export into `run`; record the stage."""
+    """Link the candidate's outputs, executed notebook and HTML export into `run`; record the stage
+    (its `html` None when the page must be exported again: the candidate sits at another depth)."""
     start = time.perf_counter()
     source = hit.record
     for rel in source["outputs"]:
         storage.link_or_copy(hit.run.dir / rel, run.path(rel))
     storage.link_or_copy(hit.run.dir / source["notebook"], run.path(notebook_rel))
-    html = None
-    if source.get("html") and (hit.run.dir / source["html"]).is_file():
+    html = None  # an HTML page links the runs root's _static/ relative to its depth: relinked only at the same depth
+    same_depth = hit.run.options.depth == run.options.depth
+    if same_depth and source.get("html") and (hit.run.dir / source["html"]).is_file():
         html = str(Path(notebook_rel).with_suffix(".html"))
         storage.link_or_copy(hit.run.dir / source["html"], run.path(html))
     seconds = time.perf_counter() - start

@@ -78,6 +78,8 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
             hit = cache.find(run, stage, key) if key and run.options.cache else None
             if hit:
                 seconds = cache.restore(run, stage, hit, key, f"notebooks/{notebook_name(index, stage)}")
+                if profile.book.export_html and not run.stage(stage.name).get("html"):
+                    exports.submit(run.dir / "notebooks" / notebook_name(index, stage), run.stage(stage.name))
                 record_outside_reads(run, stage)
                 run.save()
                 say(f"[{index}/{len(plan)}] {stage.name}: cached from {hit.run.id} ({seconds:.1f} s; "

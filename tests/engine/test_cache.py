@@ -185,3 +185,22 @@ def test_link_or_copy_is_atomic_and_independent_of_later_rewrites(tmp_path):
     storage.write_text(source, "two")  # atomic writes replace the file: the restored copy keeps its bytes
     assert target.read_text() == "one"
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_a_page_restored_from_a_meta_sleeve_is_exported_again_for_its_own_depth(cached, tmp_path):
+    import re
+
+    top = cached((stage("chart", "shows_plotly.ipynb"),))  # sets the phase; its run gives the profile
+    runs = top.dir.parent
+    nested = Run.create(runs / "META" / "sleeves", top.resolved, PHASE, workspace=top.workspace, run_id="chart_sleeve",
+                        options=RunOptions(depth=1, runs_root=str(runs)))
+    run_ok(nested)
+    run_ok(top)
+    rec = reopen(top).manifest["stages"]["chart"]
+    assert rec["cached_from_path"] == "META/sleeves/chart_sleeve"
+    page = top.dir / rec["html"]
+    srcs = re.findall(r'<script[^>]*src="([^"]+)"', page.read_text(encoding="utf-8"))
+    assert srcs and all((page.parent / s).resolve().is_file() for s in srcs), srcs
+    nested_page = nested.dir / reopen(nested).manifest["stages"]["chart"]["html"]
+    assert all(s.startswith("../../_static/") for s in srcs), srcs  # runs/<run>/notebooks/ -> runs/_static
+    assert re.search(r'src="\.\./\.\./\.\./\.\./_static/', nested_page.read_text(encoding="utf-8"))
