@@ -3,6 +3,7 @@ its code, parameters, inputs and external state are those the earlier run comput
 from intact files."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -188,8 +189,6 @@ def test_link_or_copy_is_atomic_and_independent_of_later_rewrites(tmp_path):
 
 
 def test_a_page_restored_from_a_meta_sleeve_is_exported_again_for_its_own_depth(cached, tmp_path):
-    import re
-
     top = cached((stage("chart", "shows_plotly.ipynb"),))  # sets the phase; its run gives the profile
     runs = top.dir.parent
     nested = Run.create(runs / "META" / "sleeves", top.resolved, PHASE, workspace=top.workspace, run_id="chart_sleeve",
