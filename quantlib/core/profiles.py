@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from quantlib.core.enums import Engine, Linkage, MetaMethod, RiskMethod
-from quantlib.core.errors import ProfileError
-from quantlib.core.ids import check_name, check_symbol
+from quantlib.core.errors import IdentifierError, ProfileError
+from quantlib.core.ids import check_name, check_run_id, check_symbol
 from quantlib.core.workspace import Workspace
 
 BASE_PROFILE = "base"
@@ -31,6 +31,17 @@ class Strict(BaseModel):
     """A frozen model that rejects unknown keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _run_id_or_none(value: Any, what: str) -> Any:
+    """A pinned run id must be a plain directory name (`ids.check_run_id`): checked when the profile loads,
+    never first met as a path at stage time."""
+    if value is None:
+        return None
+    try:
+        return check_run_id(value)
+    except IdentifierError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 class SourceConfig(Strict):
@@ -76,6 +87,11 @@ class SleeveConfig(Strict):
     min_history_days: int = Field(ge=2)
     min_assets_after_health: int = Field(ge=2)
     train_days: int = Field(ge=20)
+
+    @field_validator("data_run_id")
+    @classmethod
+    def _data_run_id(cls, value: str | None) -> str | None:
+        return _run_id_or_none(value, "pinned data run")
 
 
 class SelectionConfig(Strict):
@@ -129,6 +145,11 @@ class SleeveEntry(Strict):
     profile: str | None = None
     meta_profile: str | None = None
     run_id: str | None = None
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _run_id_or_none(value, f"sleeve {info.data.get('id', '?')!r}: pinned run")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SleeveEntry":
@@ -312,5 +333,5 @@ def validate(doc: dict, path: Path, chain: list[str]) -> Profile:
         elif err["type"] == "missing":
             hint = "required key missing; add it to profiles/base.yaml or the profile"
         else:
-            hint = err["msg"]
+            hint = err["msg"].removeprefix("Value error, ")
         raise ProfileError(f"{path} (chain {files}): key '{key}': {hint}") from None

@@ -156,3 +156,20 @@ def test_enum_fields_hold_members_and_dump_as_plain_strings(tmp_path):
     # the dump validates back to the same profile
     again = type(resolved.profile).model_validate(yaml.safe_load(resolved.to_yaml())["profile"])
     assert again == resolved.profile
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "..", "a/b", "run id"])
+def test_pinned_run_ids_are_checked_when_the_profile_loads(tmp_path, bad):
+    d = _profiles(tmp_path, {
+        "pair": f"meta:\n  sleeves:\n    - {{id: fine, profile: base}}\n    - {{id: evil, profile: base, run_id: '{bad}'}}\n",
+        "pinned_data": f"sleeve:\n  data_run_id: '{bad}'\n"})
+    with pytest.raises(ProfileError) as info:
+        load_profile("pair", profiles_dir=d)
+    message = str(info.value)
+    assert str(d / "pair.yaml") in message and "meta.sleeves.1.run_id" in message
+    assert "sleeve 'evil'" in message and "invalid run id" in message and "letters, digits" in message
+    assert "Value error" not in message
+    with pytest.raises(ProfileError, match=r"pinned_data\.yaml.*'sleeve\.data_run_id': pinned data run: invalid run id"):
+        load_profile("pinned_data", profiles_dir=d)
+    ok = load_profile("pair", profiles_dir=d, env={"FW_META__SLEEVES": "[{id: a, profile: base, run_id: x-20260101T000000-ab12}]"})
+    assert ok.profile.meta.sleeves[0].run_id == "x-20260101T000000-ab12"
