@@ -229,3 +229,18 @@ def test_runs_lists_a_corrupt_manifest_as_unreadable(capsys, runs_dir, tmp_path)
     assert code == 0
     assert any(line.split()[:1] == ["broken-run"] and "UNREADABLE" in line for line in out.splitlines()), out
     assert good.id in out
+
+
+# ---------------------------------------------------------------------------------------------- meta tree
+@pytest.mark.parametrize("sleeves, expected", [
+    ("[{id: a, profile: demo_crypto_long}]", "meta.sleeves lists 1 sleeve"),
+    ("[{id: a, profile: demo_crypto_long}, {id: a, profile: demo_crypto_short}]", "duplicated sleeve id(s) ['a']"),
+    ("[{id: a, profile: demo_crypto_long, run_id: ../../etc}, {id: b, profile: demo_crypto_short}]",
+     "sleeve 'a': pinned run: invalid run id '../../etc'"),
+])
+def test_a_bad_meta_tree_is_refused_before_any_run_exists(capsys, env, runs_dir, monkeypatch, sleeves, expected):
+    monkeypatch.setenv("FW_META__SLEEVES", sleeves)
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "meta", "demo_meta_pair", "--executor", "local")
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and expected in err and "demo_meta_pair" in err
+    assert not runs_dir.exists(), "nothing may be written for a refused meta"

@@ -11,7 +11,7 @@ import pytest
 
 from quantlib.core import registry, storage
 from quantlib.core.enums import MetaMethod
-from quantlib.core.errors import DataError, GateError
+from quantlib.core.errors import DataError, GateError, ProfileError
 from quantlib.core.gates import Check, GateResult, enforce
 from quantlib.core.runs import MANIFEST
 from quantlib.meta.allocation import bound_weights, meta_weights, walk_forward_meta
@@ -20,6 +20,7 @@ from quantlib.meta.gates import REQUIRED_META_ARTIFACTS, REQUIRED_SLEEVE_ARTIFAC
 from quantlib.meta.report import REQUIRED_SECTIONS, render_report, report_gate, report_sections
 from quantlib.meta.sleeves import SleeveRef
 from quantlib.meta.streams import aggregate_streams, fold, infer_annualization, load_streams
+from quantlib.meta.tree import check_meta_tree
 from quantlib.portfolio.covariance import ledoit_wolf
 
 PROFILES = ("hrp", "min_variance", "max_sharpe", "risk_parity", "equal_weight")
@@ -854,3 +855,34 @@ def test_fanout_specs_carry_the_run_options_and_pinned_runs_are_read_in_place(tm
                                                                                  "run_id: nope-1}]"}), "meta", ROOT)
     with pytest.raises(DataError, match="pinned run 'nope-1' of sleeve 'a' does not exist"):
         fanout.sleeve_specs(missing)
+
+
+# ------------------------------------------------------------------------------ the tree, before any run
+
+@pytest.mark.parametrize("ids, single, code, message", [
+    (["a"], False, "SLEEVE_COUNT", "meta.sleeves lists 1 sleeve; a multi-sleeve meta needs >= 2"),
+    (["a", "a"], False, "UNIQUE_IDS", r"duplicated sleeve id\(s\) \['a'\]"),
+    (["a", "b"], True, "SLEEVE_COUNT", "meta.single_sleeve is true but meta.sleeves lists 2"),
+])
+def test_meta_tree_refuses_what_the_completeness_gate_would(ids, single, code, message):
+    sleeves = "[" + ", ".join(f"{{id: {i}, profile: demo_crypto_long}}" for i in ids) + "]"
+    env = {"FW_META__SLEEVES": sleeves, "FW_META__SINGLE_SLEEVE": str(single).lower()}
+    with pytest.raises(ProfileError, match=f"meta profile 'demo_meta_pair': {message}"):
+        check_meta_tree("demo_meta_pair", env=env)
+    gate = completeness_gate([SleeveRef(i, None) for i in ids], "hrp", single_sleeve=single)
+    assert not _check(gate, code, None)["passed"]  # the same rule the gate applies after the sleeves ran
+
+
+def test_meta_tree_accepts_a_declared_single_sleeve_and_checks_nested_metas(tmp_path):
+    from quantlib.core.profiles import default_profiles_dir
+
+    assert check_meta_tree("demo_meta_pair") == 1 and check_meta_tree("demo_meta_nested") == 2
+    assert check_meta_tree("demo_meta_pair", env={"FW_META__SLEEVES": "[{id: a, profile: demo_crypto_long}]",
+                                                  "FW_META__SINGLE_SLEEVE": "true"}) == 1
+    for name in ("base", "demo_crypto_long", "binance_spot_rating_all_long"):
+        (tmp_path / f"{name}.yaml").write_text((default_profiles_dir() / f"{name}.yaml").read_text())
+    (tmp_path / "inner.yaml").write_text("meta:\n  sleeves:\n    - {id: x, profile: demo_crypto_long}\n")
+    (tmp_path / "outer.yaml").write_text("meta:\n  sleeves:\n    - {id: i, meta_profile: inner}\n"
+                                         "    - {id: y, profile: demo_crypto_long}\n")
+    with pytest.raises(ProfileError, match="meta profile 'inner': meta.sleeves lists 1 sleeve"):
+        check_meta_tree("outer", profiles_dir=tmp_path)
