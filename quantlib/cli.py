@@ -25,9 +25,10 @@ from pathlib import Path
 from quantlib.backtest.lookahead import audit_run
 from quantlib.backtest.replay import ReplayRefused, replay_run, report_lines
 from quantlib.core import registry
-from quantlib.core.errors import WorkbookError
+from quantlib.core.errors import RunInterrupted, WorkbookError
+from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import INDEX, Run, RunOptions, list_runs
+from quantlib.core.runs import INDEX, MANIFEST, Run, RunOptions, list_runs
 from quantlib.engine.compare import compare_runs
 from quantlib.engine.diff import diff_runs, open_run
 from quantlib.engine.diff_report import check_outside_runs, default_html_path, render_text, write_html
@@ -35,6 +36,7 @@ from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.prune import apply_prune, human_bytes, parse_days, parse_keep, plan_lines, plan_prune
 from quantlib.engine.verify import verify_run
+from quantlib.engine.resume import reopen
 from quantlib.meta.tree import check_meta_tree
 
 
@@ -42,20 +44,28 @@ def _runs_dir(args: argparse.Namespace) -> Path:
     return Path(args.runs_dir).resolve() if args.runs_dir else Workspace.current().runs
 
 
-def run_phase(phase: str, profile: str, args: argparse.Namespace, skip: dict[str, str] | None = None,
+DEFAULT_DATA_PROFILE = "demo"
+
+
+def _resuming(args: argparse.Namespace) -> bool:
+    """--run-id names an existing run (checked as an id first: it never reaches a path unchecked)."""
+    run_id = getattr(args, "run_id", None)
+    return bool(run_id) and (_runs_dir(args) / check_run_id(run_id) / MANIFEST).exists()
+
+
+def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: dict[str, str] | None = None,
               options=None) -> tuple[bool, Path]:
-    """Create (or resume with --run-id) a run of `profile` and execute `phase`."""
+    """Create (or resume with --run-id: `engine.resume.reopen`, refused unless same phase, profile and
+    values, or --force) a run of `profile` (None: the data default, or the resumed run's) and execute `phase`."""
 
     runs_dir = _runs_dir(args)
     run_id = getattr(args, "run_id", None)
-    if run_id and (runs_dir / run_id / "manifest.json").exists():
-        run = Run.open(runs_dir, run_id)
-        if run.manifest["profile"] != profile and getattr(args, "profile_given", True):
-            print(f"note: resuming run {run_id} of profile {run.manifest['profile']}", file=sys.stderr)
+    if _resuming(args):
+        run = reopen(runs_dir, run_id, phase, profile, env=os.environ, force=getattr(args, "force", False))
         print(f"resuming run {run.id} ({run.dir})")
     else:
-        run = Run.create(runs_dir, load_profile(profile, env=os.environ), phase, Workspace.current().root, run_id=run_id,
-                         options=options)
+        run = Run.create(runs_dir, load_profile(profile or DEFAULT_DATA_PROFILE, env=os.environ), phase,
+                         Workspace.current().root, run_id=run_id, options=options)
         print(f"run {run.id} ({run.dir})")
     start = time.perf_counter()
     ok = execute(run, phase, skip=skip)
@@ -239,6 +249,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="resume --run-id even though its profile now resolves differently (edited profile files, "
+                        "other FW_* variables): the remaining stages run with the new values, and the change "
+                        "(keys, old values, when) is recorded in the manifest and INDEX.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_book.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="Phase 1: scanners, ingestion, metadata, ratings, backfill",
                        description="Run the data phase of PROFILE into a new run dir (or resume --run-id).")
-    p.add_argument("--profile", default="demo", help="data profile in profiles/ (default: demo)")
+    p.add_argument("--profile", help="data profile in profiles/ (default: demo; resuming: the run's)")
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
     no_cache(p)
+    force_option(p)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("sleeve", help="Phase 2: one sleeve's book (aggregate ... report)",
@@ -265,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-validation", action="store_true", help="skip the walk-forward validation backtest")
     p.add_argument("--skip-analysis", action="store_true", help="skip the post-analysis charts")
     no_cache(p)
+    force_option(p)
     p.set_defaults(func=cmd_sleeve)
 
     def ray_options(p: argparse.ArgumentParser) -> None:
@@ -280,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "completeness gates, the meta allocation, flattening and the meta report.")
     p.add_argument("profile", metavar="PROFILE", help="meta profile in profiles/ (e.g. demo_meta)")
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
+    force_option(p)
     ray_options(p)
     p.set_defaults(func=cmd_meta)
 

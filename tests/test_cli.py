@@ -244,3 +244,35 @@ def test_a_bad_meta_tree_is_refused_before_any_run_exists(capsys, env, runs_dir,
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and expected in err and "demo_meta_pair" in err
     assert not runs_dir.exists(), "nothing may be written for a refused meta"
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_resuming_a_run_as_another_phase_or_profile_exits_2_and_writes_nothing(capsys, env, runs_dir, tmp_path):
+    resolved = load_profile("demo_crypto_long", env={"FW_DATA__LAKEHOUSE": env["FW_DATA__LAKEHOUSE"]})
+    run = Run.create(runs_dir, resolved, "sleeve", workspace=tmp_path, run_id="S")
+    run.manifest["status"] = "PASS"
+    run.save()
+    write_index(run, "sleeve")
+    before = {p: p.read_bytes() for p in run.dir.rglob("*") if p.is_file()}
+    for argv, wanted in ((["data", "--run-id", "S"], "not a data run"),
+                         (["data", "--profile", "demo", "--run-id", "S"], "not a data run of 'demo'"),
+                         (["sleeve", "demo_crypto_short", "--run-id", "S", "--force"], "not a sleeve run of 'demo_crypto_short'")):
+        code, out, err = cli(capsys, "--runs-dir", str(runs_dir), *argv)
+        assert code == 2 and out == "", (argv, out, err)
+        assert len(err.strip().splitlines()) == 1 and wanted in err and "sleeve demo_crypto_long --run-id S" in err
+    assert {p: p.read_bytes() for p in run.dir.rglob("*") if p.is_file()} == before
+    assert "## Gates" in (run.dir / "INDEX.md").read_text()
+
+
+def test_resuming_with_other_profile_values_exits_2_naming_them(capsys, env, runs_dir, tmp_path, monkeypatch):
+    run = Run.create(runs_dir, load_profile("demo", env={**env, "FW_BOOK__CELL_TIMEOUT_S": "1"}), "data", tmp_path)
+    run.manifest["status"] = "FAIL"
+    run.save()
+    monkeypatch.setenv("FW_BOOK__CELL_TIMEOUT_S", "600")
+    before = (run.dir / "manifest.json").read_bytes()
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--run-id", run.id)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "book.cell_timeout_s: 1 → 600" in err and "--force" in err
+    assert (run.dir / "manifest.json").read_bytes() == before
+    code, out, _ = cli(capsys, "data", "--help")
+    assert "--force" in out

@@ -25,6 +25,10 @@ class DataError(WorkbookError):
     """Missing or corrupt lakehouse/run data."""
 
 
+class ResumeError(WorkbookError):
+    """A `--run-id` resume refused: another phase or profile, a live run, or a profile that changed."""
+
+
 class StageError(WorkbookError):
     """A book stage failed (failing cell, timeout, missing declared output)."""
 
@@ -35,3 +39,13 @@ class GateError(WorkbookError):
 
 class OptimizationError(GateError):
     """An optimization could not produce valid weights (message names method/profile and the fix)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) while a run executes: handled like Ctrl-C, never a WorkbookError.
+
+    A KeyboardInterrupt subclass, so every cleanup that already runs on Ctrl-C (kernels, Ray) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

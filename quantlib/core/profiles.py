@@ -279,6 +279,28 @@ def deep_merge(base: Mapping, override: Mapping) -> dict:
     return merged
 
 
+def profile_diff(old: Mapping, new: Mapping, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two profile dumps, sorted;
+    lists compare whole (a key present on one side only has None on the other)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += profile_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def override_vars(overrides: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """{section: {key: value}} as the `FW_SECTION__KEY=value` settings that give it."""
+    def text(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+    return [f"{ENV_PREFIX}{section.upper()}__{key.upper()}={text(value)}"
+            for section, values in sorted(overrides.items()) for key, value in sorted(values.items())]
+
+
 def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """`FW_DATA__LOOKBACK_DAYS=300` -> {"data": {"lookback_days": 300}} (values parsed as YAML)."""
     overrides: dict[str, dict[str, Any]] = {}

@@ -2,12 +2,21 @@
 
 The orchestrator is the only writer of `manifest.json` and `INDEX.md` (notebooks write artifacts only),
 so there is one writer per file. All writes are atomic.
+
+The manifest records the writing process (`process`: pid, its start time, host). A run recorded
+RUNNING whose writer is gone reads as STALE (`run_status`, computed when read, never written): on this
+host when its pid is gone (or now belongs to a process started at another time); from another host,
+whose pids cannot be checked, when its manifest has not been written for `STALE_AFTER_S` (12 h: a
+stage writes the manifest when it starts and ends, and no demo stage comes near that).
 """
 from __future__ import annotations
 
+import os
 import platform
 import secrets
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timezone
@@ -27,6 +36,7 @@ from quantlib.core.profiles import Profile, ResolvedProfile, default_profiles_di
 MANIFEST = "manifest.json"
 RESOLVED_PROFILE = "profile.resolved.yaml"
 INDEX = "INDEX.md"
+STALE_AFTER_S = 12 * 3600  # a RUNNING run of another host reads STALE once its manifest is this old
 TRACKED_PACKAGES = ("fractal-workbook", "numpy", "pandas", "pyarrow", "scipy", "pydantic", "papermill",
                     "nbclient", "ccxt", "plotly", "riskfolio-lib", "vectorbt", "ray")
 
@@ -61,6 +71,54 @@ def git_revision(root: Path) -> str:
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, Linux /proc), "zombie" for a dead child not yet
+    reaped; None where /proc is not available or the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return "zombie" if fields[0] in ("Z", "X") else fields[19]  # fields 3 (state) and 22 (starttime) of proc(5)
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Whether `pid` is a live process on this host -- the same one if its start time `started` is known."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    now = process_start(pid)
+    return now != "zombie" and (started is None or now is None or now == started)
+
+
+def current_process() -> dict[str, Any]:
+    """This process as a manifest records its writer."""
+    return {"pid": os.getpid(), "started": process_start(os.getpid()), "host": socket.gethostname()}
+
+
+def run_status(manifest: dict[str, Any], manifest_path: Path | None = None) -> str:
+    """The status to show: the recorded one, except STALE for a RUNNING run whose writer is gone (module doc)."""
+    status = manifest.get("status", "?")
+    owner = manifest.get("process") or {}
+    if status != "RUNNING" or not owner.get("pid"):
+        return status
+    if owner.get("host") == socket.gethostname():
+        return status if process_alive(int(owner["pid"]), owner.get("started")) else "STALE"
+    try:
+        age = time.time() - Path(manifest_path).stat().st_mtime if manifest_path else 0.0
+    except OSError:
+        age = 0.0
+    return "STALE" if age > STALE_AFTER_S else status
+
+
+def describe_process(manifest: dict[str, Any]) -> str:
+    """`pid 123 on host h` for messages (`unknown process` for manifests that do not record it)."""
+    owner = manifest.get("process") or {}
+    return f"pid {owner['pid']} on host {owner.get('host', '?')}" if owner.get("pid") else "unknown process"
 
 
 class RunOptions(BaseModel):
@@ -104,7 +162,8 @@ class Run:
             "created_at": utc_now(), "workspace": str(Path(workspace).resolve()),
             "git_revision": git_revision(Path(workspace)), "versions": package_versions(),
             "extends_chain": list(resolved.chain), "env_overrides": resolved.overrides,
-            "options": (options or RunOptions()).model_dump(mode="json"), "inputs": {}, "stages": {},
+            "options": (options or RunOptions()).model_dump(mode="json"), "process": current_process(),
+            "inputs": {}, "stages": {},
         }
         run = cls(run_dir, manifest)
         run.record_inputs(definition_files(resolved))
@@ -162,6 +221,11 @@ class Run:
     def profile(self) -> Profile:
         return self.resolved.profile
 
+    @property
+    def status(self) -> str:
+        """The recorded status, or STALE for a RUNNING run whose writer is gone (`run_status`)."""
+        return run_status(self.manifest, self.dir / MANIFEST)
+
     def path(self, relative: str) -> Path:
         """A path inside the run directory (rejects escapes)."""
         target = (self.dir / relative).resolve()
@@ -211,7 +275,7 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
         stages = doc.get("stages", {})
         done = sum(1 for s in stages.values() if s.get("status") in ("completed", "skipped"))
         rows.append({"run_id": doc["run_id"], "profile": doc["profile"], "phase": doc.get("phase", "?"),
-                     "status": doc.get("status", "?"), "created_at": doc.get("created_at", ""),
+                     "status": run_status(doc, manifest), "created_at": doc.get("created_at", ""),
                      "stages": f"{done}/{len(stages)}"})
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
 

@@ -18,6 +18,7 @@ from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import MANIFEST, Run, RunOptions
 from quantlib.engine.executor import run_phase
+from quantlib.engine.resume import reopen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,19 +55,26 @@ def sleeve_specs(run: Run) -> tuple[list[dict], list[dict]]:
 def run_spec(spec: dict) -> dict:
     """Execute one sleeve's (or nested meta's) whole book; returns where it is and how it ended.
 
-    Runs in a Ray worker or in this process; resumes the sleeve run if it already exists.
+    Runs in a Ray worker or in this process; resumes the sleeve run if it already exists (`resume.reopen`:
+    refused, as a FAIL result, if its profile no longer resolves as recorded -- `meta --force` records
+    such a change in every sleeve run before the meta runs).
     """
     start = time.perf_counter()
     runs_dir = Path(spec["runs_dir"])
-    if (runs_dir / spec["run_id"] / MANIFEST).exists():
-        run = Run.open(runs_dir, spec["run_id"])
-    else:
-        resolved = load_profile(spec["profile"], overrides=spec["overrides"])
-        options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
-                             runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
-                             cache=spec.get("cache", True))
-        run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
-                         options=options)
+    try:
+        if (runs_dir / spec["run_id"] / MANIFEST).exists():
+            run = reopen(runs_dir, spec["run_id"], spec["phase"], spec["profile"], overrides=spec["overrides"])
+        else:
+            resolved = load_profile(spec["profile"], overrides=spec["overrides"])
+            options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
+                                 runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
+                                 cache=spec.get("cache", True))
+            run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
+                             options=options)
+    except WorkbookError as exc:
+        return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
+                "run_dir": str(runs_dir / spec["run_id"]), "status": "FAIL", "error": str(exc), "pinned": False,
+                "seconds": round(time.perf_counter() - start, 2), "log": []}
     log = []
     ok = run_phase(run, spec["phase"], say=log.append)
     return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": run.id,

@@ -15,6 +15,11 @@ from quantlib.core.runs import INDEX, Run
 
 def write_index(run: Run, phase: str) -> Path:
     """INDEX.md: profile name, run id, status, stage table with links, artifacts with hashes."""
+    return storage.write_text(run.dir / INDEX, render_index(run, phase))
+
+
+def render_index(run: Run, phase: str) -> str:
+    """The text of INDEX.md (also what `run_book.py show` prints, with the status as read now)."""
     m = run.manifest
     lines = [f"# Run `{m['run_id']}`", "",
              f"- **Status:** {m.get('status', '?')}",
@@ -46,7 +51,7 @@ def write_index(run: Run, phase: str) -> Path:
             status += f" (cached from `{rec['cached_from_path']}`)"
         lines.append(f"| {index} | {stage.name} | {status} | {rec.get('seconds', '')} | "
                      f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
-    lines += _gate_lines(run, phase) + _children_lines(run)
+    lines += _gate_lines(run, phase) + _children_lines(run) + _change_lines(m)
     lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
     for stage in stages(phase):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -54,7 +59,21 @@ def write_index(run: Run, phase: str) -> Path:
             lines.append(f"| [{rel}]({rel}) | `{digest[:12]}` |")
         for rel, digest in rec.get("lakehouse_outputs", {}).items():
             lines.append(f"| lakehouse/{rel} | `{digest[:12]}` |")
-    return storage.write_text(run.dir / INDEX, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def _change_lines(m: dict) -> list[str]:
+    """The profile changes a forced resume recorded (`engine.resume.record_change`)."""
+    rows = []
+    for change in m.get("profile_changes", []):
+        before = ", ".join(change.get("completed_stages", [])) or "none"
+        rows += [f"| {change.get('at', '')} | `{c['key']}` | `{json.dumps(c['old'], default=str)}` | "
+                 f"`{json.dumps(c['new'], default=str)}` | {before} |" for c in change.get("changes", [])]
+    if not rows:
+        return []
+    return ["", "## Profile changes (resumed with --force)", "",
+            "Stages completed before a change ran with the old values; the resolved profile holds the new ones.", "",
+            "| when | key | old | new | stages completed before |", "|---|---|---|---|---|", *rows]
 
 
 def _static_line(run: Run) -> str:
