@@ -36,6 +36,7 @@ from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.prune import apply_prune, human_bytes, parse_days, parse_keep, plan_lines, plan_prune
 from quantlib.engine.verify import verify_run
+from quantlib.engine.index import render_index
 from quantlib.engine.resume import reopen
 from quantlib.meta.tree import check_meta_tree
 
@@ -68,7 +69,12 @@ def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: d
                          Workspace.current().root, run_id=run_id, options=options)
         print(f"run {run.id} ({run.dir})")
     start = time.perf_counter()
-    ok = execute(run, phase, skip=skip)
+    try:
+        ok = execute(run, phase, skip=skip)
+    except KeyboardInterrupt:  # recorded by the executor; the process exits 130 / 143 (main)
+        print(f"INTERRUPTED after {time.perf_counter() - start:.1f} s · run {run.id} recorded INTERRUPTED; resume it "
+              f"with --run-id {run.id} · report: {run.dir / INDEX}", file=sys.stderr)
+        raise
     print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
     return ok, run.dir
 
@@ -213,9 +219,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {_runs_dir(args)}")
         return 0
-    print(f"{'run id':<48} {'profile':<22} {'phase':<6} {'status':<10} {'stages':<7} created")
+    print(f"{'run id':<48} {'profile':<22} {'phase':<6} {'status':<11} {'stages':<7} created")
     for r in rows:
-        print(f"{r['run_id']:<48} {r['profile']:<22} {r['phase']:<6} {r['status']:<10} {r['stages']:<7} {r['created_at']}")
+        print(f"{r['run_id']:<48} {r['profile']:<22} {r['phase']:<6} {r['status']:<11} {r['stages']:<7} {r['created_at']}")
     return 0
 
 
@@ -243,9 +249,10 @@ def cmd_runs_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-
+    """INDEX.md as it reads now: rendered from the manifest (so a run without INDEX.md, or one gone STALE,
+    shows its real state), the same text the orchestrator writes."""
     run = Run.open(_runs_dir(args), args.run_id)
-    print((run.dir / INDEX).read_text(encoding="utf-8") if (run.dir / INDEX).exists() else run.manifest)
+    print(render_index(run, run.manifest.get("phase", "?")), end="")
     return 0
 
 
@@ -398,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--yes", action="store_true", help="delete (without it: print what would be deleted)")
     q.set_defaults(func=cmd_runs_prune)
 
-    p = sub.add_parser("show", help="print a run's INDEX.md", description="Print the INDEX.md of RUN_ID.")
+    p = sub.add_parser("show", help="print a run's INDEX.md",
+                       description="Print the INDEX.md of RUN_ID, rendered from its manifest as it reads now "
+                                   "(a RUNNING run whose process is gone shows as STALE).")
     p.add_argument("run_id", metavar="RUN_ID")
     p.set_defaults(func=cmd_show)
     return parser
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbookError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as exc:  # SIGTERM (or SIGINT) during a run: 128 + the signal, as a shell reports it
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,56 @@ def test_resuming_with_other_profile_values_exits_2_naming_them(capsys, env, run
     assert (run.dir / "manifest.json").read_bytes() == before
     code, out, _ = cli(capsys, "data", "--help")
     assert "--force" in out
+
+
+# ---------------------------------------------------------------------------------------------- RUNNING / STALE
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_and_show_read_a_running_run_whose_process_is_gone_as_stale(capsys, runs_dir, tmp_path):
+    live = make_run(runs_dir, tmp_path)  # RUNNING, written by this (live) process
+    gone = make_run(runs_dir, tmp_path)
+    gone.manifest["process"]["pid"] = _dead_pid()
+    gone.save()
+    far = make_run(runs_dir, tmp_path)  # another host: its pid cannot be checked, the manifest's age decides
+    far.manifest["process"]["host"] = "elsewhere.example"
+    far.save()
+    old = make_run(runs_dir, tmp_path)
+    old.manifest["process"]["host"] = "elsewhere.example"
+    old.save()
+    long_ago = time.time() - 13 * 3600
+    os.utime(old.dir / "manifest.json", (long_ago, long_ago))
+
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
+    rows = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:]}
+    assert code == 0 and rows == {live.id: "RUNNING", gone.id: "STALE", far.id: "RUNNING", old.id: "STALE"}
+    assert Run.open(runs_dir, gone.id).manifest["status"] == "RUNNING"  # computed when read, never written
+
+    assert not (gone.dir / "INDEX.md").exists()
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", gone.id)
+    assert code == 0 and out.startswith(f"# Run `{gone.id}`") and "{'run_id'" not in out
+    assert "**Status:** STALE" in out and f"pid {gone.manifest['process']['pid']}" in out and "is gone" in out
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", old.id)
+    assert "**Status:** STALE" in out and "elsewhere.example) has not written the manifest for 12 h" in out
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_run_exits_143_with_the_run_interrupted(env, runs_dir):
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--runs-dir", str(runs_dir), "data", "--run-id", "T"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = runs_dir / "T" / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"status": "running"' not in (manifest.read_text() if manifest.exists() else ""):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)
+    assert "INTERRUPTED" in err and "--run-id T" in err and "Traceback" not in err
+    run = Run.open(runs_dir, "T")
+    assert run.manifest["status"] == run.status == "INTERRUPTED" and run.manifest["interrupted"]["by"] == "SIGTERM"
+    assert run.manifest["stages"][run.manifest["interrupted"]["stage"]]["status"] == "interrupted"
+    assert "**Status:** INTERRUPTED" in (run.dir / "INDEX.md").read_text()

@@ -126,7 +126,9 @@ class RunOptions(BaseModel):
 
     `runs_root` is where its data run and pinned sleeves are looked up (a meta's sleeve lives under the
     meta's folder, so it points back at the meta's runs root); `parent_run` and `depth` place a sleeve
-    in its meta tree; `cache` is handed down to a meta's sleeves."""
+    in its meta tree; `cache` is handed down to a meta's sleeves; `data_runs` are the data runs a meta
+    pinned when it started (`meta.tree.pin_data_runs`): its sleeves, nested metas' too, read one of
+    them, never a data run that passed later."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -136,6 +138,7 @@ class RunOptions(BaseModel):
     parent_run: str | None = None
     depth: int = Field(0, ge=0)
     cache: bool = True  # restore unchanged stages from earlier runs (`--no-cache`: compute every stage)
+    data_runs: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -2,19 +2,36 @@
 
 A stage fails (and with it the run) on a failing cell, a timeout
 (papermill does not mark those in the saved notebook, so we record it) or a missing declared output.
+
+Where the resume decisions live: `run_phase`'s loop skips a stage that is `stage_complete` (and
+optional stages named in `skip`); after the first stage that runs, every later one runs (or is restored
+from an earlier run by the stage cache, `engine.cache`). Whether a run may be resumed at all (phase,
+profile, live writer, changed profile) is `engine.resume`'s.
+
+Interruption: while `run_phase` runs, SIGTERM (like Ctrl-C) raises `RunInterrupted` in the main thread
+(`interruptible`); the run is recorded INTERRUPTED with the stage it stopped in (that stage's record
+`interrupted`), its kernel is stopped, manifest and INDEX.md are written, and the exception goes on to
+the caller (the CLI exits 130 / 143). A meta's kernel is interrupted first, so the sleeve runs inside it
+record their own interruption (`GRACE_S`); a nested run left RUNNING whose process is gone is then
+recorded INTERRUPTED by the meta (`settle_nested`). Signals that arrive during that bookkeeping are
+held and raised once it is done.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from quantlib.core import registry, storage
-from quantlib.core.errors import StageError, WorkbookError
+from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
 from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
-from quantlib.core.runs import Run, utc_now
+from quantlib.core.runs import MANIFEST, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
@@ -22,6 +39,8 @@ from quantlib.engine.index import write_index
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
+GRACE_S = 20.0  # an interrupted meta waits this long for the sleeve runs inside its kernel to record it
+SETTLE_S = 5.0  # ... and this long, once its kernel is gone, for their processes to end
 
 
 #: modules a phase's stages import, loaded by the shared kernel as soon as it starts (in parallel with
@@ -56,59 +75,149 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     """Execute every stage of `phase` not yet complete; return True if the run passed.
 
     `skip` maps optional stage names to the reason they are skipped (recorded, shown in INDEX.md).
+    Ctrl-C or SIGTERM: the run is recorded INTERRUPTED and `KeyboardInterrupt` / `RunInterrupted` is raised.
     """
     plan = stages(phase)
     profile = run.profile
     skip = skip or {}
     run.manifest["skipped"] = dict(skip)
+    start_recording(run)
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
-    try:
-        for index, stage in enumerate(plan, start=1):
-            if stage.optional and stage.name in skip:
-                run.stage(stage.name).update(status="skipped", reason=skip[stage.name])
-                say(f"[{index}/{len(plan)}] {stage.name}: skipped ({skip[stage.name]})")
-                continue
-            if not rerun and stage_complete(run, stage):
-                say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
-                continue
-            rerun = True
-            key = cache.stage_key(run, phase, stage, source_notebook(run, stage))
-            hit = cache.find(run, stage, key) if key and run.options.cache else None
-            if hit:
-                seconds = cache.restore(run, stage, hit, key, f"notebooks/{notebook_name(index, stage)}")
-                if profile.book.export_html and not run.stage(stage.name).get("html"):
-                    exports.submit(run.dir / "notebooks" / notebook_name(index, stage), run.stage(stage.name))
-                record_outside_reads(run, stage)
+    ok = False
+    with interruptible() as signals:
+        try:
+            for index, stage in enumerate(plan, start=1):
+                if stage.optional and stage.name in skip:
+                    run.stage(stage.name).update(status="skipped", reason=skip[stage.name])
+                    say(f"[{index}/{len(plan)}] {stage.name}: skipped ({skip[stage.name]})")
+                    continue
+                if not rerun and stage_complete(run, stage):
+                    say(f"[{index}/{len(plan)}] {stage.name}: complete, skipped (resume)")
+                    continue
+                rerun = True
+                key = cache.stage_key(run, phase, stage, source_notebook(run, stage))
+                hit = cache.find(run, stage, key) if key and run.options.cache else None
+                if hit:
+                    seconds = cache.restore(run, stage, hit, key, f"notebooks/{notebook_name(index, stage)}")
+                    if profile.book.export_html and not run.stage(stage.name).get("html"):
+                        exports.submit(run.dir / "notebooks" / notebook_name(index, stage), run.stage(stage.name))
+                    record_outside_reads(run, stage)
+                    run.save()
+                    say(f"[{index}/{len(plan)}] {stage.name}: cached from {hit.run.id} ({seconds:.1f} s; "
+                        f"computed there in {hit.record.get('seconds', 0):.1f} s)")
+                    continue
+                say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
+                seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html,
+                                        kernel, exports)
+                cache.record_computed(run, phase, stage, key)
                 run.save()
-                say(f"[{index}/{len(plan)}] {stage.name}: cached from {hit.run.id} ({seconds:.1f} s; "
-                    f"computed there in {hit.record.get('seconds', 0):.1f} s)")
-                continue
-            say(f"[{index}/{len(plan)}] {stage.name}: running {stage.notebook} ...")
-            seconds = execute_stage(run, index, stage, profile.book.cell_timeout_s, profile.book.export_html, kernel,
-                                    exports)
-            cache.record_computed(run, phase, stage, key)
+                say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
+            run.manifest["status"] = "PASS"
+            run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
+            ok = True
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (RunInterrupted)
+            signals["hold"] = True
+            mark_interrupted(run, signal_name(exc))
+            say(f"INTERRUPTED ({signal_name(exc)}) in stage {run.manifest['interrupted']['stage'] or '-'}")
+            raise
+        except Exception as exc:  # a WorkbookError carries its own message; anything else is named
+            message = str(exc) if isinstance(exc, WorkbookError) else f"internal error: {type(exc).__name__}: {exc}"
+            run.manifest["status"] = "FAIL"
+            run.manifest["error"] = message
+            for record in run.manifest["stages"].values():
+                if record.get("status") == "running":
+                    record.update(status="failed", error=message)
+            say(f"FAIL: {message}")
+        finally:
+            signals["hold"] = True  # a second Ctrl-C / SIGTERM waits until the records are written
+            interrupted = run.manifest["status"] == "INTERRUPTED"
+            if interrupted and (run.dir / "sleeves").is_dir():
+                kernel.interrupt()  # the sleeve runs inside a meta's kernel record their own interruption
+                settle_nested(run, GRACE_S)
+            kernel.close()
+            exports.wait()
+            if interrupted:
+                settle_nested(run, SETTLE_S)
+            run.manifest["finished_at"] = utc_now()
             run.save()
-            say(f"[{index}/{len(plan)}] {stage.name}: ok ({seconds:.1f} s)")
-        run.manifest["status"] = "PASS"
-        run.manifest.pop("error", None)  # a resumed run that now passes drops the old failure
-        return True
-    except Exception as exc:  # a WorkbookError carries its own message; anything else is named
-        message = str(exc) if isinstance(exc, WorkbookError) else f"internal error: {type(exc).__name__}: {exc}"
-        run.manifest["status"] = "FAIL"
-        run.manifest["error"] = message
-        for record in run.manifest["stages"].values():
-            if record.get("status") == "running":
-                record.update(status="failed", error=message)
-        say(f"FAIL: {message}")
-        return False
+            write_index(run, phase)
+    if signals["pending"] is not None:
+        raise RunInterrupted(signals["pending"])
+    return ok
+
+
+@contextmanager
+def interruptible() -> Iterator[dict]:
+    """SIGTERM and SIGINT raise `RunInterrupted` in the main thread (in another thread, where Python cannot
+    install handlers, nothing changes); with `state["hold"]` set, a signal is kept in `state["pending"]`."""
+    state: dict = {"hold": False, "pending": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame) -> None:
+        if state["hold"]:
+            state["pending"] = state["pending"] or signum
+            return
+        raise RunInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield state
     finally:
-        kernel.close()
-        exports.wait()
-        run.manifest["finished_at"] = utc_now()
-        run.save()
-        write_index(run, phase)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def signal_name(exc: BaseException) -> str:
+    """SIGTERM / SIGINT for a `RunInterrupted`, SIGINT for a plain KeyboardInterrupt."""
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+
+
+def start_recording(run: Run) -> None:
+    """The run is RUNNING, written by this process; a resume is recorded with the status it had."""
+    if run.manifest.get("stages"):
+        run.manifest.setdefault("resumes", []).append(
+            {"at": utc_now(), "status": run.status, "interrupted": run.manifest.get("interrupted")})
+    run.manifest.pop("interrupted", None)
+    run.manifest.update(status="RUNNING", process=current_process())
+    run.save()
+
+
+def mark_interrupted(run: Run, by: str) -> None:
+    """INTERRUPTED, with the stage it stopped in (its record `interrupted`); the manifest is saved by the caller."""
+    running = [name for name, rec in run.manifest["stages"].items() if rec.get("status") == "running"]
+    for name in running:
+        run.manifest["stages"][name].update(status="interrupted", ended_at=utc_now())
+    run.manifest.pop("error", None)
+    run.manifest.update(status="INTERRUPTED", interrupted={"by": by, "at": utc_now(),
+                                                           "stage": running[0] if running else None})
+
+
+def settle_nested(run: Run, wait_s: float) -> list[Run]:
+    """Wait up to `wait_s` for the runs nested in `run` (a meta's `sleeves/`) to stop RUNNING; one whose
+    process is gone (STALE) is recorded INTERRUPTED here. Returns those still RUNNING."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        live = []
+        for path in sorted((run.dir / "sleeves").rglob(MANIFEST)):
+            try:
+                child = Run.at(path.parent)
+                status = child.status
+            except WorkbookError:
+                continue
+            if status == "STALE":
+                mark_interrupted(child, f"interrupted meta run {run.id}")
+                child.manifest["finished_at"] = utc_now()
+                child.save()
+                write_index(child, child.manifest["phase"])
+            elif status == "RUNNING":
+                live.append(child)
+        if not live or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.2)
 
 
 class SharedKernel:
@@ -141,6 +250,13 @@ class SharedKernel:
                 self.kc.start_channels()
                 self.kc.execute(self.warm, silent=True, store_history=False)
         return self.km
+
+    def interrupt(self) -> None:
+        """SIGINT to the kernel (what Jupyter's interrupt does): the running cell gets a KeyboardInterrupt."""
+        from jupyter_core.utils import run_sync
+
+        if self.km is not None and self.km.has_kernel:
+            run_sync(self.km.interrupt_kernel)()
 
     def close(self) -> None:
         """Shut the kernel down (after the run, or after a failed stage)."""
@@ -188,12 +304,17 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                   outputs={}, error=None, html=None, notebook_sha256=None, html_sha256=None)
     run.save()
     start = time.perf_counter()
+    interrupted = False
     try:
         pm.execute_notebook(with_namespace_reset(source) if kernel else str(source), str(target),
                             parameters={"run_dir": str(run.dir.resolve())},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
                             report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             km=km)
+    except KeyboardInterrupt:  # the run records it (run_phase); no HTML of a half-run notebook
+        interrupted = True
+        _cancel_pending()
+        raise
     except PapermillExecutionError as exc:
         if kernel:
             kernel.close()
@@ -209,9 +330,9 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"stage {stage.name} {kind} in {target} cell {cell} "
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
-        if target.exists():
+        if target.exists() and not interrupted:
             compact_notebook_figures(target)  # one line per figure, not one per number
-        if export_html and target.exists():
+        if export_html and target.exists() and not interrupted:
             (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start
     record["notebook_sha256"] = storage.sha256_file(target)  # `run_book.py verify` re-hashes it
@@ -244,6 +365,22 @@ def record_outside_reads(run: Run, stage: Stage) -> None:
     """Copy what a stage read outside the run (lakehouse files, data run) into the manifest."""
     if stage.writes_name(DATA_INPUTS):
         run.record_read(storage.read_json(run.path(registry.path(run.manifest["phase"], DATA_INPUTS))))
+
+
+def _cancel_pending(wait_s: float = 5.0) -> None:
+    """Cancel papermill's coroutines an interrupt left in this thread's event loop (else they run on whenever
+    the loop runs again -- stopping the kernel -- and report a dead kernel)."""
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=wait_s))
+    for task in tasks:  # nbclient turns the cancellation into DeadKernelError: retrieved, so never logged
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:

@@ -20,6 +20,8 @@ from quantlib.core.runs import MANIFEST, Run, RunOptions
 from quantlib.engine.executor import run_phase
 from quantlib.engine.resume import reopen
 
+CANCEL_GRACE_S = 15.0  # an interrupted meta waits this long for its cancelled sleeve tasks to record it
+
 
 # ----------------------------------------------------------------------------------------------
 # specs
@@ -119,18 +121,25 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec)
         pending = {task.remote(spec): spec for spec in specs}
         results = []
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            spec = pending.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except Exception as exc:  # the task itself crashed (not a failed stage: those return FAIL)
-                result = {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
-                          "run_dir": str(Path(spec["runs_dir"]) / spec["run_id"]), "status": "FAIL", "pinned": False,
-                          "error": f"task crashed: {type(exc).__name__}: {str(exc).splitlines()[0]}", "seconds": None}
-            result["ray_start_seconds"] = ray_start
-            results.append(result)
-            on_done(result)
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except Exception as exc:  # the task itself crashed (not a failed stage: those return FAIL)
+                    result = {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"],
+                              "run_id": spec["run_id"], "run_dir": str(Path(spec["runs_dir"]) / spec["run_id"]),
+                              "status": "FAIL", "pinned": False, "seconds": None,
+                              "error": f"task crashed: {type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                result["ray_start_seconds"] = ray_start
+                results.append(result)
+                on_done(result)
+        except KeyboardInterrupt:  # the meta was interrupted: a KeyboardInterrupt in every running sleeve task,
+            for ref in pending:   # whose run_phase records its run INTERRUPTED (given CANCEL_GRACE_S to do so)
+                ray.cancel(ref)
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
+            raise
         return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"]))
 
 

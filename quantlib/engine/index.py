@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 from quantlib.core import storage
@@ -10,7 +11,7 @@ from quantlib.core.errors import WorkbookError
 from quantlib.core.figures import STATIC_DIR, run_static_root
 from quantlib.core.gates import verdict
 from quantlib.core.registry import stages
-from quantlib.core.runs import INDEX, Run
+from quantlib.core.runs import INDEX, STALE_AFTER_S, Run, describe_process, run_status
 
 
 def write_index(run: Run, phase: str) -> Path:
@@ -21,26 +22,44 @@ def write_index(run: Run, phase: str) -> Path:
 def render_index(run: Run, phase: str) -> str:
     """The text of INDEX.md (also what `run_book.py show` prints, with the status as read now)."""
     m = run.manifest
+    status = run.status
     lines = [f"# Run `{m['run_id']}`", "",
-             f"- **Status:** {m.get('status', '?')}",
+             f"- **Status:** {status}",
              f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
              f"- **Run id:** `{m['run_id']}`",
              f"- **Phase:** {phase}",
              f"- **Created:** {m.get('created_at', '')}  **Finished:** {m.get('finished_at', '')}",
              f"- **Git revision:** `{m.get('git_revision', '')}`",
+             f"- **Process:** {describe_process(m)}",
              "- **Resolved profile:** [profile.resolved.yaml](profile.resolved.yaml) · "
              "[manifest.json](manifest.json)"]
     if m.get("env_overrides"):
         lines.append(f"- **Environment overrides:** `{json.dumps(m['env_overrides'], default=str)}`")
-    if m.get("error"):
-        lines += ["", f"> **FAIL:** {m['error']}"]
+    if m.get("resumes"):
+        last = m["resumes"][-1]
+        lines.append(f"- **Resumed:** {len(m['resumes'])}× (last at {last.get('at', '')}; the status each resume "
+                     f"found is in the manifest's `resumes`)")
+    notes = [f"> **FAIL:** {m['error']}"] if m.get("error") else []
+    if status == "INTERRUPTED":
+        i = m.get("interrupted") or {}
+        notes.append(f"> **INTERRUPTED** by {i.get('by', '?')} in stage {i.get('stage') or '(between stages)'} at "
+                     f"{i.get('at', '?')}; resume it with `--run-id {m['run_id']}` (continues at that stage)")
+    if status == "STALE":
+        here = (m.get("process") or {}).get("host") == socket.gethostname()
+        gone = "is gone" if here else f"has not written the manifest for {STALE_AFTER_S // 3600} h"
+        notes.append(f"> **STALE:** recorded RUNNING, but its process ({describe_process(m)}) {gone}; resume it "
+                     f"with `--run-id {m['run_id']}`")
     if m.get("skipped"):
         lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
+    if run.options.data_runs:
+        lines.append(f"- **Pinned data runs (every sleeve reads one of these):** "
+                     + ", ".join(f"`{d}`" for d in run.options.data_runs))
     if m.get("data_run"):
         lines.append(f"- **Data run:** `{m['data_run']}`")
     if run.options.parent_run:
         lines.append(f"- **Parent run:** `{run.options.parent_run}` ([INDEX.md](../../INDEX.md))")
     lines.append(_static_line(run))
+    lines += [line for note in notes for line in ("", note)]
     lines += ["", "## Stages", "", "| # | stage | status | seconds | notebook | report |", "|---|---|---|---|---|---|"]
     for index, stage in enumerate(stages(phase), start=1):
         rec = m.get("stages", {}).get(stage.name, {})
@@ -93,7 +112,8 @@ def _children_lines(run: Run) -> list[str]:
         except WorkbookError:
             doc = {}
         sid = manifest.parent.name
-        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | {doc.get('status', 'UNREADABLE')} | "
+        rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | "
+                    f"{run_status(doc, manifest) if doc else 'UNREADABLE'} | "
                     f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
     return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
 

@@ -62,3 +62,24 @@ def test_run_paths_cannot_escape(tmp_path):
         run.path("../other/manifest.json")
     storage.write_json(run.path("artifacts/x.json"), {"ok": True})
     assert json.loads(run.path("artifacts/x.json").read_text()) == {"ok": True}
+
+
+def test_a_run_records_its_writer_and_reads_stale_once_that_process_is_gone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from quantlib.core.runs import process_alive, process_start, run_status
+
+    run = Run.create(tmp_path, load_profile("demo"), "data", tmp_path, run_id="r")
+    owner = run.manifest["process"]
+    assert owner["pid"] == os.getpid() and owner["host"] and owner["started"] == process_start(os.getpid())
+    assert process_alive(os.getpid(), owner["started"]) and run.status == "RUNNING"
+    assert not process_alive(os.getpid(), "1"), "same pid, another start time: a reused pid is not the writer"
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert not process_alive(proc.pid)
+    doc = {**run.manifest, "process": {**owner, "pid": proc.pid}}
+    assert run_status(doc, run.dir / "manifest.json") == "STALE"
+    assert run_status({**doc, "status": "FAIL"}) == "FAIL"  # only a RUNNING run can be stale
+    assert run_status({k: v for k, v in doc.items() if k != "process"}) == "RUNNING"  # older manifests: as recorded

@@ -6,7 +6,14 @@ lakehouse redirected there too, so nothing touches the repository's `runs/` or `
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -19,7 +26,8 @@ from quantlib.core import registry
 from quantlib.core.registry import Artifact, Stage
 from quantlib.core.figures import PLOTLY_MIME, STATIC_DIR, figure_json, plotly_js, plotly_js_bytes, plotly_js_name
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import Run
+from quantlib.core.errors import RunInterrupted
+from quantlib.core.runs import Run, process_alive
 
 TEST_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 PHASE = "testphase"
@@ -335,3 +343,98 @@ def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monk
     record = reopen(run).manifest["stages"]["only"]
     assert ok and record["status"] == "completed"
     assert record["html"] is None and "OSError: no space" in record["html_error"]
+
+
+# ----------------------------------------------------------------------------------- (g) interruption
+class RecordingKernel(book.SharedKernel):
+    """The shared kernel, remembering its process id (to check it was stopped)."""
+
+    pids: list[int] = []
+
+    def manager(self):
+        km = super().manager()
+        if km.provisioner.pid not in RecordingKernel.pids:
+            RecordingKernel.pids.append(km.provisioner.pid)
+        return km
+
+
+def signal_when_running(run: Run, stage_name: str, signum: int) -> threading.Thread:
+    """Send `signum` to this process once `stage_name` has been running for a second (its cell is executing)."""
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((run.dir / "manifest.json").read_text())["stages"].get(stage_name, {}).get("status") == "running":
+                    time.sleep(1.0)
+                    os.kill(os.getpid(), signum)
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_records_the_run_interrupted_stops_the_kernel_and_resume_continues_there(make_run, monkeypatch, signum):
+    monkeypatch.setattr(book, "SharedKernel", RecordingKernel)
+    RecordingKernel.pids = []
+    plan = (ok_stage("alpha"), stage("slow", SLEEPS, "artifacts/slow.txt"), ok_stage("gamma"))
+    run = make_run(plan)
+    handlers = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    signal_when_running(run, "slow", signum)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_collect(run)
+    assert isinstance(info.value, RunInterrupted) and info.value.signum == signum
+    assert time.monotonic() - start < 28, "the sleeping cell was interrupted, not slept through"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # handlers restored
+
+    stored = reopen(run).manifest
+    assert stored["status"] == "INTERRUPTED" and "error" not in stored
+    assert stored["interrupted"]["by"] == signum.name and stored["interrupted"]["stage"] == "slow"
+    assert [stored["stages"][s]["status"] for s in ("alpha", "slow")] == ["completed", "interrupted"]
+    assert "gamma" not in stored["stages"]
+    assert stored["process"]["pid"] == os.getpid() and stored["process"]["host"]
+    assert index_status(run) == "INTERRUPTED"
+    assert f"by {signum.name} in stage slow" in (run.dir / "INDEX.md").read_text()
+    assert stage_rows(run) == {"alpha": "completed", "slow": "interrupted", "gamma": "pending"}
+    [pid] = RecordingKernel.pids
+    deadline = time.monotonic() + 10
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(pid), "the interrupted run's kernel must be stopped"
+
+    if signum == signal.SIGINT:
+        return
+    # resume: continues at the interrupted stage (alpha stays complete)
+    monkeypatch.setitem(registry.PHASES, PHASE, (plan[0], ok_stage("slow"), plan[2]))
+    ok, messages = run_collect(reopen(run))
+    assert ok, messages
+    assert messages[0].endswith("alpha: complete, skipped (resume)") and "slow: running" in messages[1]
+    stored = reopen(run).manifest
+    assert stored["status"] == "PASS" and "interrupted" not in stored
+    assert stored["resumes"][-1]["status"] == "INTERRUPTED" and stored["resumes"][-1]["interrupted"]["stage"] == "slow"
+
+
+def test_a_meta_records_its_nested_runs_left_running_by_a_gone_process_as_interrupted(make_run, tmp_path):
+    meta = make_run((ok_stage("alpha"),))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    children = {}
+    for sid, pid in (("gone", dead.pid), ("alive", os.getpid())):
+        child = Run.create(meta.dir / "sleeves", load_profile("demo"), PHASE, workspace=tmp_path, run_id=sid)
+        child.manifest["process"]["pid"] = pid
+        child.manifest["stages"] = {"alpha": {"status": "running"}}
+        child.save()
+        children[sid] = child
+    assert children["gone"].status == "STALE" and children["alive"].status == "RUNNING"
+    live = book.settle_nested(meta, 0)
+    assert [r.id for r in live] == ["alive"]
+    gone = reopen(children["gone"]).manifest
+    assert gone["status"] == "INTERRUPTED" and gone["stages"]["alpha"]["status"] == "interrupted"
+    assert gone["interrupted"] == {**gone["interrupted"], "by": f"interrupted meta run {meta.id}", "stage": "alpha"}
+    assert index_status(children["gone"]) == "INTERRUPTED"
+    assert reopen(children["alive"]).manifest["status"] == "RUNNING"
