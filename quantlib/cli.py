@@ -38,7 +38,7 @@ from quantlib.engine.prune import apply_prune, human_bytes, parse_days, parse_ke
 from quantlib.engine.verify import verify_run
 from quantlib.engine.index import render_index
 from quantlib.engine.resume import reopen
-from quantlib.meta.tree import check_meta_tree
+from quantlib.meta.tree import check_meta_tree, pin_data_runs
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
@@ -97,9 +97,10 @@ def cmd_sleeve(args: argparse.Namespace) -> int:
 def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
 
     check_meta_tree(profile, env=os.environ)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
-
+    # one data run per sleeve, pinned now and handed to every sleeve (a resumed meta keeps its own pins)
+    pinned = None if _resuming(args) else pin_data_runs(profile, _runs_dir(args), env=os.environ)
     return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address,
-                                                          cache=not args.no_cache))
+                                                              cache=not args.no_cache, data_runs=pinned))
 
 
 def cmd_meta(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantlib.core import storage
+from quantlib.core import registry, storage
 from quantlib.core.enums import Executor
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.ids import check_run_id
@@ -290,3 +290,31 @@ def newest_run(runs_dir: Path, profile: str, phase: str | None = None, complete:
             if not complete or row["status"] == "PASS":
                 return row["run_id"]
     return None
+
+
+def locate_data_run(runs_root: Path, scanners: list[str], pinned: str | None,
+                    among: tuple[str, ...] | None = None) -> Run:
+    """The pinned data run (`sleeve.data_run_id`), or the newest PASS data run that exported every one of
+    `scanners` -- with `among` (the data runs a meta pinned when it started) the newest of those only."""
+    def has_exports(run: Run) -> bool:
+        return all(run.path(registry.path("data", "export", scanner=s)).exists() for s in scanners)
+
+    if pinned:
+        run = Run.open(runs_root, pinned)
+        if run.manifest.get("phase") != "data" or run.manifest.get("status") != "PASS":
+            raise DataError(f"aggregate: pinned data run {pinned} (sleeve.data_run_id) is not a passed data run; "
+                            f"run `python run_book.py data` and pin its id")
+        if not has_exports(run):
+            raise DataError(f"aggregate: data run {pinned} has no candidate list for {scanners} "
+                            f"(sleeve.scanners); run the data phase with those scanners")
+        return run
+    for row in list_runs(runs_root):
+        if row["phase"] == "data" and row["status"] == "PASS" and (among is None or row["run_id"] in among):
+            run = Run.open(runs_root, row["run_id"])
+            if has_exports(run):
+                return run
+    if among is not None:
+        raise DataError(f"aggregate: none of the data runs its meta pinned when it started ({', '.join(among) or 'none'}) "
+                        f"under {runs_root} exports {scanners} (sleeve.scanners); start a new meta run")
+    raise DataError(f"aggregate: no passed data run under {runs_root} exports {scanners} (sleeve.scanners); "
+                    f"run `python run_book.py data` first")

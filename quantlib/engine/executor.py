@@ -369,18 +369,28 @@ def record_outside_reads(run: Run, stage: Stage) -> None:
 
 def _cancel_pending(wait_s: float = 5.0) -> None:
     """Cancel papermill's coroutines an interrupt left in this thread's event loop (else they run on whenever
-    the loop runs again -- stopping the kernel -- and report a dead kernel)."""
+    the loop runs again -- stopping the kernel -- and report a dead kernel). Inside a kernel (a meta's
+    sleeves) a loop is already running and papermill ran in jupyter_core's runner thread: nothing to do here.
+    Never raises: it must not turn the interrupt into a failure."""
     from jupyter_core.utils import ensure_event_loop
 
-    loop = ensure_event_loop()
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.wait(tasks, timeout=wait_s))
-    for task in tasks:  # nbclient turns the cancellation into DeadKernelError: retrieved, so never logged
-        if task.done() and not task.cancelled():
-            task.exception()
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+    try:
+        loop = ensure_event_loop()
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.wait(tasks, timeout=wait_s))
+        for task in tasks:  # nbclient turns the cancellation into DeadKernelError: retrieved, so never logged
+            if task.done() and not task.cancelled():
+                task.exception()
+    except Exception:
+        pass
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:

@@ -2,7 +2,8 @@
 task or in this process.
 
 A sleeve runs in `runs/<META_RUN_ID>/sleeves/<id>/`; a pinned sleeve (`run_id`) is read where it is,
-and no other run is read. Everything a sleeve task needs travels in its spec (a plain dict, no
+and no other run is read. Every sleeve gets the data runs the meta pinned when it started
+(`RunOptions.data_runs`, `meta.tree.pin_data_runs`), so no sleeve reads a data run that passed later. Everything a sleeve task needs travels in its spec (a plain dict, no
 process-wide state). Ray is imported only when used: a private, authenticated, loopback-only local
 instance (`local_ray_files`, `ray_session`), or a bounded connect to a cluster.
 """
@@ -50,7 +51,7 @@ def sleeve_specs(run: Run) -> tuple[list[dict], list[dict]]:
                       "phase": kind, "runs_dir": str(run.dir / "sleeves"), "run_id": entry.id,
                       "runs_root": str(runs_root), "parent_run": run.id, "workspace": str(run.workspace),
                       "overrides": run.resolved.overrides, "depth": depth + 1,
-                      "cache": run.options.cache})
+                      "cache": run.options.cache, "data_runs": run.options.data_runs})
     return specs, pinned
 
 
@@ -70,7 +71,7 @@ def run_spec(spec: dict) -> dict:
             resolved = load_profile(spec["profile"], overrides=spec["overrides"])
             options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
                                  runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
-                                 cache=spec.get("cache", True))
+                                 cache=spec.get("cache", True), data_runs=spec.get("data_runs"))
             run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
                              options=options)
     except WorkbookError as exc:

@@ -5,10 +5,13 @@ is refused here too, so a bad meta profile never costs a sleeve run; the gate ke
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from quantlib.core.errors import ProfileError
-from quantlib.core.profiles import load_profile
+from quantlib.core.errors import DataError, ProfileError
+from quantlib.core.profiles import Profile, load_profile
+from quantlib.core.runs import locate_data_run
 
 MAX_DEPTH = 3
 
@@ -53,3 +56,36 @@ def check_sleeve_list(name: str, ids: list[str], single_sleeve: bool) -> None:
     if not single_sleeve and len(ids) < 2:
         raise ProfileError(f"meta profile {name!r}: meta.sleeves lists {len(ids)} sleeve; a multi-sleeve meta "
                            f"needs >= 2 (add one, or declare meta.single_sleeve: true)")
+
+
+def leaf_sleeves(name: str, overrides: Mapping[str, Any], profiles_dir: Path | None = None,
+                 prefix: str = "") -> list[tuple[str, Profile]]:
+    """(path id, profile) of every unpinned sleeve of meta `name` and of its nested metas, resolved as the
+    meta's sleeves stage resolves them (with the meta's `overrides`, `engine.fanout.sleeve_specs`)."""
+    out = []
+    for entry in load_profile(name, profiles_dir, overrides=overrides).profile.meta.sleeves:
+        if entry.meta_profile:
+            out += leaf_sleeves(entry.meta_profile, overrides, profiles_dir, f"{prefix}{entry.id}/")
+        elif not entry.run_id:
+            out.append((f"{prefix}{entry.id}", load_profile(entry.profile, profiles_dir, overrides=overrides).profile))
+    return out
+
+
+def pin_data_runs(name: str, runs_root: Path, env: Mapping[str, str] | None = None,
+                  profiles_dir: Path | None = None) -> tuple[str, ...]:
+    """The data runs the sleeves of meta `name` read, pinned when the meta starts: for each sleeve, the one it
+    would read now (`locate_data_run`: its `sleeve.data_run_id`, else the newest PASS data run exporting its
+    scanners), deduplicated, in sleeve order. The newest of these exporting a sleeve's scanners is that sleeve's
+    pick, so handing the set to every sleeve (`RunOptions.data_runs`) keeps each on it, whatever passes later.
+    A sleeve with no data run is a DataError now, before any run exists."""
+    overrides = load_profile(name, profiles_dir, env=env).overrides
+    pinned: list[str] = []
+    for path_id, sleeve in leaf_sleeves(name, overrides, profiles_dir):
+        try:
+            run = locate_data_run(runs_root, sleeve.sleeve.scanners, sleeve.sleeve.data_run_id)
+        except DataError as exc:
+            raise DataError(f"meta {name}: sleeve {path_id!r} ({sleeve.name}) has no data run to read: "
+                            f"{str(exc).removeprefix('aggregate: ')}") from None
+        if run.id not in pinned:
+            pinned.append(run.id)
+    return tuple(pinned)

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
 from quantlib.backtest import walkforward
 from quantlib.core import figures, registry, storage
-from quantlib.core.errors import DataError
 from quantlib.core.gates import GateResult, enforce
 from quantlib.core.profiles import ANNUALIZATION
-from quantlib.core.runs import Run, list_runs, utc_now
+from quantlib.core.runs import Run, locate_data_run, utc_now
 from quantlib.data.scanners import Scanner
 from quantlib.engine.context import StageContext
 from quantlib.sleeve import postanalysis, signtest, tearsheet
@@ -43,29 +41,6 @@ def annualization(asset_class: str) -> int:
 # ----------------------------------------------------------------------------------------------
 # 1. aggregate
 # ----------------------------------------------------------------------------------------------
-def locate_data_run(runs_root: Path, scanners: list[str], pinned: str | None) -> Run:
-    """The pinned data run, or the newest PASS data run that exported every one of `scanners`."""
-    def has_exports(run: Run) -> bool:
-        return all(run.path(registry.path("data", "export", scanner=s)).exists() for s in scanners)
-
-    if pinned:
-        run = Run.open(runs_root, pinned)
-        if run.manifest.get("phase") != "data" or run.manifest.get("status") != "PASS":
-            raise DataError(f"aggregate: pinned data run {pinned} (sleeve.data_run_id) is not a passed data run; "
-                            f"run `python run_book.py data` and pin its id")
-        if not has_exports(run):
-            raise DataError(f"aggregate: data run {pinned} has no candidate list for {scanners} "
-                            f"(sleeve.scanners); run the data phase with those scanners")
-        return run
-    for row in list_runs(runs_root):
-        if row["phase"] == "data" and row["status"] == "PASS":
-            run = Run.open(runs_root, row["run_id"])
-            if has_exports(run):
-                return run
-    raise DataError(f"aggregate: no passed data run under {runs_root} exports {scanners} (sleeve.scanners); "
-                    f"run `python run_book.py data` first")
-
-
 def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
     """Union of the data run's candidate lists (today's scan), one row per (symbol, logic, direction).
 
@@ -87,11 +62,17 @@ def scanners_of(ctx: StageContext) -> list[Scanner]:
     return [Scanner.model_validate(s) for s in ctx.read("universe")["scanners"]]
 
 
+def sleeve_data_run(ctx: StageContext) -> Run:
+    """The data run the sleeve reads: `sleeve.data_run_id`, else the newest PASS one exporting its scanners --
+    among those its meta pinned when it started, for a sleeve of a meta (`RunOptions.data_runs`)."""
+    cfg = ctx.profile.sleeve
+    return locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id, among=ctx.run.options.data_runs)
+
+
 def external_inputs(ctx: StageContext) -> str:
     """What the aggregate stage reads outside its run, for the stage cache: the data run it would use
     now and the lakehouse's content."""
-    cfg = ctx.profile.sleeve
-    data_run = locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id)
+    data_run = sleeve_data_run(ctx)
     return f"data run {data_run.id}; lakehouse {storage.tree_hash(ctx.lake.root)}"
 
 
@@ -100,7 +81,7 @@ def aggregate(ctx: StageContext) -> dict:
     production universe: the sleeve's scanners evaluated at its last bar, strict health on the
     last `lookback_days` bars."""
     cfg, data = ctx.profile.sleeve, ctx.profile.data
-    data_run = locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id)
+    data_run = sleeve_data_run(ctx)
     scanners = ctx.scanners(cfg.scanners)
     lake = ctx.lake
     inputs = load_sleeve_inputs(lake, ctx.profile, scanners)

@@ -846,7 +846,7 @@ def test_fanout_specs_carry_the_run_options_and_pinned_runs_are_read_in_place(tm
     assert specs == [{"id": "b", "kind": "sleeve", "profile": "demo_crypto_short", "phase": "sleeve",
                       "runs_dir": str(run.dir / "sleeves"), "run_id": "b", "runs_root": str(runs),
                       "parent_run": run.id, "workspace": str(run.workspace), "overrides": run.resolved.overrides,
-                      "depth": 2}]
+                      "depth": 2, "data_runs": None}]
     only_pinned = Run.create(runs, load_profile("demo_meta", env={"FW_META__SLEEVES": sleeves.split(", {id: b")[0] + "]"}),
                              "meta", ROOT, options=RunOptions(executor="local"))
     doc, results = fanout.run_books(only_pinned, print, connect_timeout_s=1)
@@ -886,3 +886,66 @@ def test_meta_tree_accepts_a_declared_single_sleeve_and_checks_nested_metas(tmp_
                                          "    - {id: y, profile: demo_crypto_long}\n")
     with pytest.raises(ProfileError, match="meta profile 'inner': meta.sleeves lists 1 sleeve"):
         check_meta_tree("outer", profiles_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------ the data runs a meta pins
+
+def _data_run(runs: Path, run_id: str, created_at: str, scanners: tuple[str, ...]) -> None:
+    _write_json(runs / run_id / MANIFEST, {"run_id": run_id, "profile": "demo", "phase": "data", "status": "PASS",
+                                           "created_at": created_at, "stages": {}})
+    for scanner in scanners:
+        _write_json(runs / run_id / registry.path("data", "export", scanner=scanner), {"candidates": []})
+
+
+def test_a_meta_pins_its_data_runs_at_start_and_every_sleeve_reads_them_whatever_passes_later(tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    from quantlib.core.profiles import load_profile
+    from quantlib.core.runs import Run, RunOptions, locate_data_run
+    from quantlib.engine import fanout
+    from quantlib.meta.tree import pin_data_runs
+
+    runs = tmp_path / "runs"
+    both = ("rating_all_long", "rating_all_short")
+    _data_run(runs, "d-old", "2026-01-01T00:00:00+00:00", both)
+    _data_run(runs, "d-long-only", "2026-01-02T00:00:00+00:00", ("rating_all_long",))
+    _data_run(runs, "d-failed", "2026-01-03T00:00:00+00:00", both)
+    failed = storage.read_json(runs / "d-failed" / MANIFEST)
+    storage.write_json(runs / "d-failed" / MANIFEST, {**failed, "status": "FAIL"})
+    # each sleeve's own pick: the newest PASS data run exporting its scanners
+    assert pin_data_runs("demo_meta_pair", runs) == ("d-long-only", "d-old")
+    meta = Run.create(runs, load_profile("demo_meta_pair"), "meta", ROOT,
+                      options=RunOptions(executor="local", data_runs=pin_data_runs("demo_meta_pair", runs)))
+    assert storage.read_json(meta.dir / MANIFEST)["options"]["data_runs"] == ["d-long-only", "d-old"]
+
+    _data_run(runs, "d-new", "2026-02-01T00:00:00+00:00", both)  # a data run passes while the meta runs
+    specs, _ = fanout.sleeve_specs(meta)
+    assert [s["data_runs"] for s in specs] == [("d-long-only", "d-old")] * 2
+    read = {}
+
+    def fake_phase(run, phase, say=print, skip=None):  # what the aggregate stage asks for (stages.sleeve)
+        read[run.id] = locate_data_run(run.runs_root, run.profile.sleeve.scanners, run.profile.sleeve.data_run_id,
+                                       among=run.options.data_runs).id
+        run.manifest["status"] = "PASS"
+        run.save()
+        return True
+
+    monkeypatch.setattr(fanout, "run_phase", fake_phase)
+    results = [fanout.run_spec(spec) for spec in specs]
+    assert [r["status"] for r in results] == ["PASS", "PASS"]
+    assert read == {"crypto_long": "d-long-only", "crypto_short": "d-old"}  # not d-new, which is newer
+    for spec in specs:
+        assert Run.open(Path(spec["runs_dir"]), spec["run_id"]).options.data_runs == ("d-long-only", "d-old")
+    assert locate_data_run(runs, list(both), None).id == "d-new"  # unpinned, the newest would be read
+    with pytest.raises(DataError, match=r"none of the data runs its meta pinned .*\(d-long-only\) .*start a new meta run"):
+        locate_data_run(runs, ["rating_all_short"], None, among=("d-long-only",))
+
+
+def test_a_meta_whose_sleeve_has_no_data_run_is_refused_before_any_run(tmp_path):
+    from quantlib.meta.tree import pin_data_runs
+
+    with pytest.raises(DataError, match=r"meta demo_meta_pair: sleeve 'crypto_long' \(demo_crypto_long\) has no data "
+                                        r"run to read: no passed data run under .* exports \['rating_all_long'\]"):
+        pin_data_runs("demo_meta_pair", tmp_path / "runs")
+    pinned = "[{id: a, profile: demo_crypto_long, run_id: a-1}, {id: b, profile: demo_crypto_long, run_id: b-1}]"
+    assert pin_data_runs("demo_meta_pair", tmp_path / "runs", env={"FW_META__SLEEVES": pinned}) == ()  # pinned sleeves read none

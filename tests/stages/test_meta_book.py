@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import OVERRIDES, SHORT_ENV, Workspace, art
+from conftest import OVERRIDES, ROOT, SCRIPT, SHORT_ENV, Workspace, art
 from quantlib.core.errors import ProfileError
 from quantlib.meta.tree import check_meta_tree
 
@@ -172,3 +177,60 @@ def test_nested_metas_are_allowed_to_depth_three_and_cycles_are_rejected_with_th
         check_meta_tree("ma", profiles_dir=d)
     with pytest.raises(ProfileError, match="not a meta profile"):
         check_meta_tree("demo_crypto_long", profiles_dir=d)
+
+
+def _copy_data_run(source: Path, runs_dir: Path, run_id: str) -> None:
+    """A PASS data run `run_id` with `source`'s exports, created now (the newest one)."""
+    from quantlib.core import storage
+    from quantlib.core.runs import utc_now
+
+    shutil.copytree(source, runs_dir / run_id)
+    manifest = storage.read_json(runs_dir / run_id / "manifest.json")
+    storage.write_json(runs_dir / run_id / "manifest.json", {**manifest, "run_id": run_id, "created_at": utc_now()})
+
+
+def _stage_status(manifest: Path, stage: str) -> str | None:
+    try:
+        return json.loads(manifest.read_text())["stages"].get(stage, {}).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def test_every_sleeve_reads_the_pinned_data_run_and_sigterm_leaves_no_run_running(workspace, first, tmp_path):
+    """A data run passing while the meta runs is read by none of its sleeves; SIGTERM during the second sleeve
+    exits 143 with the meta and that sleeve INTERRUPTED (never RUNNING)."""
+    runs = tmp_path / "runs"
+    _copy_data_run(first.run.dir, runs, "data-pinned")
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--runs-dir", str(runs), "meta", "demo_meta_pair",
+                             "--executor", "local", "--run-id", "M"], cwd=ROOT, env={**workspace.env, **SHORT_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sleeves = runs / "M" / "sleeves"
+    try:
+        deadline = time.monotonic() + 600
+        while _stage_status(sleeves / "crypto_long" / "manifest.json", "aggregate") != "completed":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.5)
+        _copy_data_run(first.run.dir, runs, "data-newer")  # passes before the second sleeve looks for its data
+        while _stage_status(sleeves / "crypto_short" / "manifest.json", "select") != "running":
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out
+    from quantlib.core.runs import Run, list_runs
+
+    meta = Run.open(runs, "M")
+    assert meta.options.data_runs == ("data-pinned",)
+    assert "`data-pinned`" in (meta.dir / "INDEX.md").read_text()
+    for sid in ("crypto_long", "crypto_short"):
+        sleeve = Run.at(sleeves / sid)
+        assert sleeve.manifest["data_run"] == "data-pinned" and sleeve.options.data_runs == ("data-pinned",)
+    assert meta.status == "INTERRUPTED" and meta.manifest["stages"]["sleeves"]["status"] == "interrupted"
+    short = Run.at(sleeves / "crypto_short")
+    assert short.status == "INTERRUPTED" and short.manifest["stages"]["select"]["status"] == "interrupted"
+    assert "**Status:** INTERRUPTED" in (sleeves / "crypto_short" / "INDEX.md").read_text()
+    assert Run.at(sleeves / "crypto_long").status == "PASS"
+    assert not [r for r in list_runs(runs) if r["status"] in ("RUNNING", "STALE")]
