@@ -72,8 +72,10 @@ def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: d
     try:
         ok = execute(run, phase, skip=skip)
     except KeyboardInterrupt:  # recorded by the executor; the process exits 130 / 143 (main)
-        print(f"INTERRUPTED after {time.perf_counter() - start:.1f} s · run {run.id} recorded INTERRUPTED; resume it "
-              f"with --run-id {run.id} · report: {run.dir / INDEX}", file=sys.stderr)
+        status = run.manifest.get("status")  # a signal during the final bookkeeping leaves PASS / FAIL
+        print(f"INTERRUPTED after {time.perf_counter() - start:.1f} s · run {run.id} recorded {status}"
+              + ("; resume it with --run-id " + run.id if status == "INTERRUPTED" else "")
+              + f" · report: {run.dir / INDEX}", file=sys.stderr)
         raise
     print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
     return ok, run.dir

@@ -80,7 +80,7 @@ def test_force_records_the_change_and_the_remaining_stages_run_with_the_new_valu
     assert reopen(runs, "R", "sleeve", "demo_crypto_long", env=FAST).id == "R"  # now it resolves as recorded
 
     # the executor runs the remaining stage with the new limit, and INDEX.md shows the record
-    monkeypatch.setitem(registry.PHASES, "sleeve", (Stage("select", "x.ipynb", "tests:x", (Artifact("s", "artifacts/s.txt"),)),))
+    monkeypatch.setitem(registry.PHASES, "testphase", (Stage("select", "x.ipynb", "tests:x", (Artifact("s", "s.txt"),)),))
     limits = []
 
     def fake_stage(run_, index, stage, timeout_s, *args):
@@ -89,7 +89,7 @@ def test_force_records_the_change_and_the_remaining_stages_run_with_the_new_valu
         return 0.0
 
     monkeypatch.setattr(executor, "execute_stage", fake_stage)
-    assert executor.run_phase(Run.open(runs, "R"), "sleeve", say=lambda _: None)
+    assert executor.run_phase(Run.open(runs, "R"), "testphase", say=lambda _: None)
     assert limits == [600]
     index = (sleeve_run.dir / "INDEX.md").read_text()
     assert "## Profile changes (resumed with --force)" in index
