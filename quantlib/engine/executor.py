@@ -389,8 +389,8 @@ def _cancel_pending(wait_s: float = 5.0) -> None:
         for task in tasks:  # nbclient turns the cancellation into DeadKernelError: retrieved, so never logged
             if task.done() and not task.cancelled():
                 task.exception()
-    except Exception:
-        pass
+    except RuntimeError:  # a closed or busy loop: the kernel is stopped anyway, the tasks die with it
+        return
 
 
 def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> StageError:

@@ -52,7 +52,7 @@ def render_index(run: Run, phase: str) -> str:
     if m.get("skipped"):
         lines.append("- **Skipped on request:** " + ", ".join(f"{name} ({why})" for name, why in m["skipped"].items()))
     if run.options.data_runs:
-        lines.append(f"- **Pinned data runs (every sleeve reads one of these):** "
+        lines.append("- **Pinned data runs (every sleeve reads one of these):** "
                      + ", ".join(f"`{d}`" for d in run.options.data_runs))
     if m.get("data_run"):
         lines.append(f"- **Data run:** `{m['data_run']}`")

@@ -22,9 +22,21 @@ from typing import Any
 
 from quantlib.core import storage
 from quantlib.core.errors import ResumeError
-from quantlib.core.profiles import ResolvedProfile, load_profile, override_vars, profile_diff
-from quantlib.core.runs import (MANIFEST, RESOLVED_PROFILE, Run, definition_files, describe_process, run_status,
-                                utc_now)
+from quantlib.core.profiles import (
+    ResolvedProfile,
+    load_profile,
+    override_vars,
+    profile_diff,
+)
+from quantlib.core.runs import (
+    MANIFEST,
+    RESOLVED_PROFILE,
+    Run,
+    definition_files,
+    describe_process,
+    run_status,
+    utc_now,
+)
 
 SHOWN_KEYS = 6  # a refusal lists this many changed keys per run, then "+N more"
 

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import nbformat
 import pytest
@@ -349,7 +350,7 @@ def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monk
 class RecordingKernel(book.SharedKernel):
     """The shared kernel, remembering its process id (to check it was stopped)."""
 
-    pids: list[int] = []
+    pids: ClassVar[list[int]] = []
 
     def manager(self):
         km = super().manager()

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from quantlib.core import registry
 from quantlib.core.errors import ResumeError
 from quantlib.core.profiles import load_profile
