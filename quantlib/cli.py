@@ -63,6 +63,8 @@ def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: d
     run_id = getattr(args, "run_id", None)
     if _resuming(args):
         run = reopen(runs_dir, run_id, phase, profile, env=os.environ, force=getattr(args, "force", False))
+        if getattr(args, "no_cache", False) and run.options.cache:
+            run.set_options(cache=False)  # the remaining stages (and a meta's sleeves) compute
         print(f"resuming run {run.id} ({run.dir})")
     else:
         run = Run.create(runs_dir, load_profile(profile or DEFAULT_DATA_PROFILE, env=os.environ), phase,

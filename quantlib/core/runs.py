@@ -237,6 +237,13 @@ class Run:
         return target
 
     # manifest updates (orchestrator only)
+    def set_options(self, **changes: Any) -> RunOptions:
+        """Change run options (validated) for the stages still to run, e.g. `--no-cache` on a resume."""
+        options = RunOptions.model_validate({**self.options.model_dump(mode="json"), **changes})
+        self.manifest["options"] = options.model_dump(mode="json")
+        self.__dict__["options"] = options  # the cached property now gives the new value
+        return options
+
     def save(self) -> None:
         storage.write_json(self.dir / MANIFEST, self.manifest)
 

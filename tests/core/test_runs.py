@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from quantlib.core import storage
 from quantlib.core.errors import DataError, IdentifierError, ProfileError, WorkbookError
@@ -83,3 +84,16 @@ def test_a_run_records_its_writer_and_reads_stale_once_that_process_is_gone(tmp_
     assert run_status(doc, run.dir / "manifest.json") == "STALE"
     assert run_status({**doc, "status": "FAIL"}) == "FAIL"  # only a RUNNING run can be stale
     assert run_status({k: v for k, v in doc.items() if k != "process"}) == "RUNNING"  # older manifests: as recorded
+
+
+def test_set_options_changes_the_remaining_stages_options_and_is_validated(tmp_path):
+    resolved = load_profile("base", env={})
+    run = Run.create(tmp_path, resolved, "data", tmp_path, run_id="opts")
+    assert run.options.cache is True
+    run.set_options(cache=False)
+    assert run.options.cache is False and run.manifest["options"]["cache"] is False
+    run.save()
+    assert Run.open(tmp_path, "opts").options.cache is False
+    with pytest.raises(ValidationError):
+        run.set_options(depth=-1)
+    assert run.options.depth == 0 and run.options.cache is False
