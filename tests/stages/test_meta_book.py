@@ -18,6 +18,7 @@ import pytest
 
 from conftest import OVERRIDES, ROOT, SCRIPT, SHORT_ENV, Workspace, art
 from quantlib.core.errors import ProfileError
+from quantlib.core.runs import Run
 from quantlib.meta.tree import check_meta_tree
 
 
@@ -36,13 +37,13 @@ def demo(demo_ws):
     result = demo_ws.book("demo")
     metas = [m for m in demo_ws.runs_dir.glob("*/manifest.json") if json.loads(m.read_text())["phase"] == "meta"]
     assert len(metas) == 1, f"{result.stdout}\n{result.stderr}"
-    from quantlib.core.runs import Run
     return result, Run.at(metas[0].parent)
 
 
 @pytest.fixture(scope="session")
 def meta_local(demo_ws, demo):
-    result = demo_ws.book("meta", "demo_meta", "--executor", "local")
+    # --no-cache: the sleeves are computed again in this process, not restored from the Ray run's
+    result = demo_ws.book("meta", "demo_meta", "--executor", "local", "--no-cache")
     return result, demo_ws.run_of(result)
 
 
@@ -105,6 +106,8 @@ def test_ray_and_sequential_runs_give_identical_weights(demo, meta_local):
     (_, ray_run), (result, local_run) = demo, meta_local
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert art(local_run, "artifacts/sleeves.json")["executor"] == "local"
+    computed = [Run.at(local_run.dir / "sleeves" / s).manifest["stages"] for s in ("crypto_long", "equities_long")]
+    assert not any(rec.get("cached_from") for stages in computed for rec in stages.values())
     pd.testing.assert_frame_equal(art(ray_run, "artifacts/meta_weights.parquet"),
                                   art(local_run, "artifacts/meta_weights.parquet"))
     for sleeve in ("crypto_long", "crypto_short", "equities_long"):
