@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", help="where run directories live (default: ./runs)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def run_pair(p: argparse.ArgumentParser) -> None:
+        for name in ("run_a", "run_b"):
+            p.add_argument(name, metavar=name.upper(), help="run id (under --runs-dir) or run directory")
+
     def no_cache(p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-cache", action="store_true",
                        help="compute every stage, even one an earlier run already computed from the same code, "
@@ -363,8 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare two runs artifact by artifact",
                        description="Compare every artifact of two runs of the same phase (a meta's sleeves too): "
                                    "parquet frames exactly, JSON and text apart from run ids, paths and times.")
-    p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
-    p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
+    run_pair(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("verify", help="check a finished run against its record: hashes, inputs, gates",
@@ -378,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID", help="run id (under --runs-dir) or run directory")
     p.add_argument("--all", action="store_true", help="list every item (default: OK items folded per kind)")
     p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("diff", help="what differs between two runs: profile, inputs, gates, weights, metrics",
                        description="Diff two sleeve runs, two meta runs or a meta's sleeve (RUN/sleeves/<id>) with a "
                                    "sleeve run: resolved-profile keys, data inputs, gate verdicts and checks, weights "
@@ -386,8 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "out-of-sample returns on common dates; a meta adds one line per sleeve. Also "
                                    "writes an HTML page with the weight changes and equity curves. Exit 0 when "
                                    "nothing differs, 1 when something does, 2 on bad input.")
-    p.add_argument("run_a", metavar="RUN_A", help="run id (under --runs-dir) or run directory")
-    p.add_argument("run_b", metavar="RUN_B", help="run id (under --runs-dir) or run directory")
+    run_pair(p)
     p.add_argument("--top", type=int, default=10, metavar="N",
                    help="largest weight changes listed per vector, checks and files per list (default 10)")
     p.add_argument("--html", metavar="PATH", help="write the HTML page here (default: "
