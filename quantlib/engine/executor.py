@@ -307,7 +307,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     interrupted = False
     try:
         pm.execute_notebook(with_namespace_reset(source) if kernel else str(source), str(target),
-                            parameters={"run_dir": str(run.dir.resolve())},
+                            parameters={"run_dir": str(run.dir.resolve()), "profile": run.manifest["profile"]},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
                             report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             km=km)

@@ -120,6 +120,7 @@ def test_passing_stage_records_hashes_notebook_html_and_index(make_run):
     # papermill injected the run_dir parameter, and the cell ran
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and str(run.dir.resolve()) in injected[0].source
+    assert 'profile = "demo"' in injected[0].source  # the parameters cell shows the profile that ran
     assert any("wrote" in o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     html = run.dir / rec["html"]
     assert html == executed.with_suffix(".html") and html.stat().st_size > 0

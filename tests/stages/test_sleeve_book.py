@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import nbformat
 import numpy as np
 
 from conftest import art
@@ -140,3 +141,14 @@ def test_unknown_engine_is_a_profile_error_before_any_run(workspace, first, tmp_
     assert result.returncode == 2
     assert "optimizer.engine" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*/manifest.json"))
+
+
+def test_every_executed_notebook_shows_the_profile_that_ran(short_sleeve):
+    """The injected parameters cell names the run's profile, not the notebook's default (demo_crypto_long)."""
+    _, run = short_sleeve
+    notebooks = sorted((run.dir / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 6  # validation and post-analysis skipped
+    for path in notebooks:
+        nb = nbformat.read(str(path), as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and 'profile = "demo_crypto_short"' in injected[0].source, path.name
