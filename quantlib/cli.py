@@ -28,9 +28,9 @@ from quantlib.core import registry
 from quantlib.core.errors import RunInterrupted, WorkbookError
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import INDEX, MANIFEST, Run, RunOptions, list_runs
+from quantlib.core.runs import INDEX, MANIFEST, Run, RunOptions, list_runs, open_run
 from quantlib.engine.compare import compare_runs
-from quantlib.engine.diff import diff_runs, open_run
+from quantlib.engine.diff import diff_runs
 from quantlib.engine.diff_report import check_outside_runs, default_html_path, render_text, write_html
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
@@ -177,10 +177,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if result.matched else 1
 
 
-def _run_at(args: argparse.Namespace, ref: str):
+def _run_at(args: argparse.Namespace, ref: str) -> Run:
     """A run given by its directory or by its id under --runs-dir."""
-
-    return Run.at(Path(ref)) if Path(ref).is_dir() else Run.open(_runs_dir(args), ref)
+    return open_run(ref, _runs_dir(args))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -209,7 +208,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Print what differs between two runs, write the HTML page; 0 identical, 1 different."""
     if args.top < 1:
         raise WorkbookError(f"--top {args.top}: list at least 1 change")
-    a, b = open_run(args.run_a, _runs_dir(args)), open_run(args.run_b, _runs_dir(args))
+    a, b = _run_at(args, args.run_a), _run_at(args, args.run_b)
     result = diff_runs(a, b)
     page = None if args.no_html else check_outside_runs(Path(args.html) if args.html else default_html_path(result), a, b)
     print(render_text(result, args.top), end="")

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantlib.core import registry, storage
 from quantlib.core.enums import Executor
-from quantlib.core.errors import DataError, WorkbookError
+from quantlib.core.errors import DataError, IdentifierError, WorkbookError
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import Profile, ResolvedProfile, default_profiles_dir, load_yaml_chain
 
@@ -260,6 +260,24 @@ class Run:
         for label, path in files.items():
             if Path(path).exists():
                 self.manifest["inputs"][label] = storage.sha256_file(path)
+
+
+def open_run(ref: str | Path, runs_dir: Path) -> Run:
+    """The run `ref` names: a run directory, else a run id under `runs_dir` (one-line errors)."""
+    path, ref = Path(ref), str(ref)
+    if path.is_dir():
+        if not (path / MANIFEST).exists():
+            raise DataError(f"{ref}: a directory but not a run (no {MANIFEST})")
+        return Run(path, storage.read_json(path / MANIFEST))
+    try:
+        check_run_id(ref)
+    except IdentifierError:
+        raise IdentifierError(f"{ref!r}: neither a run directory nor a valid run id "
+                              f"(letters, digits, '_', '-', '.')") from None
+    if not (runs_dir / ref / MANIFEST).exists():
+        raise DataError(f"no run {ref!r} under {runs_dir} (and no such directory); "
+                        f"list runs with `python run_book.py runs`")
+    return Run.open(runs_dir, ref)
 
 
 def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> dict[str, Path]:

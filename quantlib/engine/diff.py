@@ -31,9 +31,8 @@ import pandas as pd
 import yaml
 
 from quantlib.core import registry, storage
-from quantlib.core.errors import DataError, IdentifierError, WorkbookError
+from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.gates import Check, GateResult
-from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import ANNUALIZATION
 from quantlib.core.runs import MANIFEST, RESOLVED_PROFILE, Run
 from quantlib.engine.compare import RUN_ID
@@ -181,24 +180,6 @@ class RunDiff:
 
 
 # ---------------------------------------------------------------------------------------- opening
-def open_run(ref: str, runs_dir: Path) -> Run:
-    """The run `ref` names: a run directory, else a run id under `runs_dir` (one-line errors)."""
-    path = Path(ref)
-    if path.is_dir():
-        if not (path / MANIFEST).exists():
-            raise DataError(f"{ref}: a directory but not a run (no {MANIFEST})")
-        return Run(path, storage.read_json(path / MANIFEST))
-    try:
-        check_run_id(ref)
-    except IdentifierError:
-        raise IdentifierError(f"{ref!r}: neither a run directory nor a valid run id "
-                              f"(letters, digits, '_', '-', '.')") from None
-    if not (runs_dir / ref / MANIFEST).exists():
-        raise DataError(f"no run {ref!r} under {runs_dir} (and no such directory); "
-                        f"list runs with `python run_book.py runs`")
-    return Run.open(runs_dir, ref)
-
-
 def check_diffable(a: Run, b: Run) -> str:
     """The common phase of `a` and `b`; WorkbookError unless both are sleeve runs or both meta runs."""
     pa, pb = a.manifest.get("phase", "?"), b.manifest.get("phase", "?")
