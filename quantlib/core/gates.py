@@ -16,11 +16,12 @@ gates and `enforce` read only this shape.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from quantlib.core.errors import GateError
+
+if TYPE_CHECKING:  # imported by `table` when used: INDEX.md and `show` read verdicts without pandas
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class GateResult:
 
     def table(self) -> pd.DataFrame:
         """The checks as a frame (for notebooks)."""
+        import pandas as pd
+
         return pd.DataFrame([asdict(c) for c in self.checks], columns=["code", "subject", "passed", "required", "detail"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,10 +100,15 @@ class GateResult:
         return cls(doc["gate"], tuple(Check(**c) for c in doc.get("checks", [])), doc.get("info") or {})
 
 
+def gate_label(name: str) -> str:
+    """How messages name a gate: `audit gate`, but `meta_sign_test_gate` (never "... gate gate")."""
+    return name if name.endswith("gate") else f"{name} gate"
+
+
 def enforce(result: GateResult, fix: str) -> GateResult:
     """Raise GateError naming the failed checks and `fix` (what to do); return `result` if it passed."""
     if not result.passed:
-        raise GateError(f"{result.gate} gate failed: {result.summary()}; {fix}")
+        raise GateError(f"{gate_label(result.gate)} failed: {result.summary()}; {fix}")
     return result
 
 

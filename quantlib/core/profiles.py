@@ -3,11 +3,14 @@
 `profiles/base.yaml` is the one source of defaults: the schema declares types and bounds only, and
 every profile implicitly extends `base` unless it names another parent. Mappings deep-merge, lists
 replace. Unknown keys and cyclic inheritance are errors naming the file and key. Environment
-variables `FW_<SECTION>__<KEY>=value` (value parsed as YAML) are applied last and recorded.
+variables `FW_<SECTION>__<KEY>=value` (value parsed as YAML) are applied last and recorded; the command
+line's `-p section.key=value` becomes the same variable (`ParamEnv`), so it is recorded and resumed alike.
+A profile's kind (data / sleeve / meta, `profile_kind`) decides which phase may run it (`check_kind`).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -25,6 +28,7 @@ from quantlib.core.workspace import Workspace
 BASE_PROFILE = "base"
 ANNUALIZATION = {"crypto": 365, "equities": 252}  # periods per year: 24x7 crypto, weekday equities
 ENV_PREFIX = "FW_"
+KINDS = ("data", "sleeve", "meta")
 
 
 class Strict(BaseModel):
@@ -251,8 +255,10 @@ def load_yaml_chain(name: str, directory: Path, kind: str = "profile") -> tuple[
             raise ProfileError(f"cyclic 'extends' in {kind} {name!r}: {cycle}; remove one of the links")
         path = directory / f"{current}.yaml"
         if not path.exists():
-            known = ", ".join(sorted(p.stem for p in directory.glob("*.yaml"))) or "none"
-            raise ProfileError(f"{kind} {current!r} not found: no file {path} (known: {known})")
+            names = sorted(p.stem for p in directory.glob("*.yaml"))
+            close = difflib.get_close_matches(current, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ProfileError(f"{kind} {current!r} not found: no file {path}; {hint}(known: {', '.join(names) or 'none'})")
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -304,6 +310,7 @@ def override_vars(overrides: Mapping[str, Mapping[str, Any]]) -> list[str]:
 def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """`FW_DATA__LOOKBACK_DAYS=300` -> {"data": {"lookback_days": 300}} (values parsed as YAML)."""
     overrides: dict[str, dict[str, Any]] = {}
+    labels = getattr(env, "labels", {})
     for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
@@ -311,9 +318,45 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
-            raise ProfileError(f"environment {key}={raw!r}: not a valid YAML value") from None
+            raise ProfileError(f"{labels.get(key, f'environment {key}={raw!r}')}: not a valid YAML value") from None
         overrides.setdefault(section, {})[name] = value
     return overrides
+
+
+class ParamEnv(dict):
+    """An environment (`os.environ`) plus the command line's `-p section.key=value` settings, each as the
+    `FW_SECTION__KEY` variable that gives the same override (so it is recorded and resumed like one; `-p`
+    wins over a variable of the same name). `labels` remembers how each was typed, for error messages."""
+
+    def __init__(self, env: Mapping[str, str], params: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(env)
+        self.labels: dict[str, str] = {}
+        for text in params:
+            key, raw = param_var(text)
+            self[key] = raw
+            self.labels[key] = f"-p {text}"
+
+
+def param_var(text: str) -> tuple[str, str]:
+    """`data.lookback_days=300` -> ("FW_DATA__LOOKBACK_DAYS", "300"), or a ProfileError showing the form."""
+    dotted, eq, raw = text.partition("=")
+    parts = dotted.strip().split(".")
+    if not eq or len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ProfileError(f"-p {text!r}: expected section.key=value, e.g. -p data.lookback_days=300 "
+                           f"(a nested key takes a YAML mapping: -p meta.allocation='{{method: hrp}}')")
+    section, key = (p.strip() for p in parts)
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}", raw
+
+
+def _override_sources(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """(section, key) -> how an override of it was given (`environment FW_...=...` or `-p ...`)."""
+    labels = getattr(env, "labels", {})
+    out = {}
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX) and "__" in key:
+            section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+            out[(section, name)] = labels.get(key, f"environment {key}={raw!r}")
+    return out
 
 
 def load_profile(name: str, profiles_dir: Path | None = None, env: Mapping[str, str] | None = None,
@@ -327,13 +370,15 @@ def load_profile(name: str, profiles_dir: Path | None = None, env: Mapping[str, 
         merged = deep_merge(merged, {k: v for k, v in doc.items() if k != "extends"})
     merged["name"] = name
     overrides = deep_merge(dict(overrides or {}), env_overrides(env or {}))
+    sources = _override_sources(env or {})
     for section, values in overrides.items():
         if not isinstance(merged.get(section), dict):
-            raise ProfileError(
-                f"environment override FW_{section.upper()}__...: unknown profile section {section!r}"
-            )
+            given = next((label for (sec, _), label in sorted(sources.items()) if sec == section),
+                         f"environment override FW_{section.upper()}__...")
+            known = ", ".join(k for k, v in merged.items() if isinstance(v, dict))
+            raise ProfileError(f"{given}: unknown profile section {section!r} (sections: {known}); fix or drop it")
         merged[section] = deep_merge(merged[section], values)
-    profile = validate(merged, directory / f"{name}.yaml", chain)
+    profile = validate(merged, directory / f"{name}.yaml", chain, sources)
     for key, symbol in [("data.anchors", a) for a in profile.data.anchors] + [("sleeve.benchmark", profile.sleeve.benchmark)]:
         try:
             check_symbol(symbol)
@@ -342,8 +387,10 @@ def load_profile(name: str, profiles_dir: Path | None = None, env: Mapping[str, 
     return ResolvedProfile(profile=profile, chain=tuple(chain), overrides=overrides)
 
 
-def validate(doc: dict, path: Path, chain: list[str]) -> Profile:
-    """Validate a merged document; the first error names the file(s) and the dotted key."""
+def validate(doc: dict, path: Path, chain: list[str],
+             sources: Mapping[tuple[str, str], str] | None = None) -> Profile:
+    """Validate a merged document; the first error names the dotted key and where its value came from:
+    the override (`sources`: environment variable or `-p`) that set it, else the file(s)."""
     try:
         return Profile.model_validate(doc)
     except ValidationError as exc:
@@ -356,4 +403,29 @@ def validate(doc: dict, path: Path, chain: list[str]) -> Profile:
             hint = "required key missing; add it to profiles/base.yaml or the profile"
         else:
             hint = err["msg"].removeprefix("Value error, ")
+        given = (sources or {}).get(tuple(str(p) for p in err["loc"][:2]))
+        if given:
+            if err["type"] == "extra_forbidden":
+                hint = "unknown key; check the spelling against profiles/base.yaml"
+            raise ProfileError(f"{given}: key '{key}': {hint} (profile {path.stem}); fix or unset it") from None
         raise ProfileError(f"{path} (chain {files}): key '{key}': {hint}") from None
+
+
+def profile_kind(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> str:
+    """`meta` if the resolved `meta.sleeves` is non-empty, `sleeve` if a file of its chain other than
+    base.yaml sets a `sleeve:` section, else `data` (the phase that may run it)."""
+    if resolved.profile.meta.sleeves:
+        return "meta"
+    docs, chain = load_yaml_chain(resolved.name, profiles_dir or default_profiles_dir())
+    own = [doc for doc, name in zip(docs, reversed(chain)) if name != BASE_PROFILE]
+    return "sleeve" if any("sleeve" in doc for doc in own) else "data"
+
+
+def check_kind(resolved: ResolvedProfile, phase: str, profiles_dir: Path | None = None) -> None:
+    """A ProfileError naming the command that runs `resolved` unless it is a `phase` profile: a data run
+    of a sleeve profile (or a sleeve run of a meta) would pass and leave a misnamed run."""
+    kind = profile_kind(resolved, profiles_dir)
+    if kind != phase:
+        command = f"data --profile {resolved.name}" if kind == "data" else f"{kind} {resolved.name}"
+        raise ProfileError(f"profile {resolved.name!r} is a {kind} profile, not a {phase} profile; "
+                           f"run it with `run_book.py {command}`")

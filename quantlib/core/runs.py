@@ -263,21 +263,62 @@ class Run:
 
 
 def open_run(ref: str | Path, runs_dir: Path) -> Run:
-    """The run `ref` names: a run directory, else a run id under `runs_dir` (one-line errors)."""
+    """The run `ref` names: a run directory, else a run id under `runs_dir`, or `META/SLEEVE` -- a meta's
+    sleeve run, `runs_dir/META/sleeves/SLEEVE` (`META/NESTED/SLEEVE` inside a nested meta); one-line errors."""
     path, ref = Path(ref), str(ref)
     if path.is_dir():
         if not (path / MANIFEST).exists():
             raise DataError(f"{ref}: a directory but not a run (no {MANIFEST})")
         return Run(path, storage.read_json(path / MANIFEST))
-    try:
-        check_run_id(ref)
-    except IdentifierError:
-        raise IdentifierError(f"{ref!r}: neither a run directory nor a valid run id "
-                              f"(letters, digits, '_', '-', '.')") from None
-    if not (runs_dir / ref / MANIFEST).exists():
+    parts = ref.split("/")
+    for part in parts:
+        try:
+            check_run_id(part)
+        except IdentifierError:
+            raise IdentifierError(f"{ref!r}: neither a run directory nor a valid run id (invalid run id {part!r}: "
+                                  f"letters, digits, '_', '-', '.'; a meta's sleeve: META/SLEEVE)") from None
+    run_dir = Path(runs_dir) / parts[0]
+    for part in parts[1:]:
+        run_dir = run_dir / "sleeves" / part
+    if not (run_dir / MANIFEST).exists():
+        parent = run_dir.parent.parent
+        if len(parts) > 1 and (parent / MANIFEST).exists():
+            known = ", ".join(sorted(p.parent.name for p in (parent / "sleeves").glob(f"*/{MANIFEST}"))) or "none"
+            raise DataError(f"no sleeve run {parts[-1]!r} in {'/'.join(parts[:-1])} (its sleeves: {known}); "
+                            f"list runs with `python run_book.py runs`")
         raise DataError(f"no run {ref!r} under {runs_dir} (and no such directory); "
                         f"list runs with `python run_book.py runs`")
-    return Run.open(runs_dir, ref)
+    return Run(run_dir, storage.read_json(run_dir / MANIFEST))
+
+
+def nested_runs(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(depth, summary as `list_runs` gives it, `run_id` as META/SLEEVE) of every sleeve run nested in the
+    meta run at `run_dir` (`sleeves/<id>/`, nested metas' too), depth first, in sleeve-id order."""
+    out = []
+
+    def walk(directory: Path, prefix: str, depth: int) -> None:
+        for manifest in sorted((directory / "sleeves").glob(f"*/{MANIFEST}")):
+            row = summarize(manifest)
+            row["run_id"] = f"{prefix}/{manifest.parent.name}"
+            out.append((depth, row))
+            walk(manifest.parent, row["run_id"], depth + 1)
+
+    walk(Path(run_dir), Path(run_dir).name, 1)
+    return out
+
+
+def summarize(manifest: Path) -> dict[str, Any]:
+    """One `list_runs` row for the run whose manifest is `manifest` (UNREADABLE when it cannot be read)."""
+    try:
+        doc = storage.read_json(manifest)
+    except DataError:
+        return {"run_id": manifest.parent.name, "profile": "?", "phase": "?",
+                "status": "UNREADABLE", "created_at": "", "stages": ""}
+    stages = doc.get("stages", {})
+    done = sum(1 for s in stages.values() if s.get("status") in ("completed", "skipped"))
+    return {"run_id": doc.get("run_id", manifest.parent.name), "profile": doc.get("profile", "?"),
+            "phase": doc.get("phase", "?"), "status": run_status(doc, manifest),
+            "created_at": doc.get("created_at", ""), "stages": f"{done}/{len(stages)}"}
 
 
 def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None) -> dict[str, Path]:
@@ -292,19 +333,7 @@ def definition_files(resolved: ResolvedProfile, profiles_dir: Path | None = None
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """Summaries of every run under `runs_dir`, newest first; unreadable runs are listed as such."""
-    rows = []
-    for manifest in sorted(Path(runs_dir).glob(f"*/{MANIFEST}")):
-        try:
-            doc = storage.read_json(manifest)
-        except DataError:
-            rows.append({"run_id": manifest.parent.name, "profile": "?", "phase": "?",
-                         "status": "UNREADABLE", "created_at": "", "stages": ""})
-            continue
-        stages = doc.get("stages", {})
-        done = sum(1 for s in stages.values() if s.get("status") in ("completed", "skipped"))
-        rows.append({"run_id": doc["run_id"], "profile": doc["profile"], "phase": doc.get("phase", "?"),
-                     "status": run_status(doc, manifest), "created_at": doc.get("created_at", ""),
-                     "stages": f"{done}/{len(stages)}"})
+    rows = [summarize(manifest) for manifest in sorted(Path(runs_dir).glob(f"*/{MANIFEST}"))]
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
 
 

@@ -16,11 +16,12 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from quantlib.core.errors import DataError
+
+if TYPE_CHECKING:  # pandas is imported by the parquet functions when first used: reading a manifest
+    import pandas as pd  # (`run_book.py runs`, `show`) should not pay ~1 s for it
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -52,6 +53,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(directory: str | os.PathLike, what: str, fix: str) -> Path:
+    """`directory`, created if missing, once a file could be created in it; else a one-line DataError
+    `<what> <directory>: not writable (<reason>); <fix>` (before any work, not a traceback mid-run)."""
+    path = Path(directory)
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{path} is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fw-write-check."):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DataError(f"{what} {path}: not writable ({reason}); {fix}") from None
+    return path
 
 
 def remove_interrupted_writes(directory: str | os.PathLike, targets: set[str] | None = None) -> list[Path]:
@@ -94,7 +111,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (pd.Timestamp, datetime.date)):
+    if isinstance(value, datetime.date):  # pd.Timestamp is a datetime
         return value.isoformat()
     if hasattr(value, "item"):
         return value.item()
@@ -124,6 +141,8 @@ def parquet_options(frame: pd.DataFrame, index: bool) -> dict[str, Any]:
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
     """Read parquet; a missing or corrupt file raises DataError naming it and the fix."""
+    import pandas as pd  # lazily: see the module's imports
+
     target = Path(path)
     if not target.exists():
         raise DataError(f"missing file {target}: run the stage that writes it first")

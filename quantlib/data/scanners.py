@@ -80,12 +80,32 @@ def load_scanner(name: str, profiles_dir: Path | None = None) -> Scanner:
         hint = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ProfileError(f"{directory / (name + '.yaml')} (chain {' <- '.join(chain)}): key '{key}': {hint}") from None
     for f in scanner.filters:
-        _check_filter_value(scanner, f)
+        _check_filter_value(scanner, f, directory / f"{name}.yaml")
     return scanner
 
 
-def _check_filter_value(scanner: Scanner, f: Filter) -> None:
-    where = f"scanner {scanner.name!r} filter on {f.field!r} ({f.op})"
+NUMERIC_OPS = frozenset({">", ">=", "<", "<=", "between"})
+
+
+def _number_text(value: Any) -> bool:
+    """A string YAML left as text although it reads as a number (`5e6`: YAML 1.1 needs `5.0e+6`)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_filter_value(scanner: Scanner, f: Filter, path: Path | None = None) -> None:
+    where = f"scanner {scanner.name!r} filter on {f.field!r} ({f.op})" + (f" in {path}" if path else "")
+    values = f.value if isinstance(f.value, list) else [f.value]
+    text = next((v for v in values if _number_text(v)), None) if f.op in NUMERIC_OPS else None
+    if text is not None:
+        fixed = format(float(text), ".0f") if float(text).is_integer() else repr(float(text))
+        raise ProfileError(f"{where}: value {text!r} is a string (YAML reads `{text}` as text, not a number); "
+                           f"write {fixed}")
     if f.op in ("in", "not_in") and not isinstance(f.value, list):
         raise ProfileError(f"{where}: value must be a list")
     if f.op == "between" and not (isinstance(f.value, list) and len(f.value) == 2):
