@@ -5,6 +5,7 @@ script wires `main()`'s return value to the process exit code. Every run directo
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import signal
@@ -340,3 +341,203 @@ def test_sigterm_during_a_run_exits_143_with_the_run_interrupted(env, runs_dir):
     assert run.manifest["status"] == run.status == "INTERRUPTED" and run.manifest["interrupted"]["by"] == "SIGTERM"
     assert run.manifest["stages"][run.manifest["interrupted"]["stage"]]["status"] == "interrupted"
     assert "**Status:** INTERRUPTED" in (run.dir / "INDEX.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- conventions
+def test_version_prints_the_package_version_and_workspace(capsys):
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.startswith("fractal-workbook ") and "python 3." in out and str(ROOT) in out
+
+
+def test_runs_dir_is_accepted_after_the_command_too(capsys, runs_dir, tmp_path):
+    run = make_run(runs_dir, tmp_path, status="PASS")
+    for argv in (["runs", "--runs-dir", str(runs_dir)], ["--runs-dir", str(tmp_path / "elsewhere"), "runs",
+                                                          "--runs-dir", str(runs_dir)]):
+        code, out, _ = cli(capsys, *argv)
+        assert code == 0 and run.id in out, (argv, out)
+    code, out, _ = cli(capsys, "show", run.id, "--runs-dir", str(runs_dir))
+    assert code == 0 and f"# Run `{run.id}`" in out
+    code, out, _ = cli(capsys, "runs", "prune", "--keep", "1", "--runs-dir", str(runs_dir))
+    assert code == 0 and str(runs_dir) in out
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["sleev", "demo_crypto_long"], "did you mean 'sleeve'?"),
+    (["audit-lookahed", "R"], "did you mean 'audit-lookahead'?"),
+    (["baseline", "rating_al"], "did you mean 'rating_all'?"),
+])
+def test_a_mistyped_command_or_choice_suggests_the_closest(capsys, argv, suggestion):
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and suggestion in err.strip().splitlines()[-1], err
+
+
+def test_a_mistyped_profile_suggests_the_closest(capsys, env, runs_dir):
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "sleeve", "demo_crypto_lnog")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "'demo_crypto_lnog' not found" in err and "did you mean 'demo_crypto_long'?" in err
+    assert not runs_dir.exists()
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    (["sleeve", "demo_meta"], "profile 'demo_meta' is a meta profile, not a sleeve profile; run it with "
+                              "`run_book.py meta demo_meta`"),
+    (["sleeve", "demo"], "profile 'demo' is a data profile, not a sleeve profile; run it with "
+                         "`run_book.py data --profile demo`"),
+    (["data", "--profile", "demo_crypto_long"], "profile 'demo_crypto_long' is a sleeve profile, not a data "
+                                                "profile; run it with `run_book.py sleeve demo_crypto_long`"),
+    (["meta", "demo_crypto_long"], "'demo_crypto_long' is not a meta profile"),
+])
+def test_every_run_command_checks_the_profile_kind_before_a_run_exists(capsys, env, runs_dir, argv, wanted):
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), *argv)
+    assert code == 2 and out == "", (out, err)
+    assert len(err.strip().splitlines()) == 1 and wanted in err, err
+    assert not runs_dir.exists(), "a refused profile leaves no run"
+
+
+def test_p_overrides_are_attributed_to_the_option(capsys, env, runs_dir):
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--profile", "demo", "-p", "data.lookbak_days=3")
+    assert code == 2 and err.startswith("error: -p data.lookbak_days=3: key 'data.lookbak_days': unknown key"), err
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "-p", "lookback_days=3")
+    assert code == 2 and "expected section.key=value" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "-p", "dta.lookback_days=3")
+    assert code == 2 and "-p dta.lookback_days=3: unknown profile section 'dta'" in err
+    assert not runs_dir.exists()
+
+
+def test_p_overrides_are_recorded_and_resumed_like_fw_variables(capsys, env, runs_dir, tmp_path):
+    from quantlib.core.profiles import ParamEnv
+    from quantlib.engine.resume import reopen
+
+    given = ParamEnv(env, ["book.cell_timeout_s=7", "data.anchors=[SIM:BTCUSDT]"])
+    run = Run.create(runs_dir, load_profile("demo", env=given), "data", tmp_path)
+    assert run.manifest["env_overrides"]["book"] == {"cell_timeout_s": 7}
+    assert run.profile.book.cell_timeout_s == 7 and run.profile.data.anchors == ["SIM:BTCUSDT"]
+    run.manifest["status"] = "FAIL"
+    run.save()
+    same = {**env, "FW_BOOK__CELL_TIMEOUT_S": "7", "FW_DATA__ANCHORS": "[SIM:BTCUSDT]"}  # the same, as variables
+    assert reopen(runs_dir, run.id, "data", None, env=same).id == run.id
+    assert reopen(runs_dir, run.id, "data", None, env=ParamEnv(env, ["book.cell_timeout_s=7",
+                                                                      "data.anchors=[SIM:BTCUSDT]"])).id == run.id
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "--run-id", run.id)  # without them: refused
+    assert code == 2 and out == "" and "book.cell_timeout_s: 7 → " in err
+    assert "overrides then: FW_BOOK__CELL_TIMEOUT_S=7" in err
+
+
+def test_runs_dir_that_is_a_file_is_one_line(capsys, env, tmp_path):
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    for argv in (["runs"], ["data"], ["show", "R"]):
+        code, out, err = cli(capsys, "--runs-dir", str(afile), *argv)
+        assert code == 2 and out == "", (argv, out)
+        assert err.strip() == f"error: --runs-dir {afile}: a file, not a directory; point --runs-dir at a directory " \
+                              f"(it is created if missing)", err
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in (root ignores modes: /sys, where nothing can be created)."""
+    if os.geteuid() != 0:
+        path = tmp_path / "read-only"
+        path.mkdir()
+        path.chmod(0o555)
+        return path
+    if not Path("/sys").is_dir() or os.access("/sys", os.W_OK) and Path("/sys/fw-probe").exists():
+        pytest.skip("no unwritable directory for root")
+    return Path("/sys")
+
+
+def test_a_read_only_runs_dir_is_one_line(capsys, env, tmp_path):
+    readonly = _unwritable(tmp_path)
+    code, out, err = cli(capsys, "--runs-dir", str(readonly / "runs"), "data")
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: --runs-dir {readonly / 'runs'}: not writable (") and "--runs-dir" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_unwritable_lakehouse_names_data_lakehouse(capsys, env, runs_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for lake in (blocker / "lake", _unwritable(tmp_path) / "lake"):
+        code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "data", "-p", f"data.lakehouse={lake}")
+        assert code == 2 and out == "", err
+        assert err.startswith(f"error: data.lakehouse {lake}: not writable (") and "FW_DATA__LAKEHOUSE" in err, err
+    assert not runs_dir.exists()
+
+
+def test_audit_lookahead_refuses_a_bad_date_and_a_data_run(capsys, runs_dir, tmp_path):
+    run = make_run(runs_dir, tmp_path, status="PASS")
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "audit-lookahead", run.id, "--at", "not-a-date")
+    assert code == 2 and out == ""
+    assert err.strip() == "error: --at 'not-a-date': not a date; give an ISO date such as 2026-06-01"
+    for command in ("audit-lookahead", "replay"):
+        code, _, err = cli(capsys, "--runs-dir", str(runs_dir), command, run.id)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"run {run.id} is a data run, not a sleeve run" in err, err
+
+
+def _meta_tree(runs_dir: Path, tmp_path: Path) -> tuple[Run, list[Run]]:
+    """A meta run with sleeves a, nested (a meta holding x) and b, as `runs/<META>/sleeves/<id>/` (no stage runs)."""
+    def create(where: Path, profile: str, phase: str, run_id: str | None = None) -> Run:
+        run = Run.create(where, load_profile(profile), phase, workspace=tmp_path, run_id=run_id)
+        run.manifest["status"] = "PASS"
+        run.save()
+        return run
+
+    meta = create(runs_dir, "demo_meta", "meta")
+    nested = create(meta.dir / "sleeves", "demo_meta_pair", "meta", "nested")
+    return meta, [create(meta.dir / "sleeves", "demo_crypto_long", "sleeve", "a"), nested,
+                  create(nested.dir / "sleeves", "demo_crypto_short", "sleeve", "x"),
+                  create(meta.dir / "sleeves", "demo_equities_long", "sleeve", "b")]
+
+
+def test_runs_shows_a_metas_sleeve_runs_as_a_tree(capsys, runs_dir, tmp_path):
+    meta, _ = _meta_tree(runs_dir, tmp_path)
+    data = make_run(runs_dir, tmp_path, status="PASS")
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
+    assert code == 0
+    labels = [line[:48].rstrip() for line in out.splitlines()[1:]]
+    assert labels == [data.id, meta.id, f"├─ {meta.id}/a", f"├─ {meta.id}/b", f"└─ {meta.id}/nested",
+                      f"   └─ {meta.id}/nested/x"], out
+    row = next(line for line in out.splitlines() if line.startswith(f"├─ {meta.id}/a"))
+    assert row.split()[2:5] == ["demo_crypto_long", "sleeve", "PASS"]
+
+
+def test_show_and_audit_lookahead_take_meta_slash_sleeve(capsys, runs_dir, tmp_path):
+    meta, (a, _, x, _) = _meta_tree(runs_dir, tmp_path)
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", f"{meta.id}/a")
+    assert code == 0 and out.startswith("# Run `a`") and "`demo_crypto_long`" in out
+    code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "show", f"{meta.id}/nested/x")
+    assert code == 0 and "`demo_crypto_short`" in out
+    code, _, err = cli(capsys, "--runs-dir", str(runs_dir), "show", f"{meta.id}/zz")
+    assert code == 2 and f"no sleeve run 'zz' in {meta.id} (its sleeves: a, b, nested)" in err
+    code, out, err = cli(capsys, "--runs-dir", str(runs_dir), "audit-lookahead", f"{meta.id}/a")
+    assert code == 2 and "look-ahead audit of a:" in out  # resolved: the sleeve run has no stage outputs
+    assert "missing file" in err and "sleeves/a/artifacts/universe.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_meta_report_is_named_only_when_it_exists(capsys, tmp_path):
+    from quantlib.commands.phases import print_meta_report
+
+    print_meta_report(tmp_path)
+    assert capsys.readouterr().out.strip() == f"no meta report (the run stopped before it): {tmp_path / 'INDEX.md'}"
+    (tmp_path / "meta_portfolio_report.md").write_text("# report")
+    print_meta_report(tmp_path)
+    assert capsys.readouterr().out.strip() == f"meta report: {tmp_path / 'meta_portfolio_report.md'}"
+
+
+# ---------------------------------------------------------------------------------------------- lazy commands
+def test_every_command_resolves_and_help_imports_no_command():
+    """Each "module:function" of the parser imports; `--help` / `runs` / `show` start without scipy, pandas or
+    the walk-forward (each command's module is imported only when it runs)."""
+    from quantlib.cli import build_parser, resolve
+
+    parser = build_parser()
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    funcs = [p.get_default("func") for p in actions[0].choices.values()]
+    assert all(isinstance(f, str) and callable(resolve(f)) for f in funcs), funcs
+    code = ("import sys; from quantlib.cli import build_parser, resolve; build_parser(); print(sorted(m for m in "
+            "('scipy', 'pandas', 'quantlib.backtest.walkforward', 'quantlib.engine.executor') if m in sys.modules)); "
+            "resolve('quantlib.commands.listing:runs'); resolve('quantlib.commands.listing:show'); "
+            "print(sorted(m for m in ('scipy', 'pandas', 'quantlib.backtest.walkforward') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.splitlines()
+    assert out == ["[]", "[]"], out

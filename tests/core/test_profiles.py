@@ -173,3 +173,63 @@ def test_pinned_run_ids_are_checked_when_the_profile_loads(tmp_path, bad):
         load_profile("pinned_data", profiles_dir=d)
     ok = load_profile("pair", profiles_dir=d, env={"FW_META__SLEEVES": "[{id: a, profile: base, run_id: x-20260101T000000-ab12}]"})
     assert ok.profile.meta.sleeves[0].run_id == "x-20260101T000000-ab12"
+
+
+# ------------------------------------------------------------------ -p section.key=value, kinds
+@pytest.mark.parametrize("text, var", [("data.lookback_days=300", ("FW_DATA__LOOKBACK_DAYS", "300")),
+                                       ("meta.allocation={method: hrp}", ("FW_META__ALLOCATION", "{method: hrp}")),
+                                       ("source.as_of=", ("FW_SOURCE__AS_OF", "")),
+                                       ("book.export_html=a=b", ("FW_BOOK__EXPORT_HTML", "a=b"))])
+def test_param_var_is_the_fw_variable_giving_the_same_override(text, var):
+    from quantlib.core.profiles import param_var
+
+    assert param_var(text) == var
+
+
+@pytest.mark.parametrize("text", ["lookback_days=3", "data.lookback_days", "a.b.c=1", ".x=1", "data.=1"])
+def test_param_var_refuses_other_forms(text):
+    from quantlib.core.profiles import param_var
+
+    with pytest.raises(ProfileError, match="expected section.key=value"):
+        param_var(text)
+
+
+def test_p_wins_over_the_variable_and_is_recorded_like_one():
+    from quantlib.core.profiles import ParamEnv
+
+    env = ParamEnv({"FW_DATA__LOOKBACK_DAYS": "200", "HOME": "/x"}, ["data.lookback_days=250"])
+    assert env["FW_DATA__LOOKBACK_DAYS"] == "250" and env["HOME"] == "/x"
+    resolved = load_profile("demo", env=env)
+    assert resolved.profile.data.lookback_days == 250 and resolved.overrides == {"data": {"lookback_days": 250}}
+    assert resolved.overrides == load_profile("demo", env={"FW_DATA__LOOKBACK_DAYS": "250"}).overrides
+
+
+def test_profile_kind_agrees_with_the_profile_table_for_every_shipped_profile():
+    from quantlib.core.profiles import profile_kind
+    from quantlib.engine.panel import profile_kind as table_kind  # the profile table's own reading of the files
+
+    kinds = {name: profile_kind(load_profile(name)) for name in list_profiles()}
+    assert kinds == {name: table_kind(name) for name in kinds}
+    assert kinds["demo"] == "data" and kinds["demo_crypto_long"] == "sleeve" and kinds["demo_meta"] == "meta"
+
+
+def test_check_kind_names_the_command_that_runs_the_profile():
+    from quantlib.core.profiles import check_kind
+
+    check_kind(load_profile("demo_crypto_long"), "sleeve")
+    with pytest.raises(ProfileError, match=r"'demo_equities' is a data profile, not a meta profile; run it with "
+                                           r"`run_book.py data --profile demo_equities`"):
+        check_kind(load_profile("demo_equities"), "meta")
+    # a sleeve list given by override makes any profile a meta
+    meta = load_profile("demo", env={"FW_META__SLEEVES": "[{id: a, profile: demo_crypto_long}]"})
+    with pytest.raises(ProfileError, match="is a meta profile, not a data profile"):
+        check_kind(meta, "data")
+
+
+def test_a_missing_profile_suggests_the_closest_name(tmp_path):
+    d = _profiles(tmp_path, {"crypto_long": "description: x\n"})
+    with pytest.raises(ProfileError, match=r"'crypto_lnog' not found: .*did you mean 'crypto_long'\? \(known: base, crypto_long\)"):
+        load_profile("crypto_lnog", profiles_dir=d)
+    with pytest.raises(ProfileError) as err:
+        load_profile("zzzz", profiles_dir=d)
+    assert "did you mean" not in str(err.value)

@@ -164,3 +164,16 @@ def test_parquet_is_zstd_with_split_floats_and_reads_back_exactly(tmp_path):
     prices.to_parquet(default, index=False)
     storage.write_parquet(tmp_path / "price.parquet", prices)
     assert (tmp_path / "price.parquet").stat().st_size < 0.9 * default.stat().st_size  # smaller than before
+
+
+def test_check_writable_creates_the_folder_or_says_why_not(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert storage.check_writable(target, "--runs-dir", "fix it") == target and target.is_dir()
+    assert list(target.iterdir()) == []  # the probe file is gone
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for bad in (afile, afile / "below"):
+        with pytest.raises(DataError) as err:
+            storage.check_writable(bad, "data.lakehouse", "set data.lakehouse to a writable directory")
+        assert str(err.value).startswith(f"data.lakehouse {bad}: not writable (")
+        assert str(err.value).endswith("; set data.lakehouse to a writable directory")

@@ -146,3 +146,22 @@ def test_parallel_run_equals_sequential_and_document_contract(sim):
     assert doc["count"] == len(doc["candidates"]) == len(rows)
     assert {"scanner", "run_id", "generated_at", "direction", "logic", "count", "funnel", "candidates"} <= set(doc)
     assert all(c["recommend_all"] is None for c in doc["candidates"])  # NaN becomes null in JSON
+
+
+@pytest.mark.parametrize("written, fix", [("5e6", "write 5000000"), ("1.5e6", "write 1500000"), ("25E-2", "write 0.25")])
+def test_a_number_yaml_reads_as_a_string_is_refused_naming_scanner_filter_and_fix(tmp_path, written, fix):
+    (tmp_path / "scanners").mkdir()
+    (tmp_path / "scanners" / "liquid.yaml").write_text(
+        f"filters:\n  - {{field: exchange, op: '==', value: SIM}}\n  - {{field: value_traded, op: '>', value: {written}}}\n")
+    with pytest.raises(ProfileError) as err:
+        load_scanner("liquid", profiles_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"scanner 'liquid' filter on 'value_traded' (>) in {tmp_path / 'scanners' / 'liquid.yaml'}")
+    assert f"value '{written}' is a string" in message and message.endswith(fix)
+    (tmp_path / "scanners" / "liquid.yaml").write_text(
+        "filters:\n  - {field: value_traded, op: between, value: [1e3, 5.0e+6]}\n")
+    with pytest.raises(ProfileError, match=r"value '1e3' is a string .* write 1000$"):
+        load_scanner("liquid", profiles_dir=tmp_path)
+    (tmp_path / "scanners" / "liquid.yaml").write_text(  # text compared as text stays allowed
+        "filters:\n  - {field: base, op: '==', value: '1e3'}\n  - {field: value_traded, op: '>', value: 5.0e+6}\n")
+    assert load_scanner("liquid", profiles_dir=tmp_path).filters[1].value == 5e6
