@@ -29,6 +29,7 @@ import pandas as pd
 
 from quantlib.core.errors import GateError
 from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
+from quantlib.core import live
 from quantlib.core.gates import Check, GateResult
 from quantlib.portfolio.metrics import metrics_table
 from quantlib.core.profiles import ANNUALIZATION, Profile
@@ -125,7 +126,8 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     cfg = settings(profile)
     plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
     pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
-    steps = [rebalance(returns, pools, funnel, profile, w, decide) for w in (progress(plan) if progress else plan)]
+    steps = [rebalance(returns, pools, funnel, profile, w, decide)
+             for w in live.track(progress(plan) if progress else plan, "walk-forward windows", len(plan))]
     rows = [s.row for s in steps]
     decisions = [(s.window, s.decision) for s in steps if s.decision is not None]
     if not decisions:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantlib.core import storage
+from quantlib.core import live, storage
 from quantlib.data.lakehouse import Lakehouse
 from quantlib.data.ratings import rating_label, ratings_panel
 
@@ -124,7 +124,8 @@ def backfill(lake: Lakehouse, symbols: list[str], timeframe: str, chunk: int) ->
     written: list[str] = []
     with storage.atomic_path(lake.features_path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for start in range(0, len(symbols), chunk):
+            starts = range(0, len(symbols), chunk)
+            for start in live.track(starts, "backfill chunks", len(starts)):
                 panel = load_panel(lake, symbols[start:start + chunk], timeframe)
                 if panel["close"].empty:
                     continue

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from quantlib.data.bounds import downside_threshold, is_toxic
+from quantlib.core import live
 from quantlib.core.errors import DataError, GateError, SourceError
 from quantlib.core.ids import check_symbol
 from quantlib.data.lakehouse import REGISTRY_COLUMNS, Lakehouse
@@ -250,7 +251,7 @@ def ingest(source: MarketDataSource, lake: Lakehouse, symbols: list[str], cfg: D
         futures = [pool.submit(ingest_symbol, source, lake, s, cfg, toxic, limiter) for s in symbols]
         bar = tqdm(as_completed(futures), total=len(futures), desc="ingest", unit="sym",
                    file=sys.stderr, disable=not progress, mininterval=0.5)
-        for future in bar:
+        for future in live.track(bar, "ingest symbols", len(futures)):
             results.append(future.result())
     now = source.now()
     _record_registry(lake, results, now)

@@ -36,6 +36,7 @@ from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
+from quantlib.engine.progress import LiveProgress
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
@@ -85,6 +86,8 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
+    live = LiveProgress(enabled=say is print)  # the terminal shows what the kernel reports (core.live)
+    kernel.env = live.kernel_env()
     ok = False
     with interruptible() as signals:
         try:
@@ -137,6 +140,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 kernel.interrupt()  # the sleeve runs inside a meta's kernel record their own interruption
                 settle_nested(run, GRACE_S)
             kernel.close()
+            live.close()
             exports.wait()
             if interrupted:
                 settle_nested(run, SETTLE_S)
@@ -230,6 +234,7 @@ class SharedKernel:
 
     def __init__(self, warm: str = "") -> None:
         self.warm = warm  # imports the kernel runs right after it starts (while this process goes on)
+        self.env: dict[str, str] | None = None  # the kernel's environment (None: this process's)
         self.km = None
         self.kc = None
 
@@ -240,7 +245,8 @@ class SharedKernel:
         if self.km is None:
             # nbclient needs an async manager: with a blocking one, cell timeouts are not enforced
             self.km = AsyncKernelManager(kernel_name="python3")
-            run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"])
+            run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                                           **({"env": self.env} if self.env is not None else {}))
             if self.warm:  # queued in the kernel; the first stage's cells run after it
                 from jupyter_client import BlockingKernelClient
 

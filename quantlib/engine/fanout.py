@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from quantlib.core import live
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import MANIFEST, Run, RunOptions
@@ -105,13 +106,31 @@ def execute(specs: list[dict], executor: str = "ray", address: str | None = None
     cluster at `address`, joined within `connect_timeout_s`) or one after another in this process."""
     if not specs:
         return []
+    done = _reporting(on_done, len(specs))
     if executor == "local":
         results = []
         for spec in specs:
             results.append(run_spec(spec))
-            on_done(results[-1])
+            done(results[-1])
         return results
-    return _execute_ray(specs, address, private, connect_timeout_s, on_done)
+    return _execute_ray(specs, address, private, connect_timeout_s, done)
+
+
+def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], None]:
+    """`on_done`, also telling the terminal (`core.live`) each sleeve as it finishes and the sleeves bar."""
+    finished: list[str] = []
+    live.step("sleeves", 0, total)
+
+    def done(result: dict) -> None:
+        finished.append(result["id"])
+        seconds = f" in {result['seconds']:.1f} s" if isinstance(result.get("seconds"), (int, float)) else ""
+        error = f": {result['error']}" if result.get("status") != "PASS" and result.get("error") else ""
+        live.note(f"sleeve {result['id']} ({result['profile']}) {result['status']}{seconds}{error} "
+                  f"[{len(finished)}/{total}]")
+        live.step("sleeves", len(finished), total)
+        on_done(result)
+
+    return done
 
 
 def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
