@@ -138,7 +138,8 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     eligibility = pd.concat([s.eligible for s in steps], ignore_index=True)[keys]
     book = simulation_book(returns, holdings, eligibility, plan[0].decision)
     results, turnover, costs, parity, targets, events = {}, {}, {}, {}, {}, []
-    for method in profile.optimizer.profiles:
+    methods = profile.optimizer.profiles
+    for method in live.track(methods, f"walk-forward simulations ({'+'.join(cfg.simulators)})", len(methods)):
         t = trade(holdings, book, [w.decision for w in plan], cfg, method)
         targets[method], results[method], turnover[method], costs[method] = t.targets, t.returns, t.turnover, t.costs
         events.append(t.events)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -98,8 +99,9 @@ class LiveProgress:
             if state["bar"] is None:
                 from tqdm import tqdm
 
+                size = shutil.get_terminal_size((100, 20))  # a pty that reports 0 x 0 would hide the bar
                 state["bar"] = tqdm(total=total, desc=f"  {label}", unit="", file=self.stream, leave=True,
-                                    dynamic_ncols=True, mininterval=0.2)
+                                    ncols=min(size.columns, 120), nrows=size.lines, mininterval=0.2)
             state["bar"].n = done
             state["bar"].refresh()
             if done >= total:
@@ -143,6 +145,9 @@ class LiveProgress:
     def _follow(self) -> None:
         while not self._stop.wait(POLL_S):
             self._read_new()
+            for state in list(self.bars.values()):  # a terminal bar's elapsed time moves between steps
+                if state["bar"] is not None:
+                    state["bar"].refresh()
 
     def close(self) -> None:
         """Stop following, render what is left, close the bars and remove the file."""
