@@ -249,6 +249,10 @@ def test_runs_lists_a_corrupt_manifest_as_unreadable(capsys, runs_dir, tmp_path)
     ("[{id: a, profile: demo_crypto_long}, {id: a, profile: demo_crypto_short}]", "duplicated sleeve id(s) ['a']"),
     ("[{id: a, profile: demo_crypto_long, run_id: ../../etc}, {id: b, profile: demo_crypto_short}]",
      "sleeve 'a': pinned run: invalid run id '../../etc'"),
+    ("[{id: a, profile: demo_crypto_long}, {id: b, profile: demo}]",
+     "sleeve 'b' names data profile 'demo'; a sleeve needs a sleeve profile"),
+    ("[{id: a, profile: demo_crypto_long}, {id: b, profile: demo_meta_pair}]",
+     "sleeve 'b' names meta profile 'demo_meta_pair' as `profile`; use `meta_profile: demo_meta_pair`"),
 ])
 def test_a_bad_meta_tree_is_refused_before_any_run_exists(capsys, env, runs_dir, monkeypatch, sleeves, expected):
     monkeypatch.setenv("FW_META__SLEEVES", sleeves)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from quantlib.core.errors import DataError, ProfileError
-from quantlib.core.profiles import Profile, load_profile
+from quantlib.core.profiles import Profile, load_profile, profile_kind
 from quantlib.core.runs import locate_data_run
 
 MAX_DEPTH = 3
@@ -37,10 +37,14 @@ def check_meta_tree(name: str, chain: tuple[str, ...] = (), profiles_dir: Path |
                                    f"remove one of the links")
             depth = max(depth, 1 + check_meta_tree(entry.meta_profile, chain, profiles_dir))
         else:
-            sleeve = load_profile(entry.profile, profiles_dir).profile
-            if sleeve.meta.sleeves:
+            sleeve = load_profile(entry.profile, profiles_dir)
+            kind = profile_kind(sleeve, profiles_dir)
+            if kind == "meta":
                 raise ProfileError(f"{name}: sleeve {entry.id!r} names meta profile {entry.profile!r} as `profile`; "
                                    f"use `meta_profile: {entry.profile}`")
+            if kind != "sleeve":
+                raise ProfileError(f"{name}: sleeve {entry.id!r} names {kind} profile {entry.profile!r}; a sleeve "
+                                   f"needs a sleeve profile (one with a `sleeve:` section, e.g. demo_crypto_long)")
     return depth
 
 

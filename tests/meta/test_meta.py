@@ -303,7 +303,7 @@ def test_sign_test_gate_passes_and_names_a_broken_sleeve(tmp_path, pair):
     assert _failed(gate) == {("broken_short", "SIGN_TEST_POST")}
     detail = _check(gate, "SIGN_TEST_POST", "broken_short")["detail"]
     assert detail.endswith("sign_test.json: passed=False, 1 error(s), 0 warning(s); first: SHORT_NOT_NEGATIVE X/rsi/SHORT")
-    with pytest.raises(GateError, match="meta_sign_test_gate gate failed: SIGN_TEST_POST:broken_short: .*; re-run it"):
+    with pytest.raises(GateError, match="meta_sign_test_gate failed: SIGN_TEST_POST:broken_short: .*; re-run it"):
         enforce(GateResult.from_dict(gate), fix="re-run it")
 
 
@@ -805,7 +805,7 @@ def test_meta_gates_stage_enforces_with_the_failed_checks_and_the_fix(tmp_path, 
     with pytest.raises(GateError) as exc:
         stages.gates(ctx("gates"))
     msg = str(exc.value)
-    assert msg.startswith("meta_sign_test_gate gate failed: SIGN_TEST_PRE:broken: ")
+    assert msg.startswith("meta_sign_test_gate failed: SIGN_TEST_PRE:broken: ")
     assert "fix or re-run the named sleeves" in msg and "features.directional_sign_test_gate" in msg
     saved = json.loads(run.path(registry.path("meta", "meta_sign_test_gate")).read_text())
     assert saved["passed"] is False and _failed(saved) == {("broken", "SIGN_TEST_PRE")}
