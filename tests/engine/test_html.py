@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -16,14 +15,13 @@ import plotly.graph_objects as go
 import pytest
 from plotly.subplots import make_subplots
 
+from conftest import dom, needs_chromium
 from quantlib.core.figures import (PLOTLY_MIME, STATIC_DIR, figure_json, plotly_js_bytes, plotly_js_name,
                                    with_plotly_script, write_figure_html, write_figures_html)
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run, RunOptions
 from quantlib.engine.html import export_notebook_html
 
-CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="`chromium` is not on PATH: cannot check that charts draw")
 
 
 def refs(page: str) -> list[str]:
@@ -46,15 +44,6 @@ def chart_notebook(path: Path, name: str = "planted-bars") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nbformat.v4.new_notebook(cells=[cell]), str(path))
     return path
-
-
-def dom(page: Path) -> str:
-    """The page's DOM after its scripts ran, in headless chromium from a file:// URL."""
-    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                             "--virtual-time-budget=8000", page.resolve().as_uri()],
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def drew(html: str) -> bool:
