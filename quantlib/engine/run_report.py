@@ -182,7 +182,7 @@ def relative_block(s: Streams) -> str:
 
 def drawdowns_block(s: Streams) -> str:
     dd = drawdown_table(s.returns[s.book], 5)
-    rows = [[str(i + 1), day(r.start), day(r.trough), "not recovered" if r.recovery is None else day(r.recovery),
+    rows = [[str(i + 1), day(r.start), day(r.trough), "not recovered" if pd.isna(r.recovery) else day(r.recovery),
              pct(r.depth), f"{r.length} days"] for i, r in enumerate(dd.itertuples())]
     return (table(["#", "start", "trough", "recovery", "depth", "length"], rows)
             + '<p class="note">start: first day under the running peak; recovery: first day back at it; '

@@ -98,7 +98,7 @@ def relative_stats(returns: pd.Series, benchmark: pd.Series, annualization: int)
 
 
 def drawdown_table(returns: pd.Series, top: int = 5) -> pd.DataFrame:
-    """The `top` deepest drawdown episodes (start, trough, recovery or None, depth <= 0, length in periods),
+    """The `top` deepest drawdown episodes (start, trough, recovery or NaT while under water, depth <= 0, length in periods),
     deepest first."""
     dd = drawdown(_clean(returns))
     rows = []
