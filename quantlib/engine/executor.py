@@ -36,6 +36,7 @@ from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
+from quantlib.engine.run_report import record_report
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
@@ -142,8 +143,6 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 settle_nested(run, SETTLE_S)
             run.manifest["finished_at"] = utc_now()
             if phase in REPORT_PHASES and not interrupted:
-                from quantlib.engine.run_report import record_report  # plotly: imported only when needed
-
                 record_report(run, say)  # report.html, also when a gate failed; its sha256 in the manifest
             run.save()
             write_index(run, phase)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from quantlib.backtest.walkforward import settings
 from quantlib.core import registry, storage
 from quantlib.core.errors import WorkbookError
+from quantlib.core.profiles import ANNUALIZATION
 from quantlib.core.runs import MANIFEST, Run
 from quantlib.meta.sleeves import SleeveRef, sleeve_refs, value
 from quantlib.meta.streams import aggregate_streams, infer_annualization
@@ -111,7 +111,7 @@ def sleeve_streams(src: Source) -> Streams:
         costs = recorded.reindex(columns=["turnover_annual", "cost_drag"]).rename(
             index={"market_benchmark": market, "universe_equal_weight": equal})
     return Streams(frame, book, market if market in frame else None, equal if equal in frame else None,
-                   settings(src.run.profile).annualization, costs)
+                   ANNUALIZATION[src.run.profile.sleeve.asset_class], costs)  # the backtest's periods a year
 
 
 def meta_sleeves(src: Source) -> list[SleeveRef]:
