@@ -350,8 +350,9 @@ def render(run: Run, page_path: Path) -> str:
     streams: Streams | None = None
     try:
         streams = sleeve_streams(src) if phase == "sleeve" else meta_streams(src)
-    except Missing as exc:
-        page.parts.append(f"<h2>Key figures</h2>{missing('Out-of-sample performance', str(exc))}")
+    except Exception as exc:  # noqa: BLE001 -- Missing, or an artifact unlike what the page expects
+        reason = str(exc) if isinstance(exc, Missing) else f"{type(exc).__name__}: {exc}"
+        page.parts.append(f"<h2>Key figures</h2>{missing('Out-of-sample performance', reason)}")
     if streams is not None:
         note = ("In-sample statistics are in the tearsheet (reports/), labelled as such." if phase == "sleeve" else
                 "The meta stream is walk-forward: weights fitted on past sleeve returns only.")

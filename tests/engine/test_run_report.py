@@ -15,6 +15,7 @@ from quantlib.core.profiles import load_profile
 from quantlib.core.runs import REPORT, Run
 from quantlib.engine.report_data import exposure_by_decision, with_totals
 from quantlib.engine.run_report import day, pct, render, when, write_report
+from quantlib.engine.verify import verify_run
 
 
 def figure_divs(page: str) -> int:
@@ -92,3 +93,12 @@ def test_a_section_whose_artifact_is_gone_says_so_and_the_rest_draws(long_sleeve
     text = render(Run.at(copy), copy / REPORT)
     assert notes(text) == [("Exposure over time", f"{registry.path('sleeve', 'wf_holdings')} was not written by this run")]
     assert figure_divs(text) >= 8
+
+
+def test_verify_checks_the_report_against_its_recorded_sha256(long_sleeve, tmp_path):
+    _, run = long_sleeve
+    assert [i.status for i in verify_run(run).items if i.item == REPORT] == ["OK"]
+    copy = tmp_path / "runs" / run.id
+    shutil.copytree(run.dir, copy)
+    (copy / REPORT).write_text((copy / REPORT).read_text(encoding="utf-8") + "<!-- edited -->", encoding="utf-8")
+    assert [i.status for i in verify_run(Run.at(copy)).items if i.item == REPORT] == ["CHANGED"]
