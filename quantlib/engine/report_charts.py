@@ -109,9 +109,12 @@ def rolling_figure(book: pd.Series, market: pd.Series | None, window: int, annua
 def distribution_figure(returns: pd.DataFrame, palette: dict[str, str]) -> go.Figure:
     """Histogram of daily returns of each stream (overlaid, as a share of days)."""
     fig = go.Figure()
+    values = returns.stack().to_numpy(dtype=float)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    bins = {"start": low, "end": high, "size": (high - low) / 60 or 1e-4}  # the same bins for every stream
     for name in returns.columns:
         r = returns[name].dropna()
-        fig.add_trace(go.Histogram(x=r.to_numpy(), name=name, histnorm="probability", opacity=0.55, nbinsx=60,
+        fig.add_trace(go.Histogram(x=r.to_numpy(), name=name, histnorm="probability", opacity=0.55, xbins=bins,
                                    marker_color=palette[name], hovertemplate="%{x:.2%}: %{y:.1%} of days"))
     fig.update_xaxes(title_text="daily return", tickformat=".0%")
     fig.update_yaxes(title_text="share of days", tickformat=".0%")

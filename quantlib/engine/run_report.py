@@ -51,7 +51,7 @@ h3{{font-size:15px;margin:18px 0 6px}} .sub{{color:#555;margin:0 0 8px}} .note{{
 table{{border-collapse:collapse;margin:6px 0 10px;font-variant-numeric:tabular-nums}}
 th,td{{padding:4px 9px;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}}
 th{{background:#f3f5f8;font-weight:600}} td:first-child,th:first-child{{text-align:left}}
-tr.book td{{font-weight:700;background:#eef3fb}} .missing{{background:#fff6e0;border-left:4px solid #e0a800;padding:6px 10px}}
+table.text td,table.text th{{text-align:left;white-space:normal}} tr.book td{{font-weight:700;background:#eef3fb}} .missing{{background:#fff6e0;border-left:4px solid #e0a800;padding:6px 10px}}
 .pass{{color:#1b7d2e;font-weight:700}} .fail{{color:#c62828;font-weight:700}} .grid{{display:grid;grid-template-columns:1fr 1fr;gap:12px}}
 .scroll{{max-height:520px;overflow-y:auto;display:inline-block}} th.sort{{cursor:pointer}} th.sort:after{{content:" \\21C5";color:#999}}
 .status{{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:700}}
@@ -114,9 +114,9 @@ def _cell(v, kind: str) -> str:
 
 
 def table(header: list[str], rows: list[list[str]], classes: list[str] | None = None, sortable: bool = False,
-          values: list[list[str | None]] | None = None) -> str:
+          values: list[list[str | None]] | None = None, text: bool = False) -> str:
     """An HTML table of already formatted (escaped here) cells; `values` are sort keys for a sortable one."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if any(header) else ""
     body = []
     for i, row in enumerate(rows):
         keys = values[i] if values else [None] * len(row)
@@ -124,7 +124,8 @@ def table(header: list[str], rows: list[list[str]], classes: list[str] | None = 
                         f"{html.escape(str(c))}</td>" for c, k in zip(row, keys))
         cls = f' class="{classes[i]}"' if classes and classes[i] else ""
         body.append(f"<tr{cls}>{cells}</tr>")
-    return (f"<table{' class=sortable' if sortable else ''}><thead><tr>{head}</tr></thead>"
+    kinds = " ".join(k for k, on in (("sortable", sortable), ("text", text)) if on)
+    return (f"<table{f' class={chr(34)}{kinds}{chr(34)}' if kinds else ''}>{f'<thead><tr>{head}</tr></thead>' if head else ''}"
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
@@ -224,8 +225,9 @@ def sleeve_composition(page: Page, src: Source, s: Streams) -> None:
     flat = src.read("flattened")
     book = flat[flat["profile"].astype(str) == s.book]
     csv = registry.path("sleeve", "flattened_csv")
+    page.parts.append("<h2>Composition</h2>")
     page.section("Weights treemap (physical names)", lambda: page.fig(charts.treemap_figure(
-        book, f"Physical book of {s.book}: LONG and SHORT names by |net weight|")))
+        book, f"Physical book of {s.book}: LONG and SHORT names by |net weight|")), 3)
     cls = src.run.profile.sleeve.asset_class
 
     def exposure() -> str:
@@ -239,10 +241,10 @@ def sleeve_composition(page: Page, src: Source, s: Streams) -> None:
         cost = src.read("wf_costs")[s.book].reindex(at.index) if src.has("wf_costs") else None
         return page.fig(charts.rebalance_figure(at, cost, f"Turnover and cost per rebalance ({s.book})"))
 
-    page.section("Exposure over time", exposure)
-    page.section("Turnover and cost drag per rebalance", rebalances)
+    page.section("Exposure over time", exposure, 3)
+    page.section("Turnover and cost drag per rebalance", rebalances, 3)
     page.section("Physical book", lambda: f'<p class="sub">{len(book)} names of {html.escape(s.book)} · CSV: '
-                 f'{link(csv)}</p>' + book_table(book, []))
+                 f'{link(csv)}</p>' + book_table(book, []), 3)
 
 
 def meta_sections(page: Page, src: Source, s: Streams) -> None:
@@ -269,24 +271,25 @@ def meta_sections(page: Page, src: Source, s: Streams) -> None:
         held = held_weights(history, oos.index)
         return page.fig(charts.contribution_figure(contributions(held, sleeves.reindex(oos.index))))
 
-    page.section("Sleeves as assets", assets)
+    page.section("The sleeves as assets", assets)
     page.section("Sleeve weights over time", lambda: page.fig(charts.weights_history_figure(history)), 3)
     page.section("Sleeve correlation", lambda: page.fig(charts.correlation_figure(sleeves)), 3)
     page.section("Sleeve contributions", contribution, 3)
     flat = src.read("meta_flattened") if src.has("meta_flattened") else None
     csv = registry.path("meta", "meta_flattened_csv")
+    page.parts.append("<h2>Composition</h2>")
     page.section("Weights treemap (physical names)", lambda: page.fig(charts.treemap_figure(
-        src.read("meta_flattened"), "The flattened book: LONG and SHORT names by |net weight|")))
+        src.read("meta_flattened"), "The flattened book: LONG and SHORT names by |net weight|")), 3)
     page.section("Exposure over time", lambda: page.fig(charts.exposure_figure(
         with_totals(meta_exposure(src, pd.DatetimeIndex(oos.index))), "Exposure: asset class · venue · side "
-        "(meta weight × each sleeve's holdings)")))
+        "(meta weight × each sleeve's holdings)")), 3)
     page.section("Turnover per rebalance", lambda: page.fig(charts.rebalance_figure(
         turnover_series(history), None, "Turnover of the sleeve weights per rebalance"))
         + '<p class="note">Trading costs are charged inside each sleeve\'s returns; moving weight between '
-          "sleeves is not charged.</p>")
+          "sleeves is not charged.</p>", 3)
     csv_note = link(csv) if (src.run.dir / csv).is_file() else f"{csv} not written by this run"
     page.section("Flattened book", lambda: f'<p class="sub">{len(flat)} physical names · CSV: {csv_note}</p>'
-                 + book_table(src.read("meta_flattened"), ["contributors"]))
+                 + book_table(src.read("meta_flattened"), ["contributors"]), 3)
 
 
 def gates_block(src: Source) -> str:
@@ -306,7 +309,7 @@ def gates_block(src: Source) -> str:
                   if isinstance(c, dict) and c.get("passed") is False and c.get("required", True)]
         rows.append([gate.name, {True: "PASS", False: "FAIL"}.get(ok, "not checked"), gate.path, "; ".join(failed)[:400]])
         classes.append("" if ok is not False else "failrow")
-    out = table(["gate", "verdict", "file", "failed checks"], rows, classes)
+    out = table(["gate", "verdict", "file", "failed checks"], rows, classes, text=True)
     return re.sub(r"<td>(PASS|FAIL)</td>", lambda m: f'<td class="{m.group(1).lower()}">{m.group(1)}</td>', out)
 
 
@@ -320,7 +323,7 @@ def provenance_block(run: Run) -> str:
             ["finished", when(m.get("finished_at"))],
             ["versions", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()
                                    if k in ("python", "fractal-workbook", "pandas", "plotly"))]]
-    return (table(["", ""], rows) + f'<p class="note">{link(INDEX)} (stages, notebooks, artifacts with sha256) · '
+    return (table(["", ""], rows, text=True) + f'<p class="note">{link(INDEX)} (stages, notebooks, artifacts with sha256) · '
             f'{link("manifest.json")} · {link("profile.resolved.yaml")}</p>')
 
 
@@ -358,7 +361,6 @@ def render(run: Run, page_path: Path) -> str:
                 "The meta stream is walk-forward: weights fitted on past sleeve returns only.")
         page.section("Key figures (out of sample)", lambda: kpi_block(streams, note))
         performance(page, streams)
-        page.parts.append("<h2>Composition</h2>")
         (sleeve_composition if phase == "sleeve" else meta_sections)(page, src, streams)
     page.section("Gates", lambda: gates_block(src))
     page.section("Provenance", lambda: provenance_block(run))
