@@ -28,7 +28,7 @@ from quantlib.core import registry
 from quantlib.core.errors import RunInterrupted, WorkbookError
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import load_profile
-from quantlib.core.runs import INDEX, MANIFEST, Run, RunOptions, list_runs, open_run
+from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run, RunOptions, list_runs, open_run
 from quantlib.engine.compare import compare_runs
 from quantlib.engine.diff import diff_runs
 from quantlib.engine.diff_report import check_outside_runs, default_html_path, render_text, write_html
@@ -80,7 +80,15 @@ def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: d
               + f" · report: {run.dir / INDEX}", file=sys.stderr)
         raise
     print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / 'INDEX.md'}")
+    if phase == "sleeve":  # the meta commands print their page after the markdown report
+        _print_report(run.dir)
     return ok, run.dir
+
+
+def _print_report(run_dir: Path, head: str = "open: ") -> None:
+    """The run's report.html, the last line a sleeve or meta command prints (when it was written)."""
+    if (run_dir / REPORT).is_file():
+        print(f"{head}{run_dir / REPORT}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -110,6 +118,7 @@ def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
 def cmd_meta(args: argparse.Namespace) -> int:
     ok, run_dir = run_meta(args.profile, args)
     print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    _print_report(run_dir)
     return 0 if ok else 1
 
 
@@ -124,6 +133,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     for index in sorted(run_dir.glob("sleeves/*/INDEX.md")):
         print(f"  sleeve report: {index}")
     print(f"meta report: {run_dir / 'meta_portfolio_report.md'}")
+    _print_report(run_dir)
     return 0 if ok else 1
 
 
@@ -140,7 +150,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for ok, run_dir in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / 'INDEX.md'}")
     if len(results) > len(args.profiles):
-        print(f"\nThe fractal portfolio: {results[-1][1] / 'meta_portfolio_report.md'}")
+        print(f"\nThe fractal portfolio (markdown): {results[-1][1] / 'meta_portfolio_report.md'}")
+        _print_report(results[-1][1], "Open this page: ")
     return 0 if all(ok for ok, _ in results) else 1
 
 

@@ -32,11 +32,12 @@ from quantlib.core import registry, storage
 from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
 from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
-from quantlib.core.runs import MANIFEST, Run, current_process, utc_now
+from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
+from quantlib.engine.run_report import record_report
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
@@ -144,6 +145,8 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
             if interrupted:
                 settle_nested(run, SETTLE_S)
             run.manifest["finished_at"] = utc_now()
+            if phase in REPORT_PHASES and not interrupted:
+                record_report(run, say)  # report.html, also when a gate failed; its sha256 in the manifest
             run.save()
             write_index(run, phase)
     if signals["pending"] is not None:
