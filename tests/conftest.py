@@ -1,18 +1,17 @@
 """Shared fixtures: a small simulated venue with a fixed clock and a temporary lakehouse."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-import json
-
 import pandas as pd
+import pytest
 
 from quantlib.core import storage
 from quantlib.core.runs import Run
@@ -22,6 +21,23 @@ from quantlib.core.profiles import load_profile
 from quantlib.data.sources.simulated import SimExchange
 
 AS_OF = "2026-11-25T06:00:00Z"
+
+#: headless Chromium (Debian's `chromium`; `.ci/run` installs it): browser tests skip without it on a
+#: developer's machine, and fail under CI (`CI` set) -- a check that charts draw must not vanish there
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                    reason="`chromium` is not on PATH: cannot check that charts draw")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+
+
+def dom(page: Path, budget_ms: int = 8000) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium from a file:// URL."""
+    assert CHROMIUM, "`chromium` is not on PATH (CI installs Debian's chromium in .ci/run)"
+    result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, "--dump-dom", f"--virtual-time-budget={budget_ms}",
+                             page.resolve().as_uri()], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="session")

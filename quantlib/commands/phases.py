@@ -11,7 +11,7 @@ from quantlib.commands.common import runs_dir
 from quantlib.core import storage
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import ParamEnv, Profile, check_kind, load_profile
-from quantlib.core.runs import INDEX, MANIFEST, Run, RunOptions
+from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run, RunOptions
 from quantlib.core.workspace import Workspace
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.resume import reopen
@@ -79,7 +79,15 @@ def run_phase(phase: str, profile: str | None, args: argparse.Namespace, skip: d
               + f" · report: {run.dir / INDEX}", file=sys.stderr)
         raise
     print(f"{'PASS' if ok else 'FAIL'} in {time.perf_counter() - start:.1f} s · report: {run.dir / INDEX}")
+    if phase == "sleeve":  # the meta commands print their page after the markdown report
+        print_report(run.dir)
     return ok, run.dir
+
+
+def print_report(run_dir: Path, head: str = "open: ") -> None:
+    """The run's report.html, the last line a sleeve or meta command prints (when it was written)."""
+    if (run_dir / REPORT).is_file():
+        print(f"{head}{run_dir / REPORT}")
 
 
 def data(args: argparse.Namespace) -> int:
@@ -115,6 +123,7 @@ def print_meta_report(run_dir: Path) -> None:
 def meta(args: argparse.Namespace) -> int:
     ok, run_dir = run_meta(args.profile, args)
     print_meta_report(run_dir)
+    print_report(run_dir)
     return 0 if ok else 1
 
 
@@ -126,6 +135,7 @@ def baseline(args: argparse.Namespace) -> int:
     for index in sorted(run_dir.glob(f"sleeves/*/{INDEX}")):
         print(f"  sleeve report: {index}")
     print_meta_report(run_dir)
+    print_report(run_dir)
     return 0 if ok else 1
 
 
@@ -142,5 +152,6 @@ def demo(args: argparse.Namespace) -> int:
     for ok, run_dir in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / INDEX}")
     if len(results) > len(args.profiles) and (results[-1][1] / META_REPORT).exists():
-        print(f"\nThe fractal portfolio: {results[-1][1] / META_REPORT}")
+        print(f"\nThe fractal portfolio (markdown): {results[-1][1] / META_REPORT}")
+        print_report(results[-1][1], "Open this page: ")
     return 0 if all(ok for ok, _ in results) else 1

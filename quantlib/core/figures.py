@@ -221,8 +221,70 @@ def _maps_values_to_colors(traces: list, layout: dict) -> bool:
 
 
 def figure_json(fig) -> dict:
-    """The compact JSON of a plotly figure (numpy arrays as plotly's base64 typed arrays)."""
-    return compact_figure(json.loads(fig.to_json()))
+    """The compact JSON of a plotly figure (numpy arrays as plotly's base64 typed arrays), its title and
+    legend given room (`readable_layout`)."""
+    return compact_figure(readable_layout(json.loads(fig.to_json())))
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts that can be read: titles that fit, legends without a scrollbar
+# ----------------------------------------------------------------------------------------------
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 900, 450
+"""What a figure without width / height is assumed to get (JupyterLab's output area, plotly's default)."""
+TITLE_CHAR_PX, TITLE_LINE_PX, LEGEND_ROW_PX = 8.5, 24, 20
+_NO_LEGEND_TYPES = {"heatmap", "histogram2d", "contour", "surface", "histogram2dcontour", "table", "indicator"}
+
+
+def wrap_title(text: str, chars: int) -> str:
+    """`text` broken with `<br>` at spaces so that no line is longer than `chars` (existing `<br>` kept;
+    a line holding HTML tags, e.g. a `<sup>` subtitle, is left whole)."""
+    import textwrap
+
+    lines = []
+    for part in re.split(r"<br\s*/?>", text):
+        lines.extend([part] if "<" in part or len(part) <= chars
+                     else textwrap.wrap(part, max(chars, 10), break_long_words=False) or [part])
+    return "<br>".join(lines)
+
+
+def _legend_entries(doc: dict) -> list[str]:
+    """Names of the traces the legend shows (plotly shows a legend only for 2+ entries unless asked)."""
+    traces = [t for t in doc.get("data") or [] if t.get("type", "scatter") not in _NO_LEGEND_TYPES
+              and t.get("showlegend", True) is not False]
+    if len(traces) < 2 and (doc.get("layout") or {}).get("showlegend") is not True:
+        return []
+    return [str(t.get("name") or "") for t in traces]
+
+
+def readable_layout(doc: dict) -> dict:
+    """A figure's JSON laid out so its title and legend can be read (in place; returned).
+
+    - the title is wrapped to the figure's width (`layout.width`, else DEFAULT_WIDTH) and the top
+      margin grows by a line per title line: no title clipped at the right edge;
+    - a legend taller than the plot (more entries than fit at LEGEND_ROW_PX each) moves below the plot
+      in rows, and the figure grows by those rows: no legend behind a scrollbar."""
+    layout = doc.setdefault("layout", {})
+    width = float(layout.get("width") or DEFAULT_WIDTH)
+    height = float(layout.get("height") or DEFAULT_HEIGHT)
+    margin = layout.setdefault("margin", {})
+    text = figure_title(doc)
+    if text:
+        wrapped = wrap_title(text, int((width - 60) / TITLE_CHAR_PX))
+        title = layout["title"] if isinstance(layout.get("title"), dict) else {}
+        layout["title"] = {**title, "text": wrapped}
+        lines = wrapped.count("<br>") + 1
+        margin["t"] = max(int(margin.get("t") or 0), 30 + TITLE_LINE_PX * lines)
+    entries = _legend_entries(doc)
+    legend = layout.get("legend") or {}
+    usable = height - float(margin.get("t") or 100) - float(margin.get("b") or 80)
+    if entries and legend.get("orientation") != "h" and len(entries) * LEGEND_ROW_PX > usable:
+        longest = max(len(e) for e in entries) * 7 + 40  # px per entry: label + symbol
+        per_row = max(1, int((width - 80) // longest))
+        rows = -(-len(entries) // per_row)
+        layout["legend"] = {**legend, "orientation": "h", "yanchor": "top", "y": -0.12, "x": 0, "xanchor": "left"}
+        layout["height"] = int(height + rows * LEGEND_ROW_PX + 40)
+        margin["b"] = max(int(margin.get("b") or 0), rows * LEGEND_ROW_PX + 60)
+    return doc
 
 
 def figure_div(doc: dict, full_html: bool = False) -> str:
@@ -287,13 +349,66 @@ def write_figure_html(fig, path: str | Path, static_root: str | Path | None = No
     return storage.write_text(path, with_plotly_script(page, path, static_root))
 
 
-def funnel_figure(funnel):
-    """Remaining candidates after each filter, one line per scanner."""
-    import plotly.express as px
+FILTER_LABEL_CHARS = 32
+"""A filter's text longer than this is shortened on an axis (`short_label`); hover shows all of it."""
 
-    fig = px.line(funnel, x="step", y="remaining", color="scanner", markers=True, hover_data=["filter"],
-                  title="Scanner funnels: candidates remaining after each step")
-    return fig.update_layout(height=380)
+
+def short_label(text: str, chars: int = FILTER_LABEL_CHARS) -> str:
+    """`text` cut to `chars` characters, an ellipsis marking the cut."""
+    text = str(text)
+    return text if len(text) <= chars else text[:chars - 1].rstrip() + "…"
+
+
+def filter_order(funnel) -> list[str]:
+    """The filters of a funnel (columns scanner, step, filter, remaining) in pipeline order, each once:
+    scanners are merged in name order; a filter not seen yet goes just before the next of its scanner's
+    filters already placed (at the end if none), so each scanner's own order is kept."""
+    order: list[str] = []
+    for _, rows in funnel.sort_values(["scanner", "step"], kind="stable").groupby("scanner", sort=True):
+        names = list(dict.fromkeys(rows["filter"].astype(str)))
+        for i, name in enumerate(names):
+            if name in order:
+                continue
+            later = next((n for n in names[i + 1:] if n in order), None)
+            order.insert(order.index(later) if later is not None else len(order), name)
+    return order
+
+
+def funnel_table(funnel):
+    """Candidates remaining after each filter: one row per filter (named, pipeline order), one integer
+    column per scanner (<NA> where a scanner does not have that filter)."""
+    import pandas as pd
+
+    if funnel.empty:
+        return pd.DataFrame(index=pd.Index([], name="filter"))
+    table = funnel.assign(filter=funnel["filter"].astype(str)).pivot_table(
+        index="filter", columns="scanner", values="remaining", aggfunc="last")
+    table = table.reindex(filter_order(funnel)).round().astype("Int64")
+    table.columns.name = None
+    table.index = pd.Index([short_label(f, 60) for f in table.index], name="filter")
+    return table
+
+
+def funnel_figure(funnel):
+    """Candidates remaining after each filter, one line per scanner; the x axis names the filters."""
+    import plotly.graph_objects as go
+
+    order = filter_order(funnel)
+    labels = {name: short_label(name) for name in order}
+    if len(set(labels.values())) < len(labels):  # two filters cut to the same text: number them
+        labels = {name: f"{i + 1}. {short_label(name, FILTER_LABEL_CHARS - 4)}" for i, name in enumerate(order)}
+    fig = go.Figure()
+    for scanner, rows in funnel.sort_values(["scanner", "step"], kind="stable").groupby("scanner", sort=True):
+        names = rows["filter"].astype(str).tolist()
+        fig.add_trace(go.Scatter(
+            x=[labels[n] for n in names], y=rows["remaining"].round().astype(int).tolist(), name=str(scanner),
+            mode="lines+markers", customdata=names,
+            hovertemplate=f"{scanner}<br>%{{customdata}}<br>%{{y:d}} remaining<extra></extra>"))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[labels[n] for n in order],
+                     tickangle=-35, automargin=True, title_text="filter (in pipeline order)")
+    fig.update_yaxes(tickformat="d", rangemode="tozero", title_text="candidates remaining")
+    return fig.update_layout(height=460, legend_title_text="scanner",
+                             title="Scanner funnels: candidates remaining after each filter")
 
 
 def status_figure(table, column: str = "status", title: str = "Ingestion outcome per symbol"):
@@ -329,9 +444,11 @@ def selection_funnel_figure(audit: dict):
     import plotly.express as px
 
     funnel = audit.get("funnel", [])
-    fig = px.funnel(x=[s["remaining"] for s in funnel], y=[s["step"] for s in funnel],
+    steps = [str(s["step"]).replace("_", " ") for s in funnel]
+    fig = px.funnel(x=[int(round(s["remaining"])) for s in funnel], y=steps,
                     title=f"HTR funnel (stage reached: {audit.get('stage_reached')})")
-    return fig.update_layout(height=360)
+    fig.update_traces(texttemplate="%{x:d}", hovertemplate="%{y}<br>%{x:d} remaining<extra></extra>")
+    return fig.update_layout(height=max(300, 120 + 40 * len(steps)), yaxis_title=None)
 
 
 def antifragility_figure(stats):
@@ -350,3 +467,43 @@ def weights_by_profile_figure(weights):
     fig = px.bar(weights, x="atom_id", y="weight", color="profile", barmode="group",
                  title="Optimizer weights per risk profile (synthetic-long atoms)")
     return fig.update_layout(height=420, xaxis_tickangle=-45)
+
+
+# ----------------------------------------------------------------------------------------------
+# tables that fit the page
+# ----------------------------------------------------------------------------------------------
+def compact_table(frame, millions_from: float = 1e5):
+    """`frame` made narrow enough for the page, nothing recomputed: columns with one value on every row
+    are taken out (returned as {column: value}, to print above the table), floats keep 4 significant
+    digits and a column whose values reach `millions_from` is shown in millions (`value_traded (M)`).
+    Returns (a pandas Styler without the index, the constant columns)."""
+    import numpy as np
+    import pandas as pd
+
+    constant = {c: frame[c].iloc[0] for c in frame.columns
+                if len(frame) > 1 and frame[c].nunique(dropna=False) == 1}
+    table = frame.drop(columns=list(constant))
+    formats = {}
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_float_dtype(values):
+            big = np.nanmax(np.abs(values.to_numpy(dtype=float))) if values.notna().any() else 0.0
+            if big >= millions_from:
+                table = table.assign(**{column: values / 1e6}).rename(columns={column: f"{column} (M)"})
+                formats[f"{column} (M)"] = "{:,.1f}"
+            else:
+                formats[column] = "{:.4g}"
+    styler = table.style.format(formats, na_rep="").hide(axis="index")
+    return styler, constant
+
+
+def show_table(frame, note: str = "") -> None:
+    """Display `compact_table(frame)`: a line naming the columns equal on every row, then the table."""
+    from IPython.display import Markdown, display
+
+    styler, constant = compact_table(frame)
+    same = ", ".join(f"{c} = `{v}`" for c, v in constant.items())
+    text = " · ".join(t for t in (note, f"same on every row: {same}" if same else "") if t)
+    if text:
+        display(Markdown(text))
+    display(styler)

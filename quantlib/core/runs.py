@@ -36,6 +36,8 @@ from quantlib.core.profiles import Profile, ResolvedProfile, default_profiles_di
 MANIFEST = "manifest.json"
 RESOLVED_PROFILE = "profile.resolved.yaml"
 INDEX = "INDEX.md"
+REPORT = "report.html"  # the one page a run is read from (engine.run_report), first link of INDEX.md
+REPORT_PHASES = ("sleeve", "meta")  # the phases whose runs get a report.html
 STALE_AFTER_S = 12 * 3600  # a RUNNING run of another host reads STALE once its manifest is this old
 TRACKED_PACKAGES = ("fractal-workbook", "numpy", "pandas", "pyarrow", "scipy", "pydantic", "papermill",
                     "nbclient", "ccxt", "plotly", "riskfolio-lib", "vectorbt", "ray")

@@ -33,6 +33,7 @@ from quantlib.core.errors import DataError, GateError, SourceError
 from quantlib.core.ids import check_symbol
 from quantlib.data.lakehouse import REGISTRY_COLUMNS, Lakehouse
 from quantlib.core.profiles import DataConfig
+from quantlib.core.progress import progress as progress_bar
 from quantlib.data.sources.base import OHLCV_COLUMNS, TIMEFRAME_SECONDS, MarketDataSource
 
 REPORT_COLUMNS = ["symbol", "status", "rows_added", "bars", "last_bar", "bars_behind", "reason", "flags"]
@@ -236,8 +237,6 @@ def ingest(source: MarketDataSource, lake: Lakehouse, symbols: list[str], cfg: D
     Removes the temp files of interrupted writes first. Raises GateError if every symbol failed or
     a required anchor is missing, toxic, failed or stale.
     """
-    from tqdm import tqdm
-
     removed = lake.remove_interrupted_writes(cfg.timeframe, tables=[lake.registry_path])
     if removed:
         print(f"ingest: removed {len(removed)} temp file(s) left by interrupted writes: "
@@ -249,8 +248,7 @@ def ingest(source: MarketDataSource, lake: Lakehouse, symbols: list[str], cfg: D
     results: list[SymbolResult] = []
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         futures = [pool.submit(ingest_symbol, source, lake, s, cfg, toxic, limiter) for s in symbols]
-        bar = tqdm(as_completed(futures), total=len(futures), desc="ingest", unit="sym",
-                   file=sys.stderr, disable=not progress, mininterval=0.5)
+        bar = progress_bar(as_completed(futures), "ingest", "sym", total=len(futures), enabled=progress)
         for future in live.track(bar, "ingest symbols", len(futures)):
             results.append(future.result())
     now = source.now()

@@ -25,17 +25,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from quantlib.core import registry, storage
 from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
 from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
-from quantlib.core.runs import MANIFEST, Run, current_process, utc_now
+from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
+from quantlib.engine.run_report import record_report
 from quantlib.engine.progress import LiveProgress
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
@@ -83,6 +85,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     skip = skip or {}
     run.manifest["skipped"] = dict(skip)
     start_recording(run)
+    notary()  # the user's notebook secret exists before any nested run (a meta's sleeves) signs in parallel
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
@@ -104,6 +107,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
                 hit = cache.find(run, stage, key) if key and run.options.cache else None
                 if hit:
                     seconds = cache.restore(run, stage, hit, key, f"notebooks/{notebook_name(index, stage)}")
+                    trust_notebook(run.dir / "notebooks" / notebook_name(index, stage))
                     if profile.book.export_html and not run.stage(stage.name).get("html"):
                         exports.submit(run.dir / "notebooks" / notebook_name(index, stage), run.stage(stage.name))
                     record_outside_reads(run, stage)
@@ -145,6 +149,8 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
             if interrupted:
                 settle_nested(run, SETTLE_S)
             run.manifest["finished_at"] = utc_now()
+            if phase in REPORT_PHASES and not interrupted:
+                record_report(run, say)  # report.html, also when a gate failed; its sha256 in the manifest
             run.save()
             write_index(run, phase)
     if signals["pending"] is not None:
@@ -338,6 +344,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     finally:
         if target.exists() and not interrupted:
             compact_notebook_figures(target)  # one line per figure, not one per number
+            trust_notebook(target)  # JupyterLab opens it trusted: its plotly outputs draw without "Trust"
         if export_html and target.exists() and not interrupted:
             (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start
@@ -360,6 +367,37 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     record_outside_reads(run, stage)
     run.save()
     return seconds
+
+
+@lru_cache(maxsize=1)
+def notary():
+    """The notebook notary of the user running the book (nbformat's default: the secret and the signature
+    database in their Jupyter data dir, `jupyter --data-dir`), the one JupyterLab checks for that user."""
+    from nbformat.sign import NotebookNotary
+
+    try:
+        notary = NotebookNotary()
+        _ = notary.secret  # read, or created once (0600) by the first process
+        return notary
+    except Exception:  # noqa: BLE001 - e.g. an unwritable data dir: notebooks stay unsigned
+        return None
+
+
+def trust_notebook(notebook: Path) -> bool:
+    """Sign an executed notebook (its content, not the file: the signature is stored in the notary's
+    database, the notebook's bytes and recorded sha256 do not change). Returns whether it is signed;
+    never fails a stage (a notary that cannot write leaves the notebook untrusted, as before)."""
+    import nbformat
+
+    signer = notary()
+    if signer is None:
+        return False
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+        signer.sign(nb)
+        return bool(signer.check_signature(nb))
+    except Exception:  # noqa: BLE001 - e.g. a read-only or locked signature database
+        return False
 
 
 def source_notebook(run: Run, stage: Stage) -> Path:

@@ -19,6 +19,7 @@ from quantlib.core import live
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import MANIFEST, Run, RunOptions
+from quantlib.engine.cluster import ray_env, running
 from quantlib.engine.executor import run_phase
 from quantlib.engine.resume import reopen
 
@@ -92,18 +93,27 @@ def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: f
     the duration (`local_ray_files`)."""
     executor, address = run.options.executor.value, run.options.ray_address
     specs, pinned = sleeve_specs(run)
+    cluster = running(run.runs_root) if executor == "ray" and not address and specs else None
+    if cluster is not None:  # `run_book.py cluster start` left one running for this runs root: join it
+        address = cluster.address
+        print(f"sleeves: on the workbook cluster at {address} (started {cluster.started}; "
+              f"`run_book.py cluster stop` stops it)")
     local_ray = executor == "ray" and not address
     with local_ray_files(run.dir) if local_ray else nullcontext() as private:
-        results = pinned + execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s)
+        results = pinned + execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s,
+                                   auth=cluster.env() if cluster else None)
     doc = {"run_id": run.id, "executor": executor, "ray_address": address, "ray_logs": "ray/" if local_ray else None,
+           "ray_cluster": "workbook" if cluster else ("local" if local_ray else ("address" if address else None)),
            "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
     return doc, results
 
 
 def execute(specs: list[dict], executor: str = "ray", address: str | None = None, private: Path | None = None,
-            on_done: Callable[[dict], None] = print, *, connect_timeout_s: float) -> list[dict]:
+            on_done: Callable[[dict], None] = print, *, connect_timeout_s: float,
+            auth: dict[str, str] | None = None) -> list[dict]:
     """Run every spec: as Ray tasks (a local instance whose files are in `private`, see `local_ray_files`, or the
-    cluster at `address`, joined within `connect_timeout_s`) or one after another in this process."""
+    cluster at `address`, joined within `connect_timeout_s` with `auth`'s token settings when it is the workbook
+    cluster) or one after another in this process."""
     if not specs:
         return []
     done = _reporting(on_done, len(specs))
@@ -113,7 +123,7 @@ def execute(specs: list[dict], executor: str = "ray", address: str | None = None
             results.append(run_spec(spec))
             done(results[-1])
         return results
-    return _execute_ray(specs, address, private, connect_timeout_s, done)
+    return _execute_ray(specs, address, private, connect_timeout_s, done, auth)
 
 
 def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], None]:
@@ -133,12 +143,24 @@ def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], 
     return done
 
 
+def run_spec_on_node(spec: dict) -> dict:
+    """`run_spec` in a Ray worker, its result naming the node it ran on (recorded in `sleeves.json`)."""
+    import socket
+
+    import ray
+
+    result = run_spec(spec)
+    result["node"] = {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+                      "host": socket.gethostname()}
+    return result
+
+
 def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
-                 on_done: Callable) -> list[dict]:
-    with ray_session(address, private, connect_timeout_s) as ray_start:
+                 on_done: Callable, auth: dict[str, str] | None = None) -> list[dict]:
+    with ray_session(address, private, connect_timeout_s, auth) as ray_start:
         import ray  # only now: Ray reads part of the environment ray_session sets when it is imported
 
-        task = ray.remote(num_cpus=1, max_retries=0)(run_spec)
+        task = ray.remote(num_cpus=1, max_retries=0)(run_spec_on_node)
         pending = {task.remote(spec): spec for spec in specs}
         results = []
         try:
@@ -202,16 +224,14 @@ def local_ray_files(run_dir: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def _ray_env(private: Path | None) -> Iterator[None]:
+def _ray_env(auth: dict[str, str] | None) -> Iterator[None]:
     """Ray's own settings for this session (Ray reads them from the environment, here and in every process it
-    starts), restored on exit. Always: no usage stats. A local instance (`private` given): token auth with its
-    token file (`RAY_AUTH_MODE=token`, `RAY_AUTH_TOKEN_PATH`; a `RAY_AUTH_TOKEN` would take precedence, so it is
-    unset) and single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), which makes Ray keep 127.0.0.1 as
-    the node address and bind its servers there. A cluster's auth settings are the user's: left alone."""
+    starts), restored on exit. Always: no usage stats. A workbook-owned instance (a meta's own, or the workbook
+    cluster): `auth`, its token auth settings (`cluster.ray_env`; a `RAY_AUTH_TOKEN` would take precedence over
+    the token file, so it is unset). Another cluster's auth settings are the user's: left alone."""
     wanted: dict[str, str | None] = {"RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
-    if private is not None:
-        wanted.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(private / "auth_token"), RAY_AUTH_TOKEN=None,
-                      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    if auth is not None:
+        wanted.update(auth, RAY_AUTH_TOKEN=None)
     saved = {key: os.environ.get(key) for key in wanted}
 
     def apply(values: dict[str, str | None]) -> None:
@@ -240,17 +260,19 @@ def _reload_ray_auth() -> None:
 
 
 @contextmanager
-def ray_session(address: str | None, private: Path | None, connect_timeout_s: float) -> Iterator[float]:
+def ray_session(address: str | None, private: Path | None, connect_timeout_s: float,
+                auth: dict[str, str] | None = None) -> Iterator[float]:
     """Ray for one meta stage, shut down on exit (pass, fail or Ctrl-C); yields the seconds it took to start.
 
     No `address`: a fresh local instance (never another meta's) with its files in `private`
     (`local_ray_files`): token auth with its own token, every server on 127.0.0.1. An `address`: join that
-    cluster, giving up after `connect_timeout_s` (Ray itself retries for minutes when nothing answers).
+    cluster (with `auth`, the workbook cluster's token settings), giving up after `connect_timeout_s` (Ray
+    itself retries for minutes when nothing answers).
     """
     if address is None and private is None:
         raise ValueError("ray_session: a local Ray instance needs its private folder (fanout.local_ray_files)")
     start = time.perf_counter()
-    with _ray_env(None if address else private):
+    with _ray_env(auth if address else ray_env(private, loopback=True)):
         import ray
 
         try:

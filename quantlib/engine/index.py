@@ -11,7 +11,7 @@ from quantlib.core.errors import WorkbookError
 from quantlib.core.figures import STATIC_DIR, run_static_root
 from quantlib.core.gates import verdict
 from quantlib.core.registry import stages
-from quantlib.core.runs import INDEX, STALE_AFTER_S, Run, describe_process, run_status
+from quantlib.core.runs import INDEX, REPORT, STALE_AFTER_S, Run, describe_process, run_status
 
 
 def write_index(run: Run, phase: str) -> Path:
@@ -23,8 +23,12 @@ def render_index(run: Run, phase: str) -> str:
     """The text of INDEX.md (also what `run_book.py show` prints, with the status as read now)."""
     m = run.manifest
     status = run.status
-    lines = [f"# Run `{m['run_id']}`", "",
-             f"- **Status:** {status}",
+    report = m.get("report") or {}
+    lines = [f"# Run `{m['run_id']}`", ""]
+    if report.get("sha256"):  # the page to open first (engine.run_report)
+        lines += [f"**Report: [{REPORT}]({REPORT})** -- the run on one page (out-of-sample performance, "
+                  "composition, gates)", ""]
+    lines += [f"- **Status:** {status}",
              f"- **Profile:** `{m['profile']}` (extends: {' <- '.join(m.get('extends_chain', []))})",
              f"- **Run id:** `{m['run_id']}`",
              f"- **Phase:** {phase}",
@@ -72,6 +76,8 @@ def render_index(run: Run, phase: str) -> str:
                      f"{f'[ipynb]({nb})' if nb else ''} | {f'[html]({html})' if html else ''} |")
     lines += _gate_lines(run, phase) + _children_lines(run) + _change_lines(m)
     lines += ["", "## Artifacts", "", "| file | sha256 |", "|---|---|"]
+    if report.get("sha256"):
+        lines.append(f"| [{REPORT}]({REPORT}) | `{report['sha256'][:12]}` |")
     for stage in stages(phase):
         rec = m.get("stages", {}).get(stage.name, {})
         for rel, digest in rec.get("outputs", {}).items():
@@ -112,9 +118,10 @@ def _children_lines(run: Run) -> list[str]:
         except WorkbookError:
             doc = {}
         sid = manifest.parent.name
+        page = f" · [{REPORT}](sleeves/{sid}/{REPORT})" if (doc.get("report") or {}).get("sha256") else ""
         rows.append(f"| {sid} | `{doc.get('profile', '?')}` | {doc.get('phase', '?')} | "
                     f"{run_status(doc, manifest) if doc else 'UNREADABLE'} | "
-                    f"[INDEX.md](sleeves/{sid}/INDEX.md) |")
+                    f"[INDEX.md](sleeves/{sid}/INDEX.md){page} |")
     return ["", "## Sleeve runs", "", "| sleeve | profile | phase | status | report |", "|---|---|---|---|---|", *rows] if rows else []
 
 

@@ -23,6 +23,8 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -32,10 +34,15 @@ from quantlib.core.runs import INDEX, list_runs
 from quantlib.core.workspace import Workspace
 
 SCRIPT = "run_book.py"
-KINDS = ("data", "sleeve", "meta")
+KINDS = ("demo", "data", "sleeve", "meta")
+DEMO = ":demo"
+"""The profile picker's first entry (and default): `python run_book.py demo`, the whole offline workflow."""
+DEMO_DESCRIPTION = ("the whole workflow offline: data runs of demo and demo_equities, then the demo_meta "
+                    "portfolio (three sleeves, validated walk-forward)")
 SLEEVE_FLAGS = ("--skip-validation", "--skip-analysis")  # canonical order in a sleeve command
 PROFILE_COLUMNS = ["profile", "kind", "description", "extends", "error"]
-RUN_COLUMNS = ["run_id", "profile", "phase", "status", "stages", "created_at", "link"]
+RUN_COLUMNS = ["run_id", "profile", "phase", "status", "stages", "created_at", "link", "depth"]
+NESTED = "sleeves"  # a meta's sleeve runs: <runs>/<META>/sleeves/<id>/
 POLL_SECONDS = 2.0
 POLL_LIMIT = 900  # polls per run (30 min at 2 s); the Refresh button works after that
 
@@ -92,14 +99,27 @@ def default_runs_dir() -> Path:
 
 
 def run_table(runs_dir: str | Path | None = None, link_base: str | Path | None = None) -> pd.DataFrame:
-    """`quantlib.core.runs.list_runs` as a frame (newest first) with a `link` column: the path of each run's
-    INDEX.md (relative to `link_base` when given, else absolute; "" when the run has no INDEX.md yet)."""
+    """`quantlib.core.runs.list_runs` as a frame (newest first), each meta followed by its nested sleeve runs
+    (`run_id` `META/sleeves/ID`, `depth` 1), with a `link` column: the path of each run's INDEX.md
+    (relative to `link_base` when given, else absolute; "" when the run has no INDEX.md yet)."""
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-    rows = list_runs(runs_dir) if runs_dir.exists() else []
+    rows = _runs_under(runs_dir, Path(), 0) if runs_dir.exists() else []
     for row in rows:
         index = (runs_dir / row["run_id"] / INDEX).resolve()
         row["link"] = _link(index, link_base) if index.exists() else ""
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _runs_under(runs_dir: Path, rel: Path, depth: int) -> list[dict]:
+    """`list_runs` of `runs_dir / rel`, each run followed by the runs nested in it (a meta's
+    `sleeves/<id>`, `run_id` = that path relative to `runs_dir`, `depth` 1, 2, ...)."""
+    rows = []
+    for row in list_runs(runs_dir / rel):
+        row_rel = rel / row["run_id"]
+        rows.append({**row, "run_id": row_rel.as_posix(), "depth": depth})
+        if (runs_dir / row_rel / NESTED).is_dir() and depth < 3:
+            rows.extend(_runs_under(runs_dir, row_rel / NESTED, depth + 1))
+    return rows
 
 
 def _link(path: Path, base: str | Path | None) -> str:
@@ -108,11 +128,53 @@ def _link(path: Path, base: str | Path | None) -> str:
     return Path(os.path.relpath(path, Path(base).resolve())).as_posix()
 
 
-def index_html(run_dir: str | Path, link_base: str | Path | None = None) -> str:
-    """A run's INDEX.md as HTML, its relative links rewritten against `link_base` (default: the run dir,
-    i.e. left as written), plus a list of links to the HTML exports of its executed notebooks.
+def jupyter_server(cwd: str | Path | None = None) -> dict | None:
+    """The Jupyter server this kernel was started by (`jupyter_server.serverapp.list_running_servers`:
+    the one whose pid is the kernel's parent, else -- in a kernel Jupyter started, `$JPY_SESSION_NAME`
+    set -- the one whose root folder holds the working directory); None outside Jupyter."""
+    try:
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:  # pragma: no cover - jupyter_server ships with jupyterlab
+        return None
+    try:
+        servers = list(list_running_servers())
+    except OSError:
+        return None
+    parent = next((info for info in servers if info.get("pid") == os.getppid()), None)
+    if parent is not None or not os.environ.get("JPY_SESSION_NAME"):
+        return parent
+    here = Path(cwd or Path.cwd()).resolve()
+    inside = [info for info in servers if here.is_relative_to(Path(info.get("root_dir", "/")).resolve())]
+    return max(inside, key=lambda info: len(str(info["root_dir"]))) if inside else None
 
-    Markdown is rendered with mistune (an nbconvert dependency); without it the text is shown as-is.
+
+def jupyter_href(path: str | Path, server: dict) -> str | None:
+    """The URL path under which `server` serves `path` (None if outside its root folder): an HTML page
+    as the raw file, `<base_url>files/<path>` -- a browser tab that runs its scripts (the server
+    confines them with `Content-Security-Policy: sandbox allow-scripts`), so the charts draw, where
+    JupyterLab's HTML viewer shows them blank until "Trust HTML"; anything else (notebooks, INDEX.md,
+    artifacts) `<base_url>lab/tree/<path>`, opened in JupyterLab."""
+    root = Path(server.get("root_dir") or "/").resolve()
+    target = Path(path).resolve()
+    if not target.is_relative_to(root):
+        return None
+    base = "/" + str(server.get("base_url") or "/").strip("/") + "/"
+    base = "/" if base == "//" else base
+    kind = "files" if target.suffix.lower() in (".html", ".htm") else "lab/tree"
+    return f"{base}{kind}/{quote(target.relative_to(root).as_posix())}"
+
+
+REPORT_FOLDERS = ("notebooks", "reports", "plots")
+"""The folders of a run whose HTML pages the panel lists under the rendered INDEX.md."""
+
+
+def index_html(run_dir: str | Path, link_base: str | Path | None = None, server: dict | None = None) -> str:
+    """A run's INDEX.md as HTML, plus a list of links to its HTML pages (notebook exports, reports, plots).
+
+    Relative links point, with a Jupyter `server`, at its URLs (`jupyter_href`: HTML pages open in a new
+    browser tab with their charts drawn); else they are rewritten against `link_base` (default: the run
+    dir, i.e. left as written). Markdown is rendered with mistune (an nbconvert dependency); without it
+    the text is shown as-is.
     """
     run_dir = Path(run_dir)
     index = run_dir / INDEX
@@ -120,11 +182,17 @@ def index_html(run_dir: str | Path, link_base: str | Path | None = None) -> str:
         return f"<p><i>{html.escape(str(index))} does not exist yet (the run has not finished a stage).</i></p>"
     text = index.read_text(encoding="utf-8")
 
+    def href(path: Path, written: str) -> str:
+        url = jupyter_href(path, server) if server else None
+        if url:
+            return url
+        return _link(path.resolve(), link_base) if link_base is not None else written
+
     def rewrite(match: re.Match) -> str:
         label, target = match.group(1), match.group(2)
-        if re.match(r"^[a-z]+:", target) or target.startswith(("#", "/")) or link_base is None:
+        if re.match(r"^[a-z]+:", target) or target.startswith(("#", "/")) or (link_base is None and not server):
             return match.group(0)
-        return f"[{label}]({_link((run_dir / target).resolve(), link_base)})"
+        return f"[{label}]({href(run_dir / target, target)})"
 
     text = re.sub(r"\[([^\]]*)\]\(([^)\s]+)\)", rewrite, text)
     try:
@@ -134,11 +202,12 @@ def index_html(run_dir: str | Path, link_base: str | Path | None = None) -> str:
     except ImportError:  # pragma: no cover - mistune ships with nbconvert
         body = f"<pre>{html.escape(text)}</pre>"
     body = body.replace("<a href=", '<a target="_blank" href=')
-    exports = sorted((run_dir / "notebooks").glob("*.html"))
-    if exports:
-        items = "".join(f'<li><a target="_blank" href="{html.escape(_link(p.resolve(), link_base) if link_base else "notebooks/" + p.name)}">'
-                        f"{html.escape(p.name)}</a></li>" for p in exports)
-        body += f"<h3>Notebook reports (HTML)</h3><ul>{items}</ul>"
+    pages = [p for folder in REPORT_FOLDERS for p in sorted((run_dir / folder).glob("*.html"))]
+    if pages:
+        items = "".join(f'<li><a target="_blank" href="{html.escape(href(p, p.relative_to(run_dir).as_posix()))}">'
+                        f"{html.escape(p.relative_to(run_dir).as_posix())}</a></li>" for p in pages)
+        how = (" (each opens in a new browser tab, charts drawn)" if server else "")
+        body += f"<h3>HTML reports{how}</h3><ul>{items}</ul>"
     return body
 
 
@@ -146,13 +215,17 @@ def index_html(run_dir: str | Path, link_base: str | Path | None = None) -> str:
 def command_for(kind: str, profile: str, run_id: str | None = None, flags: Iterable[str] = ()) -> list[str]:
     """The `python run_book.py ...` argv that runs `profile` as `kind`.
 
-    data -> `data --profile P`; sleeve -> `sleeve P [--skip-validation] [--skip-analysis]`;
+    demo -> `demo [--executor local]` (the profile is ignored); data -> `data --profile P`; sleeve -> `sleeve P [--skip-validation] [--skip-analysis]`;
     meta -> `meta P [flags...]` (e.g. `--executor local`, `--ray-address ADDR`, passed through);
     `--run-id R` is appended to resume run R. Flags a kind does not take are a ValueError.
     """
     flags = list(flags)
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "demo":
+        if run_id or any(f not in ("--executor", "local") for f in flags):
+            raise ValueError(f"the demo takes only --executor local, got {flags}{' and a run id' if run_id else ''}")
+        return ["python", SCRIPT, "demo", *flags]
     if not profile:
         raise ValueError("no profile given")
     if kind == "data":
@@ -214,22 +287,30 @@ def _walk(widget) -> Iterable:
 
 
 def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path | None = None,
-                   link_base: str | Path | None = None):
-    """The control panel: profile picker, flags, Run/Refresh with the log tail, runs table, INDEX.md.
+                   link_base: str | Path | None = None, server: dict | None = None):
+    """The control panel: profile picker (the demo first, and picked), flags, Run/Refresh with the log
+    tail, runs table, a run picker (nested sleeve runs too) rendering the picked run's INDEX.md.
 
-    `link_base` is the directory links in the rendered INDEX.md are made relative to (default: the
-    kernel's working directory, which in JupyterLab is the notebook's folder).
+    Everything is the current workspace's (`Workspace.current()`: the checkout JupyterLab opened):
+    profiles, runs, and the `run_book.py` that Run starts. Links in the rendered INDEX.md go through the
+    Jupyter `server` (default: `jupyter_server()`, the one running this kernel; HTML pages open in a new
+    browser tab with their charts); without one they are relative to `link_base` (default: the kernel's
+    working directory, the notebook's folder).
     """
     import ipywidgets as w
 
-    runs_path = Path(runs_dir) if runs_dir else default_runs_dir()
+    workspace = Workspace.current()
+    runs_path = Path(runs_dir) if runs_dir else workspace.runs
     link_base = Path(link_base) if link_base else Path.cwd()
-    profiles = profile_table(Path(profiles_dir) if profiles_dir else None)
+    server = server if server is not None else jupyter_server()
+    profiles = profile_table(Path(profiles_dir) if profiles_dir else workspace.profiles)
     info = {r.profile: r for r in profiles.itertuples(index=False)}
+    info[DEMO] = SimpleNamespace(profile=DEMO, kind="demo", description=DEMO_DESCRIPTION, extends="", error="")
 
-    profile_dd = w.Dropdown(description="Profile", options=[(f"{r.profile} · {r.kind}", r.profile)
-                                                            for r in profiles.itertuples(index=False)],
-                            layout=w.Layout(width="480px"))
+    profile_dd = w.Dropdown(description="Profile",
+                            options=[("demo · the whole offline workflow (python run_book.py demo)", DEMO)]
+                            + [(f"{r.profile} · {r.kind}", r.profile) for r in profiles.itertuples(index=False)],
+                            value=DEMO, layout=w.Layout(width="480px"))
     profile_info = w.HTML()
     skip_validation = w.Checkbox(description="--skip-validation", value=False, indent=False)
     skip_analysis = w.Checkbox(description="--skip-analysis", value=False, indent=False)
@@ -245,14 +326,15 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
     runs_refresh = w.Button(description="Refresh runs", icon="refresh")
     run_dd = w.Dropdown(description="Run", options=[], layout=w.Layout(width="640px"))
     index_view = w.HTML()
-    state = {"proc": None, "polls": 0, "timer": None}
+    state = {"proc": None, "polls": 0, "timer": None, "known": None, "new": None}
 
     def current_argv() -> list[str]:
         name = profile_dd.value
         flags = [cb.description for cb in (skip_validation, skip_analysis) if cb.value and not cb.disabled]
         if local.value and not local.disabled:
             flags += ["--executor", "local"]
-        return command_for(info[name].kind, name, resume.value.strip() or None, flags)
+        run_id = None if resume.disabled else resume.value.strip() or None
+        return command_for(info[name].kind, name, run_id, flags)
 
     def on_profile(_=None) -> None:
         row = info.get(profile_dd.value)
@@ -260,10 +342,12 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
             return
         is_sleeve = row.kind == "sleeve"
         skip_validation.disabled = skip_analysis.disabled = not is_sleeve
-        local.disabled = row.kind != "meta"
+        local.disabled = row.kind not in ("meta", "demo")
+        resume.disabled = row.kind == "demo"
         error = f"<br><span style='color:#b00'>{html.escape(row.error)}</span>" if row.error else ""
         profile_info.value = (f"<b>{html.escape(row.kind)}</b> · {html.escape(row.description)}<br>"
-                              f"<small>extends: {html.escape(row.extends)}</small>{error}")
+                              + (f"<small>extends: {html.escape(row.extends)}</small>" if row.extends else "")
+                              + error)
         on_options()
 
     def on_options(_=None) -> None:
@@ -282,8 +366,8 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
                              f"log {html.escape(str(proc.log_path))}")
         # set outputs directly: `with log:` does not capture output from the Timer's thread
         log.outputs = ({"output_type": "stream", "name": "stdout", "text": tail(proc.log_path, 40)},)
-        if code is not None:
-            refresh_runs()
+        if code is not None or state["new"] is None:
+            refresh_runs()  # while it runs: until the new run appears; then once more when it ends
 
     def poll() -> None:
         show_log()
@@ -306,26 +390,32 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
         except ValueError as exc:
             status.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
             return
-        state["proc"] = start_run(argv, runs_dir=runs_path, cwd=Workspace.current().root)
+        state["known"] = set(run_table(runs_path)["run_id"])
+        state["new"] = None
+        state["proc"] = start_run(argv, runs_dir=runs_path, cwd=workspace.root)
         state["polls"] = 0
         poll()
 
     def refresh_runs(_=None) -> None:
         table = run_table(runs_path, link_base)
-        shown = table.drop(columns=["link"]).head(30)
+        shown = table[table["depth"] == 0].drop(columns=["link", "depth"]).head(30)
         runs_out.outputs = ({"output_type": "display_data", "metadata": {},
                              "data": {"text/html": shown.to_html(index=False) if len(table) else
                                       f"<i>no runs under {html.escape(str(runs_path))}</i>",
                                       "text/plain": shown.to_string() if len(table) else f"no runs under {runs_path}"}},)
         previous = run_dd.value
-        run_dd.options = [(f"{r.run_id} · {r.status}", r.run_id) for r in table.itertuples(index=False)]
+        run_dd.options = [(f"{'    ' * r.depth}{'└ ' if r.depth else ''}{r.run_id} · {r.profile} · {r.status}", r.run_id)
+                          for r in table.itertuples(index=False)]
         ids = list(table["run_id"])
+        fresh = [i for i in ids if state["known"] is not None and i not in state["known"] and "/" not in i]
+        if fresh and state["new"] is None:  # the run Run started: picked once, as soon as it exists
+            state["new"] = previous = fresh[0]
         if ids:  # keep the picked run; else the newest (ipywidgets leaves the value empty otherwise)
             run_dd.value = previous if previous in ids else ids[0]
         on_pick()
 
     def on_pick(_=None) -> None:
-        index_view.value = (index_html(runs_path / run_dd.value, link_base) if run_dd.value
+        index_view.value = (index_html(runs_path / run_dd.value, link_base, server) if run_dd.value
                             else "<i>pick a run</i>")
 
     profile_dd.observe(on_profile, names="value")

@@ -25,7 +25,7 @@ from pathlib import Path
 from quantlib.core import registry, storage
 from quantlib.core.errors import WorkbookError
 from quantlib.core.integrity import recorded_files
-from quantlib.core.runs import MANIFEST, RESOLVED_PROFILE, Run, git_revision, package_versions
+from quantlib.core.runs import MANIFEST, REPORT, RESOLVED_PROFILE, Run, git_revision, package_versions
 from quantlib.core.workspace import Workspace
 from quantlib.engine.verify_gates import Item, gate_items, meta_sleeves
 
@@ -140,6 +140,9 @@ def _files(run: Run, prefix: str, declared: bool = True) -> Iterator[Item]:
             yield Item("MISMATCH", prefix + rec.rel, str(exc))
             continue
         yield _file_item(prefix, rec.rel, path, rec.sha256, what, f"{prefix}{groups[rec.kind]}")
+    report = run.manifest.get("report") or {}
+    if report.get("sha256"):  # the run's page (engine.run_report), written after its last stage
+        yield _file_item(prefix, REPORT, run.dir / REPORT, report["sha256"], "the run's report page", f"{prefix}report")
     if not declared:
         return
     stages = run.manifest.get("stages") or {}

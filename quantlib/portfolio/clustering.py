@@ -65,3 +65,37 @@ def ward_clusters(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: 
     if labels.max() > max_clusters:
         labels = fcluster(z, t=max_clusters, criterion="maxclust")
     return Clusters(pd.Series(labels.astype(int), index=cols, name="cluster"), z, dist)
+
+
+def match_labels(previous: pd.Series, current: pd.Series, next_id: int) -> tuple[dict, int]:
+    """Ids for `current`'s clusters that continue `previous`'s: {current id: id} and the next fresh id.
+
+    `previous` and `current` map item (atom) -> cluster id. The overlap matrix counts, for each pair
+    (current cluster, previous cluster), the items they share; the assignment maximizing the total
+    overlap (Hungarian, `scipy.optimize.linear_sum_assignment`, each previous id used at most once)
+    gives a current cluster its previous id; a cluster matched to nothing it overlaps (overlap 0, or
+    more current than previous clusters) gets a fresh id `next_id`, `next_id + 1`, ... in the order of
+    its smallest original id. Only ids change: which items are together is untouched."""
+    from scipy.optimize import linear_sum_assignment
+
+    cur_ids = sorted(pd.unique(current.dropna()).tolist(), key=_id_key)
+    prev_ids = sorted(pd.unique(previous.dropna()).tolist(), key=_id_key)
+    mapping: dict = {}
+    if cur_ids and prev_ids:
+        shared = current.index.intersection(previous.index)
+        joint = pd.crosstab(current.reindex(shared), previous.reindex(shared))
+        overlap = joint.reindex(index=cur_ids, columns=prev_ids, fill_value=0).to_numpy()
+        rows, cols = linear_sum_assignment(-overlap)
+        mapping = {cur_ids[r]: prev_ids[c] for r, c in zip(rows, cols) if overlap[r, c] > 0}
+    for cid in cur_ids:
+        if cid not in mapping:
+            mapping[cid] = next_id
+            next_id += 1
+    return mapping, next_id
+
+
+def _id_key(value) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

@@ -18,6 +18,8 @@ Clusters and distances are the ones of selection (§2.2): `clustering.average_co
 """
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 
@@ -132,6 +134,25 @@ def _runs(values: list) -> list[tuple[int, int, object]]:
     return out
 
 
+def short_names(names: list[str]) -> tuple[list[str], str]:
+    """Axis labels for atom ids: the prefix and suffix every id shares are cut (`BINANCE:SUSHIUSDT/rating_all/LONG`
+    -> `SUSHIUSDT` when all share `BINANCE:` and `/rating_all/LONG`), cut only at a `:` or `/`, and only if
+    the labels stay distinct and non-empty. Returns (labels, the shared part as `prefix…suffix`, "" if none)."""
+    import os
+
+    if len(names) < 2:
+        return list(names), ""
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[:max(prefix.rfind(":"), prefix.rfind("/")) + 1]
+    rev = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    cut = [i for i, ch in enumerate(rev) if ch in ":/"]
+    suffix = rev[cut[0]:] if cut else ""
+    short = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    if not all(short) or len(set(short)) < len(short):
+        return list(names), ""
+    return short, f"{prefix}…{suffix}" if (prefix or suffix) else ""
+
+
 def cluster_map(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: int = 25):
     """Heatmap of the averaged correlation (same lookbacks as the clusters) in dendrogram order.
 
@@ -149,7 +170,7 @@ def cluster_map(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: in
     lab = [str(v) for v in labels]
     hover = [[f"{order[i]} (cluster {lab[i]})<br>{order[j]} (cluster {lab[j]})" for j in range(len(order))]
              for i in range(len(order))]
-    names = [str(a) for a in order]
+    names, common = short_names([str(a) for a in order])
     fig = go.Figure(go.Heatmap(
         z=rho.to_numpy(), x=names, y=names, zmin=-1.0, zmax=1.0, colorscale="RdBu_r",
         colorbar=dict(title="corr"), text=hover,
@@ -161,10 +182,11 @@ def cluster_map(returns: pd.DataFrame, threshold: float = 0.45, max_clusters: in
     size = max(420, min(1000, 220 + 18 * len(order)))
     fig.update_layout(
         title=f"Cluster map: averaged correlation in dendrogram order "
-              f"({clusters.count} clusters, Ward cut at {threshold})",
-        height=size, width=size + 80,
-        xaxis=dict(type="category", tickangle=-60, constrain="domain"),
-        yaxis=dict(type="category", autorange="reversed", scaleanchor="x"))
+              f"({clusters.count} clusters, Ward cut at {threshold:g})"
+              + (f"<br><sup>atoms {html.escape(common)}</sup>" if common else ""),
+        height=size + 60, width=size + 160,
+        xaxis=dict(type="category", tickangle=-60, constrain="domain", automargin=True),
+        yaxis=dict(type="category", autorange="reversed", scaleanchor="x", automargin=True))
     return fig
 
 
@@ -322,55 +344,113 @@ def drift_table(history: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def drift_monitor(history: pd.DataFrame, profile: str):
+TOP_SERIES = 10
+"""Drift and cluster charts draw this many atoms / clusters (largest mean weight) and one "other"."""
+OTHER_COLOUR, UNCLUSTERED_COLOUR = "#b0b0b0", "#dddddd"
+
+
+def stable_cluster_ids(history: pd.DataFrame) -> pd.DataFrame:
+    """`history` with `cluster` renumbered per profile so that an id names the same group over time.
+
+    Rebalances are walked in order; the first keeps its ids, each later one takes the ids of the
+    previous rebalance by maximum overlap of atoms (`clustering.match_labels`, Hungarian), and a
+    cluster that continues none gets a fresh id (never used before in that profile). Which atoms are
+    together is unchanged; only the numbers move -- for charts: the recorded artifacts keep the
+    optimizer's ids. `cluster` comes back as nullable Int64 (NaN stays <NA>)."""
+    h = _check_history(history).sort_values(["profile", "rebalance", "atom_id"], kind="stable").copy()
+    out = pd.Series(pd.NA, index=h.index, dtype="Int64")
+    for _, sub in h.groupby("profile", sort=True):
+        previous, next_id = None, None
+        for _, snap in sub.groupby("rebalance", sort=True):
+            current = pd.Series(snap["cluster"].to_numpy(), index=snap["atom_id"].to_numpy()).dropna().astype(int)
+            if previous is None:
+                mapping = {c: c for c in current.unique().tolist()}
+                next_id = max(mapping, default=0) + 1
+            else:
+                mapping, next_id = clustering.match_labels(previous, current, next_id)
+            relabelled = current.map(mapping)
+            known = snap["cluster"].notna().to_numpy()
+            out.loc[snap.index[known]] = relabelled.to_numpy()
+            previous = relabelled
+    h["cluster"] = out
+    return h
+
+
+def _top_columns(wide: pd.DataFrame, n: int) -> tuple[list, list]:
+    """(the `n` columns of largest mean, largest first; the others)."""
+    order = list(wide.mean().sort_values(ascending=False, kind="stable").index)
+    return order[:n], order[n:]
+
+
+def drift_monitor(history: pd.DataFrame, profile: str, top: int = TOP_SERIES):
     """Two rows for one profile: stacked area of atom weights per rebalance (top), turnover bars (bottom).
 
-    Atoms absent at a rebalance are drawn at weight 0; areas are ordered by mean weight (largest at
-    the bottom). Raises ``ValueError`` if `profile` is not in `history`.
+    The `top` atoms of largest mean weight are drawn one by one (largest at the bottom), the rest summed
+    as "other (k atoms)"; atoms absent at a rebalance count as weight 0. Turnover is over all atoms.
+    Raises ``ValueError`` if `profile` is not in `history`.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     sub = _profile_history(history, profile)
     wide = sub.pivot(index="rebalance", columns="atom_id", values="weight").sort_index().fillna(0.0)
-    wide = wide[wide.mean().sort_values(ascending=False, kind="stable").index]
+    shown, rest = _top_columns(wide, top)
     drift = drift_table(sub)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.08,
                         subplot_titles=("Atom weights", "Turnover (½ Σ|Δw|)"))
-    for atom in wide.columns:
+    for atom in shown:
         fig.add_trace(go.Scatter(x=wide.index, y=wide[atom].to_numpy(), name=str(atom), mode="lines",
                                  stackgroup="weights", line=dict(width=0.5),
                                  hovertemplate=f"{atom}<br>%{{x}}<br>weight %{{y:.4f}}<extra></extra>"),
+                      row=1, col=1)
+    if rest:
+        name = f"other ({len(rest)} atoms)"
+        fig.add_trace(go.Scatter(x=wide.index, y=wide[rest].sum(axis=1).to_numpy(), name=name, mode="lines",
+                                 stackgroup="weights", line=dict(width=0.5, color=OTHER_COLOUR),
+                                 fillcolor=OTHER_COLOUR,
+                                 hovertemplate=f"{name}<br>%{{x}}<br>weight %{{y:.4f}}<extra></extra>"),
                       row=1, col=1)
     fig.add_trace(go.Bar(x=drift["rebalance"], y=drift["turnover"], name="turnover", marker_color="#444",
                          showlegend=False, hovertemplate="%{x}<br>turnover %{y:.4f}<extra></extra>"),
                   row=2, col=1)
     fig.update_yaxes(title_text="weight", row=1, col=1)
     fig.update_yaxes(title_text="turnover", row=2, col=1)
-    fig.update_layout(title=f"Drift monitor: {profile}", height=620, hovermode="closest")
+    fig.update_layout(title=f"Drift monitor: {profile} (top {len(shown)} atoms by mean weight"
+                            + (f", {len(rest)} more as other)" if rest else ")"),
+                      height=620, hovermode="closest", legend_title_text="atom")
     return fig
 
 
-def cluster_composition(history: pd.DataFrame, profile: str):
+def cluster_composition(history: pd.DataFrame, profile: str, top: int = TOP_SERIES):
     """Stacked bars for one profile: total weight per cluster at each rebalance (one trace per cluster).
 
-    Atoms without a cluster are grouped as "unclustered". Raises ``ValueError`` for an unknown profile.
+    Cluster ids are `stable_cluster_ids` (a colour is the same group over time); the `top` clusters
+    of largest mean weight are drawn one by one, the rest summed as "other clusters", atoms without a
+    cluster as "unclustered". Raises ``ValueError`` for an unknown profile.
     """
     import plotly.express as px
     import plotly.graph_objects as go
 
-    sub = _profile_history(history, profile).copy()
-    sub["cluster_name"] = [("unclustered" if pd.isna(c) else f"cluster {c}") for c in sub["cluster"]]
-    keys = {name: (1, 0.0, "") if name == "unclustered" else _cluster_sort_key(c)
-            for name, c in zip(sub["cluster_name"], sub["cluster"])}
-    table = sub.pivot_table(index="rebalance", columns="cluster_name", values="weight", aggfunc="sum",
-                            fill_value=0.0).sort_index()
+    sub = stable_cluster_ids(_profile_history(history, profile))
+    clustered = sub.loc[sub["cluster"].notna()]
+    table = clustered.pivot_table(index="rebalance", columns="cluster", values="weight", aggfunc="sum",
+                                  fill_value=0.0).reindex(sorted(sub["rebalance"].unique())).fillna(0.0)
+    shown, rest = _top_columns(table, top) if len(table.columns) else ([], [])
+    first_seen = {c: table.index[table[c].to_numpy() != 0][:1].tolist() or [table.index[-1]] for c in shown}
     palette = px.colors.qualitative.Dark24
+    series = [(f"cluster {c}", table[c], palette[k % len(palette)])
+              for k, c in enumerate(sorted(shown, key=lambda c: (first_seen[c][0], c)))]
+    if rest:
+        series.append((f"other clusters ({len(rest)})", table[rest].sum(axis=1), OTHER_COLOUR))
+    loose = sub.loc[sub["cluster"].isna()]
+    if len(loose):
+        series.append(("unclustered", loose.groupby("rebalance")["weight"].sum().reindex(table.index, fill_value=0.0),
+                       UNCLUSTERED_COLOUR))
     fig = go.Figure()
-    for k, name in enumerate(sorted(table.columns, key=lambda n: keys[n])):
-        fig.add_trace(go.Bar(x=table.index, y=table[name].to_numpy(), name=name,
-                             marker_color=palette[k % len(palette)],
+    for name, values, colour in series:
+        fig.add_trace(go.Bar(x=values.index, y=values.to_numpy(), name=name, marker_color=colour,
                              hovertemplate=f"{name}<br>%{{x}}<br>weight %{{y:.4f}}<extra></extra>"))
-    fig.update_layout(barmode="relative", title=f"Cluster composition per rebalance: {profile}",
-                      yaxis_title="weight", height=420, legend_title_text="cluster")
+    fig.update_layout(barmode="relative", yaxis_title="weight", height=460, legend_title_text="cluster",
+                      title=f"Cluster composition per rebalance: {profile}<br><sup>cluster ids follow the "
+                            f"largest overlap with the previous rebalance; top {len(shown)} by mean weight</sup>")
     return fig

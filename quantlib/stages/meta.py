@@ -84,6 +84,7 @@ def flatten(ctx: StageContext) -> dict:
     flat = flatten_meta(weights, load_books(refs, cfg.allocation.risk_profile))
     doc = {"exposures": exposures(flat), "cap_check": physical_cap_check(flat, cfg.physical_cap)}
     ctx.write("meta_flattened", flat)
+    ctx.write("meta_flattened_csv", flat.to_csv(index=False))  # for spreadsheets; the report links it
     ctx.write("exposures", doc)
     return {"flat": flat, **doc}
 

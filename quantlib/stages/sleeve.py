@@ -9,7 +9,6 @@ universe is the walk-forward's universe at t = now.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,6 +17,7 @@ from quantlib.backtest import walkforward
 from quantlib.core import figures, registry, storage
 from quantlib.core.gates import GateResult, enforce
 from quantlib.core.profiles import ANNUALIZATION
+from quantlib.core.progress import progress as progress_bar
 from quantlib.core.runs import Run, locate_data_run, utc_now
 from quantlib.data.scanners import Scanner
 from quantlib.engine.context import StageContext
@@ -252,12 +252,7 @@ WALK_FORWARD_TABLES = {"wf_windows": "windows", "wf_universe": "universe", "wf_f
 
 def validate(ctx: StageContext, progress: bool = True):
     """Walk-forward validation on the run's own artifacts; writes backtest/*; parity gates the stage."""
-    bar = None
-    if progress:
-        from tqdm import tqdm  # the text bar: a widget bar would be saved as "0%" in the executed notebook
-
-        bar = lambda it: tqdm(it, desc="walk-forward windows", unit="window", file=sys.stdout,  # noqa: E731
-                              mininterval=1.0)
+    bar = (lambda it: progress_bar(it, "walk-forward windows", "window")) if progress else None  # noqa: E731
     wf = walkforward.run(ctx.read("returns"), ctx.read("screener"), scanners_of(ctx), ctx.read("benchmark")["benchmark"],
                          ctx.profile, progress=bar)
     for name, attribute in WALK_FORWARD_FRAMES.items():

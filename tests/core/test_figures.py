@@ -129,3 +129,99 @@ def test_compact_notebook_figures_is_the_same_notebook_with_one_line_per_figure(
 
     path.write_text("{ truncated", encoding="utf-8")
     assert compact_notebook_figures(path) == 0 and path.read_text(encoding="utf-8") == "{ truncated"
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts that can be read; funnels that name their filters
+# ----------------------------------------------------------------------------------------------
+def test_wrap_title_breaks_at_spaces_and_keeps_tagged_lines():
+    from quantlib.core.figures import wrap_title
+
+    assert wrap_title("aaa bbb ccc", 7) == "aaa bbb<br>ccc"
+    assert wrap_title("short", 40) == "short"
+    assert wrap_title("aaa bbb<br><sup>x y z w</sup>", 10) == "aaa bbb<br><sup>x y z w</sup>"
+
+
+def test_readable_layout_wraps_a_long_title_and_makes_room_for_it():
+    from quantlib.core.figures import readable_layout
+
+    title = "Cluster map: averaged correlation in dendrogram order (16 clusters, Ward cut at 0.45)"
+    doc = figure_json(go.Figure(go.Heatmap(z=[[1]]), layout=dict(title=title, width=500)))
+    text = doc["layout"]["title"]["text"]
+    lines = text.split("<br>")
+    assert len(lines) == 2 and " ".join(lines) == title
+    assert all(len(line) * 8.5 <= 500 - 60 for line in lines)  # each line fits the figure's width
+    assert doc["layout"]["margin"]["t"] == 30 + 24 * 2
+    assert readable_layout(doc)["layout"]["title"]["text"] == text  # idempotent
+
+
+def test_readable_layout_moves_a_legend_too_tall_for_the_plot_below_it():
+    many = go.Figure([go.Scatter(x=[1], y=[k], name=f"series {k}") for k in range(30)], layout=dict(height=400))
+    doc = figure_json(many)
+    legend = doc["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] < 0
+    assert doc["layout"]["height"] > 400  # grown by the legend's rows
+    few = figure_json(go.Figure([go.Scatter(x=[1], y=[k], name=f"s{k}") for k in range(5)], layout=dict(height=400)))
+    assert "orientation" not in (few["layout"].get("legend") or {}) and few["layout"]["height"] == 400
+
+
+def _funnel():
+    import pandas as pd
+
+    rows = [("long", 0, "universe", 10.0), ("long", 1, "type == spot", 8.0), ("long", 2, "rating > 0.1", 5.0),
+            ("short", 0, "universe", 10.0), ("short", 1, "type == spot", 8.0), ("short", 2, "rating < -0.1", 2.0),
+            ("short", 3, "value_traded > 1e6", 1.0)]
+    return pd.DataFrame(rows, columns=["scanner", "step", "filter", "remaining"])
+
+
+def test_funnel_table_names_filters_in_pipeline_order_with_integer_counts():
+    from quantlib.core.figures import filter_order, funnel_table
+
+    assert filter_order(_funnel()) == ["universe", "type == spot", "rating > 0.1", "rating < -0.1",
+                                       "value_traded > 1e6"]
+    table = funnel_table(_funnel())
+    assert list(table.index) == filter_order(_funnel()) and list(table.columns) == ["long", "short"]
+    assert str(table["long"].dtype) == "Int64"
+    assert table["long"].isna().tolist() == [False, False, False, True, True]
+    assert table["long"].dropna().tolist() == [10, 8, 5]
+    assert table["short"].isna().tolist() == [False, False, True, False, False]
+    assert table["short"].dropna().tolist() == [10, 8, 2, 1]
+
+
+def test_funnel_figure_x_axis_names_the_filters_and_counts_are_integers():
+    from quantlib.core.figures import funnel_figure, short_label
+
+    fig = funnel_figure(_funnel())
+    assert list(fig.layout.xaxis.categoryarray) == ["universe", "type == spot", "rating > 0.1", "rating < -0.1",
+                                                    "value_traded > 1e6"]
+    short = next(t for t in fig.data if t.name == "short")
+    assert list(short.x) == ["universe", "type == spot", "rating < -0.1", "value_traded > 1e6"]
+    assert list(short.y) == [10, 8, 2, 1] and all(isinstance(v, int) for v in short.y)
+    assert fig.layout.yaxis.tickformat == "d"
+    assert short_label("x" * 40, 10) == "x" * 9 + "…"
+
+
+def test_selection_funnel_names_steps_and_shows_integers():
+    from quantlib.core.figures import selection_funnel_figure
+
+    audit = {"stage_reached": 1, "funnel": [{"step": "candidates", "remaining": 91},
+                                            {"step": "after_hard_vetoes", "remaining": 62.0}]}
+    fig = selection_funnel_figure(audit)
+    assert list(fig.data[0].y) == ["candidates", "after hard vetoes"] and list(fig.data[0].x) == [91, 62]
+    assert fig.data[0].texttemplate == "%{x:d}"
+
+
+def test_compact_table_moves_constant_columns_out_and_shows_big_numbers_in_millions():
+    import pandas as pd
+
+    from quantlib.core.figures import compact_table
+
+    frame = pd.DataFrame({"symbol": ["A", "B"], "direction": ["LONG", "LONG"], "alpha": [0.123456, 0.5],
+                          "value_traded": [2.96e8, 1.66e7], "tick_size": [1e-5, 0.1]})
+    styler, constant = compact_table(frame)
+    assert constant == {"direction": "LONG"}
+    shown = styler.data
+    assert list(shown.columns) == ["symbol", "alpha", "value_traded (M)", "tick_size"]
+    assert shown["value_traded (M)"].tolist() == [296.0, 16.6]
+    html = styler.to_html()
+    assert "0.1235" in html and "296.0" in html and "1e-05" in html and "LONG" not in html

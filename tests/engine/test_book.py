@@ -139,6 +139,27 @@ def test_passing_stage_records_hashes_notebook_html_and_index(make_run):
     assert any("alpha: ok" in m for m in messages)
 
 
+def test_executed_notebooks_are_signed_so_jupyterlab_opens_them_trusted(make_run, monkeypatch, tmp_path):
+    from nbformat.sign import NotebookNotary
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # a notary of this test only
+    book.notary.cache_clear()
+    try:
+        run = make_run((stage("chart", PLOTLY),))
+        ok, messages = run_collect(run)
+        assert ok, messages
+        executed = run.dir / "notebooks" / "01_chart.ipynb"
+        before = storage.sha256_file(executed)
+        nb = nbformat.read(str(executed), as_version=4)
+        assert NotebookNotary().check_signature(nb)  # what JupyterLab asks when it opens the notebook
+        assert (tmp_path / "jupyter" / "notebook_secret").is_file()
+        assert reopen(run).manifest["stages"]["chart"]["notebook_sha256"] == before  # the file is unchanged
+        nb.cells[-1].source += "\n# edited"
+        assert not NotebookNotary().check_signature(nb)  # a changed notebook is not trusted
+    finally:
+        book.notary.cache_clear()
+
+
 # ----------------------------------------------------------------------------------- (b) failing cell
 def test_failing_cell_fails_run_names_notebook_cell_and_error(make_run):
     run = make_run((ok_stage("alpha"), stage("beta", BROKEN, "artifacts/beta.txt"), ok_stage("gamma")))

@@ -156,7 +156,7 @@ def test_index_html_renders_links(runs_dir, tmp_path):
     body = panel.index_html(run_dir, link_base=tmp_path)
     assert "<table>" in body and "demo-20261120T080000-aaaa" in body
     assert 'href="runs/demo-20261120T080000-aaaa/notebooks/01_aggregate.html"' in body
-    assert "Notebook reports" in body
+    assert "HTML reports" in body
     assert 'href="notebooks/01_aggregate.html"' in panel.index_html(run_dir)  # no base: links as written
     assert "does not exist yet" in panel.index_html(runs_dir / "demo_crypto_long-20261125T090000-bbbb")
 
@@ -248,3 +248,92 @@ def test_run_button_starts_the_cli_and_refresh_shows_the_log(runs_dir, monkeypat
     assert "PASS" in status.value
     text = "".join(o.get("text", "") for o in log.outputs)
     assert "demo_crypto_long-20261125T090000-bbbb" in text  # listed from the tmp runs dir
+
+
+# ------------------------------------------------------------------- demo first, nested runs, links
+def test_command_for_the_demo():
+    assert panel.command_for("demo", panel.DEMO) == ["python", "run_book.py", "demo"]
+    assert panel.command_for("demo", panel.DEMO, flags=["--executor", "local"]) == [
+        "python", "run_book.py", "demo", "--executor", "local"]
+    with pytest.raises(ValueError):
+        panel.command_for("demo", panel.DEMO, run_id="x")
+    with pytest.raises(ValueError):
+        panel.command_for("demo", panel.DEMO, flags=["--skip-validation"])
+
+
+def nested_meta(runs_dir: Path) -> str:
+    meta = "demo_meta-20261127T000000-eeee"
+    fake_run(runs_dir, meta, "demo_meta", "meta", "PASS", "2026-11-27T00:00:00+00:00", {})
+    fake_run(runs_dir / meta / "sleeves", "crypto_long", "demo_crypto_long", "sleeve", "PASS",
+             "2026-11-27T00:01:00+00:00", {"aggregate": {"status": "completed"}})
+    return meta
+
+
+def test_run_table_lists_a_metas_sleeve_runs_under_it(runs_dir):
+    meta = nested_meta(runs_dir)
+    table = panel.run_table(runs_dir)
+    assert list(table["run_id"][:2]) == [meta, f"{meta}/sleeves/crypto_long"]
+    assert list(table["depth"][:2]) == [0, 1] and table["profile"].iloc[1] == "demo_crypto_long"
+    assert Path(table["link"].iloc[1]) == (runs_dir / meta / "sleeves" / "crypto_long" / "INDEX.md").resolve()
+
+
+def test_jupyter_href_serves_html_as_files_and_the_rest_in_lab(tmp_path):
+    server = {"root_dir": str(tmp_path), "base_url": "/user/me/"}
+    page = tmp_path / "runs" / "a b" / "notebooks" / "01_x.html"
+    assert panel.jupyter_href(page, server) == "/user/me/files/runs/a%20b/notebooks/01_x.html"
+    assert panel.jupyter_href(tmp_path / "runs" / "INDEX.md", {**server, "base_url": "/"}) == "/lab/tree/runs/INDEX.md"
+    assert panel.jupyter_href("/elsewhere/x.html", server) is None  # outside the server's root
+
+
+def test_index_html_links_through_the_jupyter_server(runs_dir, tmp_path):
+    run_dir = runs_dir / "demo-20261120T080000-aaaa"
+    body = panel.index_html(run_dir, server={"root_dir": str(tmp_path), "base_url": "/"})
+    assert 'href="/files/runs/demo-20261120T080000-aaaa/notebooks/01_aggregate.html"' in body
+    assert 'href="/lab/tree/runs/demo-20261120T080000-aaaa/notebooks/01_aggregate.ipynb"' in body
+    assert "new browser tab" in body
+
+
+def test_panel_defaults_to_the_demo_lists_nested_runs_and_picks_the_run_it_started(runs_dir, tmp_path, monkeypatch):
+    import ipywidgets as w
+
+    meta = nested_meta(runs_dir)
+    started = {}
+
+    def fake_start(argv, runs_dir=None, cwd=None, log_dir=None):  # a "run" that creates its run dir at once
+        started.update(argv=argv, cwd=cwd)
+        fake_run(Path(runs_dir), "demo-20261130T000000-ffff", "demo", "data", "PASS", "2026-11-30T00:00:00+00:00", {})
+        proc = subprocess.Popen([sys.executable, "-c", "print('done')"], stdout=subprocess.DEVNULL)
+        proc.wait()
+        proc.log_path = tmp_path / "none.log"
+        return proc
+
+    monkeypatch.setattr(panel, "start_run", fake_start)
+    box = panel.workbook_panel(runs_dir, link_base=tmp_path, server={})
+    widgets = list(panel._walk(box))
+    dropdowns = {x.description: x for x in widgets if isinstance(x, w.Dropdown)}
+    profiles, runs = dropdowns["Profile"], dropdowns["Run"]
+    htmls = [x for x in widgets if isinstance(x, w.HTML)]
+    assert profiles.value == panel.DEMO and profiles.options[0][1] == panel.DEMO
+    assert any("python run_book.py demo</code>" in x.value for x in htmls)
+    assert f"{meta}/sleeves/crypto_long" in [v for _, v in runs.options]  # a nested sleeve run is pickable
+    runs.value = f"{meta}/sleeves/crypto_long"
+    assert any("crypto_long" in x.value and "<table>" in x.value for x in htmls)
+    next(x for x in widgets if isinstance(x, w.Button) and x.description == "Run").click()
+    assert started["argv"] == ["python", "run_book.py", "demo"]
+    assert runs.value == "demo-20261130T000000-ffff"  # the picker shows the run Run started
+
+
+def test_panel_works_on_the_checkout_jupyterlab_opened(tmp_path, monkeypatch):
+    import ipywidgets as w
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(default_profiles_dir(), checkout / "profiles")
+    (checkout / "profiles" / "only_here.yaml").write_text("description: a profile of this checkout\n", encoding="utf-8")
+    (checkout / "notebooks").mkdir()
+    fake_run(checkout / "runs", "demo-20261101T000000-gggg", "demo", "data", "PASS", "2026-11-01T00:00:00+00:00", {})
+    monkeypatch.delenv("FW_WORKSPACE", raising=False)
+    monkeypatch.chdir(checkout / "notebooks")  # JupyterLab's kernel runs in the notebook's folder
+    box = panel.workbook_panel(server={})
+    dropdowns = {x.description: x for x in panel._walk(box) if isinstance(x, w.Dropdown)}
+    assert "only_here" in [v for _, v in dropdowns["Profile"].options]
+    assert [v for _, v in dropdowns["Run"].options] == ["demo-20261101T000000-gggg"]

@@ -141,16 +141,17 @@ print(json.dumps(out))
 """
 
 
-def test_a_client_without_the_token_is_refused(session, tmp_path):
+def check_refuses_clients_without_the_token(gcs: str, tmp_path: Path) -> None:
+    """A driver and a raw GCS client without the token (clean environment, empty home) cannot reach `gcs`."""
     from ray._raylet import InnerGcsClient
 
     # control: this process holds the token and the same raw GCS call succeeds
-    InnerGcsClient.standalone(session.gcs, None, 3000).internal_kv_get(b"probe", None)
+    InnerGcsClient.standalone(gcs, None, 3000).internal_kv_get(b"probe", None)
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.update(HOME=str(home), RAY_NUM_REDIS_GET_RETRIES="1", RAY_USAGE_STATS_ENABLED="0")
-    probe = subprocess.run([sys.executable, "-c", PROBE, session.gcs], env=env, capture_output=True, text=True,
+    probe = subprocess.run([sys.executable, "-c", PROBE, gcs], env=env, capture_output=True, text=True,
                            timeout=120)
     assert probe.returncode == 0, probe.stderr[-2000:]
     out = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -160,8 +161,13 @@ def test_a_client_without_the_token_is_refused(session, tmp_path):
     assert not (home / ".ray").exists()
 
 
-def _ray_pids() -> dict[int, str]:
-    """This process (the driver) and every process it started (GCS, raylet, agents, workers): pid -> name."""
+def test_a_client_without_the_token_is_refused(session, tmp_path):
+    check_refuses_clients_without_the_token(session.gcs, tmp_path)
+
+
+def ray_pids(root: int | None = None) -> dict[int, str]:
+    """Process `root` (default: this one, the driver) and every process it started (GCS, raylet, agents,
+    workers): pid -> name."""
     children: dict[int, list[int]] = {}
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -170,7 +176,7 @@ def _ray_pids() -> dict[int, str]:
             continue
         ppid = int(text.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(stat_file.parent.name))
-    pids, todo = {}, [os.getpid()]
+    pids, todo = {}, [root or os.getpid()]
     while todo:
         pid = todo.pop()
         try:
@@ -190,10 +196,11 @@ def _is_loopback(host: str) -> bool:
     return (mapped or ip).is_loopback
 
 
-def test_every_listening_socket_of_the_instance_is_on_loopback(session):
+def check_listens_on_loopback_only(root: int | None = None) -> None:
+    """Every listening TCP socket of process `root`'s tree (`ray_pids`) is on loopback; GCS and raylet listen."""
     if shutil.which("ss") is None:
         pytest.skip("`ss` (iproute2) is not installed: cannot list the listening sockets")
-    pids = _ray_pids()
+    pids = ray_pids(root)
     listing = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, timeout=30).stdout
     sockets = []  # (process name, local address)
     for line in listing.splitlines():
@@ -205,6 +212,10 @@ def test_every_listening_socket_of_the_instance_is_on_loopback(session):
     assert {"gcs_server", "raylet"} <= names, f"Ray's servers not found in ss -ltnp:\n{listing}"
     exposed = [(name, local) for name, local in sockets if not _is_loopback(local.rsplit(":", 1)[0])]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_every_listening_socket_of_the_instance_is_on_loopback(session):
+    check_listens_on_loopback_only()
 
 
 def test_a_cluster_that_does_not_answer_fails_in_one_line_within_the_timeout(tmp_path):
@@ -258,7 +269,7 @@ def test_zz_ctrl_c_shuts_ray_down_and_removes_the_token_and_the_link(session):
     """Last (it ends the module's instance): a KeyboardInterrupt inside the session cleans everything up."""
     import ray
 
-    gcs_pids = [pid for pid, name in _ray_pids().items() if name == "gcs_server"]
+    gcs_pids = [pid for pid, name in ray_pids().items() if name == "gcs_server"]
     session.close(KeyboardInterrupt())
     assert not ray.is_initialized() and not session.private.exists()
     assert {key: os.environ.get(key) for key in AUTH_ENV} == session.env_before  # Ray's settings restored

@@ -192,7 +192,9 @@ def test_drift_monitor_and_cluster_composition():
     np.testing.assert_allclose(np.asarray(bars[0].y, dtype=float), [np.nan, 0.4, 0.5])
     comp = pa.cluster_composition(h, "p")
     by = {t.name: list(t.y) for t in comp.data}
-    assert by == {"cluster 1": [0.8, 0.4, 0.5], "cluster 2": [0.2, 0.2, 0.5], "cluster 3": [0.0, 0.4, 0.0]}
+    # stable ids (test_stable_cluster_ids_by_hand): t1 {1: A+B, 2: C}, t2 {1: A, 3: B, 4: D}, t3 {3: B, 4: D+E}
+    assert by == {"cluster 1": [0.8, 0.4, 0.0], "cluster 2": [0.2, 0.0, 0.0], "cluster 3": [0.0, 0.2, 0.5],
+                  "cluster 4": [0.0, 0.4, 0.5]}
     assert comp.layout.barmode in ("stack", "relative")
     with pytest.raises(ValueError, match="profile 'zz' not in history"):
         pa.drift_monitor(h, "zz")
@@ -218,3 +220,69 @@ def test_import_is_light():
     code = "import sys, quantlib.sleeve.postanalysis; print(any(m.split('.')[0] in ('plotly', 'scipy') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- stable cluster ids
+def test_stable_cluster_ids_by_hand():
+    # t1 keeps {A, B} = 1, {C} = 2 (next fresh id 3).
+    # t2: raw 1 = {A} overlaps old 1 by A; raw 2 = {B} also overlaps only old 1; raw 3 = {D} overlaps nothing.
+    #     One old id per new cluster: the assignment gives old 1 to raw 1 (total overlap 1 either way;
+    #     scipy picks the first row), raw 2 -> fresh 3, raw 3 -> fresh 4.
+    # t3: raw 1 = {D, E} overlaps 4 (D); raw 2 = {B} overlaps 3 (B): 1 -> 4, 2 -> 3.
+    h = pa.stable_cluster_ids(_history())
+    p = h[h["profile"] == "p"]
+    got = {(str(r.rebalance.date()), r.atom_id): int(r.cluster) for r in p.itertuples()}
+    assert got == {("2025-01-01", "A"): 1, ("2025-01-01", "B"): 1, ("2025-01-01", "C"): 2,
+                   ("2025-01-11", "A"): 1, ("2025-01-11", "B"): 3, ("2025-01-11", "D"): 4,
+                   ("2025-01-21", "B"): 3, ("2025-01-21", "D"): 4, ("2025-01-21", "E"): 4}
+    assert set(h.loc[h["profile"] == "q", "cluster"]) == {1}  # profiles are relabelled separately
+    # the groups themselves never change: same-cluster pairs per rebalance are identical
+    raw = _history()
+    for (reb, prof), snap in raw.groupby(["rebalance", "profile"]):
+        new = h[(h["rebalance"] == reb) & (h["profile"] == prof)].set_index("atom_id")["cluster"]
+        old = snap.set_index("atom_id")["cluster"]
+        assert all((old[a] == old[b]) == (new[a] == new[b]) for a in old.index for b in old.index)
+
+
+def test_stable_cluster_ids_undo_a_pure_renumbering_and_keep_missing():
+    t1, t2 = pd.Timestamp("2025-01-01"), pd.Timestamp("2025-02-01")
+    rows = [(t1, "p", a, 0.25, c) for a, c in zip("ABCD", [1, 1, 2, 2])]
+    rows += [(t2, "p", a, 0.25, c) for a, c in zip("ABCD", [2, 2, 1, np.nan])]  # ids swapped, D unclustered
+    h = pa.stable_cluster_ids(pd.DataFrame(rows, columns=list(pa.HISTORY_COLUMNS)))
+    second = h[h["rebalance"] == t2].set_index("atom_id")["cluster"]
+    assert second[["A", "B", "C"]].tolist() == [1, 1, 2] and pd.isna(second["D"])
+    assert str(h["cluster"].dtype) == "Int64"
+
+
+def test_cluster_composition_draws_the_top_clusters_and_other():
+    t = [pd.Timestamp("2025-01-01") + pd.Timedelta(days=10 * i) for i in range(2)]
+    rows = [(d, "p", f"a{k}", (k + 1) / 78.0, k + 1) for d in t for k in range(12)]  # 12 clusters, weights 1..12
+    rows.append((t[0], "p", "loose", 0.0, np.nan))
+    comp = pa.cluster_composition(pd.DataFrame(rows, columns=list(pa.HISTORY_COLUMNS)), "p", top=10)
+    names = [tr.name for tr in comp.data]
+    assert len(names) == 12 and names[-2:] == ["other clusters (2)", "unclustered"]
+    other = comp.data[-2]
+    np.testing.assert_allclose(other.y, [(1 + 2) / 78.0] * 2)  # the two lightest clusters summed
+    assert len({tr.marker.color for tr in comp.data[:10]}) == 10  # shown clusters: one colour each
+
+
+def test_drift_monitor_draws_the_top_atoms_and_other():
+    t = [pd.Timestamp("2025-01-01") + pd.Timedelta(days=10 * i) for i in range(3)]
+    rows = [(d, "p", f"atom{k:02d}", (k + 1) / 105.0, 1) for d in t for k in range(14)]  # weights 1..14 / 105
+    fig = pa.drift_monitor(pd.DataFrame(rows, columns=list(pa.HISTORY_COLUMNS)), "p", top=10)
+    areas = [tr for tr in fig.data if tr.type == "scatter"]
+    assert [a.name for a in areas[:3]] == ["atom13", "atom12", "atom11"]  # largest mean first
+    assert len(areas) == 11 and areas[-1].name == "other (4 atoms)"
+    np.testing.assert_allclose(areas[-1].y, [(1 + 2 + 3 + 4) / 105.0] * 3)
+    total = np.sum([np.asarray(a.y, dtype=float) for a in areas], axis=0)
+    np.testing.assert_allclose(total, [1.0] * 3)  # nothing lost: the stack still sums to the book
+
+
+def test_short_names_cut_the_shared_prefix_and_suffix_only_when_labels_stay_distinct():
+    names = ["BINANCE:SUSHIUSDT/rating_all/LONG", "BINANCE:ICPUSDT/rating_all/LONG"]
+    assert pa.short_names(names) == (["SUSHIUSDT", "ICPUSDT"], "BINANCE:…/rating_all/LONG")
+    mixed = ["BINANCE:AUSDT/rating_all/LONG", "BINANCE:AUSDT/rating_ma/LONG"]
+    assert pa.short_names(mixed) == (["rating_all", "rating_ma"], "BINANCE:AUSDT/…/LONG")
+    assert pa.short_names(["x", "y"]) == (["x", "y"], "")
+    assert pa.short_names(["p:x/s", "p:/s"]) == (["p:x/s", "p:/s"], "")  # a cut would leave an empty label
+    assert pa.short_names(["a/b", "a/b/c"]) == (["b", "b/c"], "a/…")

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import OVERRIDES, ROOT, SCRIPT, SHORT_ENV, Workspace, art
+from quantlib.core import storage
 from quantlib.core.errors import ProfileError
 from quantlib.core.runs import Run
 from quantlib.meta.tree import check_meta_tree
@@ -100,6 +101,49 @@ def test_meta_weights_and_flattening_conserve_net_exposure_and_keep_short_signs(
             assert (flat.loc[sorted(only_short), "net_weight"] < 0).all()
     assert flat["net_weight"].sum() == pytest.approx(expected, abs=1e-12)
     assert art(run, "artifacts/meta_returns.parquet")["meta"].notna().sum() > 0
+
+
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="`chromium` is not on PATH: cannot check that charts draw")
+
+
+def test_the_demo_prints_the_meta_report_last_and_every_sleeve_has_one(demo):
+    result, run = demo
+    assert result.stdout.strip().splitlines()[-1] == f"Open this page: {run.dir / 'report.html'}"
+    assert Run.at(run.dir).manifest["report"]["sha256"] == storage.sha256_file(run.dir / "report.html")
+    index = (run.dir / "INDEX.md").read_text()
+    assert re.findall(r"\]\(([^)]+)\)", index)[0] == "report.html"
+    for sleeve in ("crypto_long", "crypto_short", "equities_long"):
+        assert (run.dir / "sleeves" / sleeve / "report.html").is_file()
+        assert f"(sleeves/{sleeve}/report.html)" in index
+    csv = pd.read_csv(run.dir / "artifacts" / "meta_flattened.csv")
+    pd.testing.assert_frame_equal(csv, art(run, "artifacts/meta_flattened.parquet"), check_dtype=False)
+
+
+@needs_chromium
+def test_the_demo_meta_report_draws_every_figure_without_a_script_error(demo, tmp_path):
+    """Headless chromium from a file:// URL: the page counts its plot containers, those whose plotly figure
+    has data and drew (`<html data-figures data-drawn>`) and the script errors it caught (`data-errors`);
+    chromium's own log must have no uncaught error or console error either."""
+    _, run = demo
+    page = run.dir / "report.html"
+    text = page.read_text(encoding="utf-8")
+    expected = len(re.findall(r'class="plotly-graph-div"', text))
+    assert expected >= 12, expected  # 6 performance, 3 sleeves-as-assets and 3 composition charts
+    assert "not available" not in text and str(run.dir) not in text and "00:00:00" not in text
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                             "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", result.stdout).group(0)
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
+    assert attrs.get("errors") == "0", root
+    assert attrs.get("figures") == str(expected) and attrs.get("drawn") == str(expected), root
+    assert result.stdout.count('class="main-svg"') >= expected
+    errors = [line for line in result.stderr.splitlines() if "Uncaught" in line or ("CONSOLE" in line and "rror" in line)]
+    assert not errors, errors
 
 
 def test_ray_and_sequential_runs_give_identical_weights(demo, meta_local):

@@ -1,0 +1,98 @@
+"""The workbook cluster (`run_book.py cluster start|status|stop`, `engine.cluster`): a head node that outlives
+the command, as safe as a meta's own instance (its own token in a private folder, loopback only), joined by a
+meta of the same runs root (saying so and recording the node of every sleeve), and stopped without touching
+any other Ray instance. One cluster is shared by the module (a Ray start costs 10-40 s here)."""
+from __future__ import annotations
+
+import json
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from quantlib.core.profiles import load_profile
+from quantlib.core.runs import Run
+from quantlib.engine import cluster, fanout
+from test_ray_safety import check_listens_on_loopback_only, check_refuses_clients_without_the_token, ray_pids
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cluster") / "runs"
+
+
+@pytest.fixture(scope="module")
+def head(runs_root):
+    started = cluster.start(runs_root)
+    yield started
+    cluster.stop(runs_root)
+
+
+def test_start_records_a_private_authenticated_loopback_head(head, runs_root):
+    record = json.loads(cluster.record_path(runs_root).read_text())
+    assert record["address"] == head.address and record["address"].startswith("127.0.0.1:")
+    private = Path(head.private_dir)
+    assert private.parent == Path("/tmp") and private.name.startswith("fw-cluster-")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700 and stat.S_IMODE(head.token_path.stat().st_mode) == 0o600
+    assert cluster.running(runs_root) == head and head.alive()
+    ok, lines = cluster.status_lines(runs_root)
+    assert ok and lines[0] == f"RUNNING  {head.address}" and "every `meta`" in lines[-1]
+
+
+def test_the_head_listens_on_loopback_only_and_refuses_clients_without_its_token(head, tmp_path):
+    check_listens_on_loopback_only(head.pid)
+    with fanout._ray_env(head.env()):
+        check_refuses_clients_without_the_token(head.address, tmp_path)
+
+
+def test_a_second_start_is_refused_naming_the_running_cluster(head, runs_root):
+    with pytest.raises(cluster.ClusterError, match=rf"already running at {head.address} \(pid {head.pid}"):
+        cluster.start(runs_root)
+
+
+def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, runs_root, tmp_path, capsys):
+    # the sleeves find no data run in this runs root: each FAILs at its first stage, in a worker of the cluster
+    profile = load_profile("demo_meta", env={"FW_DATA__LAKEHOUSE": str(tmp_path / "lakehouse")})
+    run = Run.create(runs_root, profile, "meta", ROOT)
+    doc, results = fanout.run_books(run, lambda result: None, connect_timeout_s=60)
+    assert f"sleeves: on the workbook cluster at {head.address}" in capsys.readouterr().out
+    assert doc["ray_cluster"] == "workbook" and doc["ray_address"] == head.address and doc["ray_logs"] is None
+    assert [s["id"] for s in doc["sleeves"]] == ["crypto_long", "crypto_short", "equities_long"]
+    head_node = {s["node"]["id"] for s in doc["sleeves"]}
+    assert len(head_node) == 1 and all(s["node"]["ip"] == "127.0.0.1" for s in doc["sleeves"])
+    assert all(s["status"] == "FAIL" and "data run" in (s["error"] or "") for s in doc["sleeves"]), doc["sleeves"]
+    assert cluster.running(runs_root) == head  # the meta left the cluster running
+    assert not (run.dir / "ray").exists()  # no instance of its own
+
+
+def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root):
+    pids = set(ray_pids(head.pid))
+    assert {"gcs_server", "raylet"} <= set(ray_pids(head.pid).values())
+    assert cluster.stop(runs_root) == head
+    assert not set(ray_pids(head.pid)) & pids and not head.alive()
+    assert not Path(head.private_dir).exists() and not cluster.record_path(runs_root).exists()
+    ok, lines = cluster.status_lines(runs_root)
+    assert not ok and lines[0].startswith("no workbook cluster")
+    assert cluster.stop(runs_root) is None  # nothing left to stop
+
+
+def test_a_record_of_a_dead_cluster_reads_stopped(tmp_path):
+    record = {"address": "127.0.0.1:1", "host": "127.0.0.1", "pid": 2 ** 22 + 1, "hostname": "elsewhere",
+              "started": "2026-01-01T00:00:00Z", "private_dir": tempfile.mkdtemp(), "num_cpus": 2,
+              "ray_version": "2.60.0"}
+    cluster.record_path(tmp_path).parent.mkdir(parents=True)
+    cluster.record_path(tmp_path).write_text(json.dumps(record))
+    assert cluster.running(tmp_path) is None
+    ok, lines = cluster.status_lines(tmp_path)
+    assert not ok and lines[0].startswith("STOPPED") and "pid 4194305 on elsewhere" in lines[0]
+    with pytest.raises(cluster.ClusterError, match="records a cluster on elsewhere"):
+        cluster.stop(tmp_path)
+
+
+def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path):
+    cluster.record_path(tmp_path).parent.mkdir(parents=True)
+    cluster.record_path(tmp_path).write_text("{not json")
+    with pytest.raises(cluster.ClusterError, match=r"_cluster/cluster.json is not a workbook cluster record"):
+        cluster.read(tmp_path)
