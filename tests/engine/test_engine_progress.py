@@ -1,3 +1,4 @@
+"""engine.progress (named apart from tests/core/test_progress.py: the test folders are not packages)."""
 import io
 import json
 import os
