@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -498,7 +499,8 @@ def test_runs_shows_a_metas_sleeve_runs_as_a_tree(capsys, runs_dir, tmp_path):
     data = make_run(runs_dir, tmp_path, status="PASS")
     code, out, _ = cli(capsys, "--runs-dir", str(runs_dir), "runs")
     assert code == 0
-    labels = [line[:48].rstrip() for line in out.splitlines()[1:]]
+    labels = [re.split(r"\s{2,}", line)[0] if not line.startswith(" ") else
+              "   " + re.split(r"\s{2,}", line[3:])[0] for line in out.splitlines()[1:]]
     assert labels == [data.id, meta.id, f"├─ {meta.id}/a", f"├─ {meta.id}/b", f"└─ {meta.id}/nested",
                       f"   └─ {meta.id}/nested/x"], out
     row = next(line for line in out.splitlines() if line.startswith(f"├─ {meta.id}/a"))

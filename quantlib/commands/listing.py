@@ -12,21 +12,23 @@ ID_WIDTH = 48
 
 
 def tree_lines(rows: list[dict], nested: dict[str, list[tuple[int, dict]]]) -> list[str]:
-    """The table: one line per run, a meta's sleeve runs right below it as `├─ META/SLEEVE` (indented per level)."""
-    def line(label: str, r: dict) -> str:
-        return (f"{label:<{ID_WIDTH}} {r['profile']:<22} {r['phase']:<6} {r['status']:<11} {r['stages']:<7} "
-                f"{r['created_at']}").rstrip()
-
-    out = [line("run id", {"profile": "profile", "phase": "phase", "status": "status", "stages": "stages",
-                          "created_at": "created"})]
+    """The table: one line per run, a meta's sleeve runs right below it as `├─ META/SLEEVE` (indented per level);
+    the id column is as wide as its longest entry (at least `ID_WIDTH`), two spaces before the profile."""
+    entries: list[tuple[str, dict]] = []
     for r in rows:
-        out.append(line(r["run_id"], r))
+        entries.append((r["run_id"], r))
         children = nested.get(r["run_id"], [])
         for i, (depth, child) in enumerate(children):
             after = next((d for d, _ in children[i + 1:] if d <= depth), 0)  # the next entry not below this one
-            last = after < depth
-            out.append(line(f"{'   ' * (depth - 1)}{'└─' if last else '├─'} {child['run_id']}", child))
-    return out
+            entries.append((f"{'   ' * (depth - 1)}{'└─' if after < depth else '├─'} {child['run_id']}", child))
+    width = max([ID_WIDTH - 2] + [len(label) for label, _ in entries]) + 1
+
+    def line(label: str, r: dict) -> str:
+        return (f"{label:<{width}} {r['profile']:<22} {r['phase']:<6} {r['status']:<11} {r['stages']:<7} "
+                f"{r['created_at']}").rstrip()
+
+    header = {"profile": "profile", "phase": "phase", "status": "status", "stages": "stages", "created_at": "created"}
+    return [line("run id", header)] + [line(label, r) for label, r in entries]
 
 
 def runs(args: argparse.Namespace) -> int:
