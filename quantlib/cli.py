@@ -12,6 +12,7 @@
   python run_book.py diff RUN_A RUN_B          # what changed: profile, inputs, gates, weights, metrics (+ HTML)
   python run_book.py runs                      # list runs with status
   python run_book.py runs prune --keep 3       # what deleting old runs would free (--yes deletes)
+  python run_book.py cluster start             # a Ray head that later metas join (status, stop)
   python run_book.py show RUN_ID               # print a run's INDEX.md (RUN_ID may be META/SLEEVE)
 
 Options anywhere: --runs-dir DIR (before or after the command); on run commands -p section.key=value
@@ -239,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--older-than", metavar="DAYS", help="delete only runs created more than DAYS days ago")
     q.add_argument("--yes", action="store_true", help="delete (without it: print what would be deleted)")
     q.set_defaults(func="quantlib.commands.listing:runs_prune")
+
+    p = sub.add_parser("cluster", help="start, show or stop the workbook's Ray cluster (metas join it)",
+                       description="A Ray head node for this runs root that outlives the command: every later "
+                                   "meta, demo and baseline in the runs root joins it instead of starting Ray. "
+                                   "Token-authenticated, loopback only unless --host; `stop` ends only its processes.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser("start", parents=[common], help="start the head node (refused when one runs)")
+    q.add_argument("--host", default="127.0.0.1", help="interface its servers listen on (default 127.0.0.1; "
+                                                       "another address exposes it deliberately)")
+    q.add_argument("--port", type=int, default=0, help="GCS port (default: a free one)")
+    q.add_argument("--num-cpus", type=int, help="CPUs it offers (default: all)")
+    q.set_defaults(func="quantlib.commands.cluster:start")
+    q = actions.add_parser("status", parents=[common], help="address, pid, token and logs; exit 1 when not running")
+    q.set_defaults(func="quantlib.commands.cluster:status")
+    q = actions.add_parser("stop", parents=[common], help="stop it (only its own processes)")
+    q.set_defaults(func="quantlib.commands.cluster:stop")
 
     p = sub.add_parser("show", help="print a run's INDEX.md",
                        description="Print the INDEX.md of RUN_ID, rendered from its manifest as it reads now "

@@ -13,6 +13,7 @@ from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import ParamEnv, Profile, check_kind, load_profile
 from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run, RunOptions
 from quantlib.core.workspace import Workspace
+from quantlib.engine.cluster import running
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.resume import reopen
 from quantlib.meta.tree import check_meta_tree, pin_data_runs
@@ -110,6 +111,10 @@ def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
     check_meta_tree(profile, env=env)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
     # one data run per sleeve, pinned now and handed to every sleeve (a resumed meta keeps its own pins)
     pinned = None if _resuming(args) else pin_data_runs(profile, runs_dir(args), env=env)
+    workbook_cluster = running(runs_dir(args)) if args.executor == "ray" and not args.ray_address else None
+    if workbook_cluster is not None:
+        print(f"sleeves: on the workbook cluster at {workbook_cluster.address} (no Ray start-up; "
+              f"`run_book.py cluster stop` stops it)")
     return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address,
                                                               cache=not args.no_cache, data_runs=pinned))
 

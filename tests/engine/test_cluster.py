@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from quantlib.cli import main
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
 from quantlib.engine import cluster, fanout
@@ -25,7 +26,8 @@ def runs_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def head(runs_root):
-    started = cluster.start(runs_root)
+    assert main(["cluster", "start", "--runs-dir", str(runs_root)]) == 0  # what `run_book.py cluster start` runs
+    started = cluster.read(runs_root)
     yield started
     cluster.stop(runs_root)
 
@@ -47,9 +49,17 @@ def test_the_head_listens_on_loopback_only_and_refuses_clients_without_its_token
         check_refuses_clients_without_the_token(head.address, tmp_path)
 
 
-def test_a_second_start_is_refused_naming_the_running_cluster(head, runs_root):
+def test_a_second_start_is_refused_naming_the_running_cluster(head, runs_root, capsys):
     with pytest.raises(cluster.ClusterError, match=rf"already running at {head.address} \(pid {head.pid}"):
         cluster.start(runs_root)
+    assert main(["cluster", "start", "--runs-dir", str(runs_root)]) == 2
+    assert f"error: cluster: already running at {head.address}" in capsys.readouterr().err
+
+
+def test_status_prints_the_running_cluster(head, runs_root, capsys):
+    assert main(["cluster", "status", "--runs-dir", str(runs_root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"RUNNING  {head.address}") and f"pid {head.pid}" in out and str(head.token_path) in out
 
 
 def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, runs_root, tmp_path, capsys):
@@ -67,14 +77,15 @@ def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, r
     assert not (run.dir / "ray").exists()  # no instance of its own
 
 
-def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root):
+def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root, capsys):
     pids = set(ray_pids(head.pid))
     assert {"gcs_server", "raylet"} <= set(ray_pids(head.pid).values())
-    assert cluster.stop(runs_root) == head
+    assert main(["cluster", "stop", "--runs-dir", str(runs_root)]) == 0
+    assert f"stopped the workbook cluster at {head.address}" in capsys.readouterr().out
     assert not set(ray_pids(head.pid)) & pids and not head.alive()
     assert not Path(head.private_dir).exists() and not cluster.record_path(runs_root).exists()
-    ok, lines = cluster.status_lines(runs_root)
-    assert not ok and lines[0].startswith("no workbook cluster")
+    assert main(["cluster", "status", "--runs-dir", str(runs_root)]) == 1
+    assert capsys.readouterr().out.startswith("no workbook cluster")
     assert cluster.stop(runs_root) is None  # nothing left to stop
 
 
