@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import threading
 import time
@@ -90,7 +91,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
     live = LiveProgress(enabled=say is print)  # the terminal shows what the kernel reports (core.live)
-    kernel.env = live.kernel_env()
+    kernel.env = kernel_env(live.kernel_env())
     ok = False
     with interruptible() as signals:
         try:
@@ -398,6 +399,14 @@ def trust_notebook(notebook: Path) -> bool:
         return bool(signer.check_signature(nb))
     except Exception:  # noqa: BLE001 - e.g. a read-only or locked signature database
         return False
+
+
+def kernel_env(env: dict[str, str]) -> dict[str, str]:
+    """A stage kernel's environment: `env` with this process's `quantlib` first on PYTHONPATH, so the kernel runs
+    the code the driver runs (and the stage cache hashes), not another checkout's editable install."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_root]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def source_notebook(run: Run, stage: Stage) -> Path:

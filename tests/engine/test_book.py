@@ -461,3 +461,14 @@ def test_a_meta_records_its_nested_runs_left_running_by_a_gone_process_as_interr
     assert gone["interrupted"] == {**gone["interrupted"], "by": f"interrupted meta run {meta.id}", "stage": "alpha"}
     assert index_status(children["gone"]) == "INTERRUPTED"
     assert reopen(children["alive"]).manifest["status"] == "RUNNING"
+
+
+def test_stage_kernels_import_the_drivers_quantlib_first(monkeypatch):
+    """A kernel started from another checkout's venv still runs this checkout's code (what the cache hashes)."""
+    import quantlib
+    from quantlib.engine.executor import kernel_env
+
+    root = str(Path(quantlib.__file__).resolve().parents[1])
+    env = kernel_env({"PYTHONPATH": os.pathsep.join(["/elsewhere", root]), "X": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"] and env["X"] == "1"
+    assert kernel_env({})["PYTHONPATH"] == root
