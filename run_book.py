@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fractal Workbook's command line: `python run_book.py --help` (the commands live in `quantlib.cli`).
+"""Fractal Workbook's command line: `python run_book.py --help` (the parser is `quantlib.cli`, the commands `quantlib.commands`).
 
 Run from anywhere, it works on this checkout: its profiles, notebooks and runs.
 """

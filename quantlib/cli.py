@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="A Ray head node for this runs root that outlives the command: every later "
                                    "meta, demo and baseline in the runs root joins it instead of starting Ray. "
                                    "Token-authenticated, loopback only unless --host; `stop` ends only its processes.")
+    p.set_defaults(func="quantlib.commands.cluster:status")  # each action sets its own
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = actions.add_parser("start", parents=[common], help="start the head node (refused when one runs)")
     q.add_argument("--host", default="127.0.0.1", help="interface its servers listen on (default 127.0.0.1; "

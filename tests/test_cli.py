@@ -547,3 +547,11 @@ def test_every_command_resolves_and_help_imports_no_command():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.splitlines()
     assert out == ["[]", "[]"], out
+
+
+def test_the_baseline_names_the_parser_offers_are_the_ones_the_command_runs():
+    """cli keeps its own copy (importing commands.phases would load the executor for `--help`)."""
+    from quantlib import cli
+    from quantlib.commands import phases
+
+    assert cli.BASELINES == tuple(phases.BASELINES)

@@ -13,7 +13,6 @@ from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import ParamEnv, Profile, check_kind, load_profile
 from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run, RunOptions
 from quantlib.core.workspace import Workspace
-from quantlib.engine.cluster import running
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.resume import reopen
 from quantlib.meta.tree import check_meta_tree, pin_data_runs
@@ -111,10 +110,6 @@ def run_meta(profile: str, args: argparse.Namespace) -> tuple[bool, Path]:
     check_meta_tree(profile, env=env)  # cycles, depth, unknown sleeve profiles: rejected before any run exists
     # one data run per sleeve, pinned now and handed to every sleeve (a resumed meta keeps its own pins)
     pinned = None if _resuming(args) else pin_data_runs(profile, runs_dir(args), env=env)
-    workbook_cluster = running(runs_dir(args)) if args.executor == "ray" and not args.ray_address else None
-    if workbook_cluster is not None:
-        print(f"sleeves: on the workbook cluster at {workbook_cluster.address} (no Ray start-up; "
-              f"`run_book.py cluster stop` stops it)")
     return run_phase("meta", profile, args, options=RunOptions(executor=args.executor, ray_address=args.ray_address,
                                                               cache=not args.no_cache, data_runs=pinned))
 
@@ -125,11 +120,15 @@ def print_meta_report(run_dir: Path) -> None:
     print(f"meta report: {report}" if report.exists() else f"no meta report (the run stopped before it): {run_dir / INDEX}")
 
 
-def meta(args: argparse.Namespace) -> int:
-    ok, run_dir = run_meta(args.profile, args)
+def finish_meta(ok: bool, run_dir: Path) -> int:
+    """The last lines of a meta command (its markdown report, then its page) and its exit code."""
     print_meta_report(run_dir)
     print_report(run_dir)
     return 0 if ok else 1
+
+
+def meta(args: argparse.Namespace) -> int:
+    return finish_meta(*run_meta(args.profile, args))
 
 
 def baseline(args: argparse.Namespace) -> int:
@@ -139,9 +138,7 @@ def baseline(args: argparse.Namespace) -> int:
     ok, run_dir = run_meta(BASELINES[args.name], args)
     for index in sorted(run_dir.glob(f"sleeves/*/{INDEX}")):
         print(f"  sleeve report: {index}")
-    print_meta_report(run_dir)
-    print_report(run_dir)
-    return 0 if ok else 1
+    return finish_meta(ok, run_dir)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -156,7 +153,8 @@ def demo(args: argparse.Namespace) -> int:
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Reports:")
     for ok, run_dir in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / INDEX}")
-    if len(results) > len(args.profiles) and (results[-1][1] / META_REPORT).exists():
-        print(f"\nThe fractal portfolio (markdown): {results[-1][1] / META_REPORT}")
+    if len(results) > len(args.profiles):  # the meta ran: its page exists whether it passed or failed
+        if (results[-1][1] / META_REPORT).exists():
+            print(f"\nThe fractal portfolio (markdown): {results[-1][1] / META_REPORT}")
         print_report(results[-1][1], "Open this page: ")
     return 0 if all(ok for ok, _ in results) else 1

@@ -279,9 +279,7 @@ def open_run(ref: str | Path, runs_dir: Path) -> Run:
         except IdentifierError:
             raise IdentifierError(f"{ref!r}: neither a run directory nor a valid run id (invalid run id {part!r}: "
                                   f"letters, digits, '_', '-', '.'; a meta's sleeve: META/SLEEVE)") from None
-    run_dir = Path(runs_dir) / parts[0]
-    for part in parts[1:]:
-        run_dir = run_dir / "sleeves" / part
+    run_dir = ref_path(runs_dir, ref)
     if not (run_dir / MANIFEST).exists():
         parent = run_dir.parent.parent
         if len(parts) > 1 and (parent / MANIFEST).exists():
@@ -291,6 +289,15 @@ def open_run(ref: str | Path, runs_dir: Path) -> Run:
         raise DataError(f"no run {ref!r} under {runs_dir} (and no such directory); "
                         f"list runs with `python run_book.py runs`")
     return Run(run_dir, storage.read_json(run_dir / MANIFEST))
+
+
+def ref_path(runs_dir: Path, ref: str) -> Path:
+    """Where run `ref` (a run id, or `META/SLEEVE` / `META/NESTED/SLEEVE`) lives under `runs_dir` (unchecked)."""
+    head, *sleeves = str(ref).split("/")
+    path = Path(runs_dir) / head
+    for sleeve in sleeves:
+        path = path / "sleeves" / sleeve
+    return path
 
 
 def nested_runs(run_dir: Path) -> list[tuple[int, dict[str, Any]]]:

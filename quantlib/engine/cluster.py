@@ -19,11 +19,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quantlib.core import storage
 from quantlib.core.errors import WorkbookError
+from quantlib.core.runs import process_alive, process_start
+from quantlib.core.workspace import Workspace
 
 CLUSTER_DIR = "_cluster"  # in the runs root, beside `_static/`: not a run
 RECORD = "cluster.json"
@@ -51,6 +55,8 @@ class Cluster:
     private_dir: str   # 0700 folder: `auth_token` (0600) and Ray's temp dir `ray/` (logs)
     num_cpus: int
     ray_version: str
+    workspace: str     # the checkout whose code and profiles its workers run: only its metas join it
+    pid_started: str | None = None  # the pid's start time (`core.runs.process_start`): a reused pid is not it
 
     @property
     def token_path(self) -> Path:
@@ -61,11 +67,8 @@ class Cluster:
         return Path(self.private_dir) / "ray-start.log"
 
     def alive(self) -> bool:
-        """Its `ray start` process still runs (on this machine; a reused pid is another process's)."""
-        if self.hostname != socket.gethostname() or not _pid_alive(self.pid):
-            return False
-        cmdline = Path(f"/proc/{self.pid}/cmdline")
-        return not cmdline.exists() or self.private_dir in cmdline.read_bytes().decode(errors="replace")
+        """Its `ray start` process still runs (on this machine; a zombie or a reused pid is not it)."""
+        return self.hostname == socket.gethostname() and process_alive(self.pid, self.pid_started)
 
     def env(self) -> dict[str, str]:
         """Ray's settings a client of this cluster needs (token auth with its token file)."""
@@ -80,16 +83,6 @@ def ray_env(private: Path, *, loopback: bool) -> dict[str, str]:
     if loopback:
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return env
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def record_path(runs_root: Path) -> Path:
@@ -108,10 +101,16 @@ def read(runs_root: Path) -> Cluster | None:
                            f"stop the cluster by hand and delete the file") from None
 
 
-def running(runs_root: Path) -> Cluster | None:
-    """The workbook cluster a meta in this runs root should join: recorded and alive, else None."""
+def running(runs_root: Path, workspace: Path | None = None) -> Cluster | None:
+    """The workbook cluster a meta in this runs root (of checkout `workspace`, when given) should join: recorded,
+    alive and serving that checkout (its workers run the code and profiles of the checkout it was started
+    from), else None."""
     cluster = read(runs_root)
-    return cluster if cluster is not None and cluster.alive() else None
+    if cluster is None or not cluster.alive():
+        return None
+    if workspace is not None and Path(cluster.workspace) != Path(workspace).resolve():
+        return None
+    return cluster
 
 
 def start(runs_root: Path, *, host: str = LOOPBACK, port: int = 0, num_cpus: int | None = None,
@@ -123,31 +122,67 @@ def start(runs_root: Path, *, host: str = LOOPBACK, port: int = 0, num_cpus: int
     from importlib.metadata import version
 
     runs_root = Path(runs_root)
-    existing = read(runs_root)
-    if existing is not None and existing.alive():
-        raise ClusterError(f"cluster: already running at {existing.address} (pid {existing.pid}, started "
-                           f"{existing.started}); `run_book.py cluster stop` first")
-    private = Path(tempfile.mkdtemp(prefix="fw-cluster-", dir="/tmp" if os.path.isdir("/tmp") else None))
-    fd = os.open(private / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    cpus = num_cpus or os.cpu_count() or 2
-    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address", host,
-            "--port", str(port), "--num-cpus", str(cpus), "--temp-dir", str(private / "ray"),
-            "--include-dashboard", "false", "--disable-usage-stats"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
-    env.update(ray_env(private, loopback=host == LOOPBACK))
-    for attempt in range(1, START_ATTEMPTS + 1):
+    with _start_lock(runs_root):
+        existing = read(runs_root)
+        if existing is not None and existing.alive():
+            raise ClusterError(f"cluster: already running at {existing.address} (pid {existing.pid}, started "
+                               f"{existing.started}); `run_book.py cluster stop` first")
+        private = Path(tempfile.mkdtemp(prefix="fw-cluster-", dir="/tmp" if os.path.isdir("/tmp") else None))
         try:
-            pid, address = _launch(argv, env, private, timeout_s)
+            fd = os.open(private / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            cpus = num_cpus or os.cpu_count() or 2
+            argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address",
+                    host, "--port", str(port), "--num-cpus", str(cpus), "--temp-dir", str(private / "ray"),
+                    "--include-dashboard", "false", "--disable-usage-stats"]
+            env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+            env.update(ray_env(private, loopback=host == LOOPBACK))
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    pid, address = _launch(argv, env, private, timeout_s)
+                    break
+                except ClusterError as exc:
+                    if attempt == START_ATTEMPTS or "timed out during startup" not in str(exc):
+                        raise
+            cluster = Cluster(address=address, host=host, pid=pid, hostname=socket.gethostname(),
+                              started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), private_dir=str(private),
+                              num_cpus=cpus, ray_version=version("ray"), workspace=str(Workspace.current().root),
+                              pid_started=process_start(pid))
+            storage.write_json(record_path(runs_root), asdict(cluster))
+        except BaseException:  # a failed start, Popen's OSError, Ctrl-C: nothing of it is left behind
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+    return cluster
+
+
+@contextmanager
+def _start_lock(runs_root: Path) -> Iterator[None]:
+    """One `cluster start` at a time per runs root (`O_EXCL` lock file naming its pid; a dead holder's is taken
+    over), so two starts cannot both record a head and orphan one."""
+    lock = Path(runs_root) / CLUSTER_DIR / "start.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             break
-        except ClusterError as exc:
-            if attempt == START_ATTEMPTS or "timed out during startup" not in str(exc):
-                shutil.rmtree(private, ignore_errors=True)
-                raise
-    cluster = Cluster(address=address, host=host, pid=pid,
-                      hostname=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      private_dir=str(private), num_cpus=cpus, ray_version=version("ray"))
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and process_alive(holder):
+                raise ClusterError(f"cluster: another `cluster start` (pid {holder}) is under way for {runs_root}; "
+                                   f"wait for it, then `run_book.py cluster status`") from None
+            lock.unlink(missing_ok=True)  # its holder died: take it over
+    else:
+        raise ClusterError(f"cluster: cannot take {lock}; delete it if no `cluster start` runs")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
     storage.write_json(record_path(runs_root), asdict(cluster))
     return cluster
 
@@ -160,16 +195,19 @@ def _launch(argv: list[str], env: dict[str, str], private: Path, timeout_s: floa
                                    start_new_session=True)  # outlives this command; Ctrl-C in its shell spares it
     address_file = private / "ray" / "ray_current_cluster"
     deadline = time.monotonic() + timeout_s
-    while not address_file.exists() or not address_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            reason = (f"exited with code {process.returncode}" if process.poll() is not None
-                      else f"no address within {timeout_s:g} s")
-            tail = (private / "ray-start.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            _terminate(process.pid, timeout_s=5.0)
-            _kill_group(process.pid)
-            address_file.unlink(missing_ok=True)
-            raise ClusterError(f"cluster: `ray start --head` {reason} ({tail[0][:200]})")
-        time.sleep(0.25)
+    try:
+        while not address_file.exists() or not address_file.read_text().strip():
+            if process.poll() is not None or time.monotonic() > deadline:
+                reason = (f"exited with code {process.returncode}" if process.poll() is not None
+                          else f"no address within {timeout_s:g} s")
+                tail = (private / "ray-start.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                raise ClusterError(f"cluster: `ray start --head` {reason} ({tail[0][:200]})")
+            time.sleep(0.25)
+    except BaseException:  # its error, or Ctrl-C while waiting: the half-started head goes too
+        _terminate(process.pid, timeout_s=5.0)
+        _kill_group(process.pid)
+        address_file.unlink(missing_ok=True)
+        raise
     return process.pid, address_file.read_text().strip()
 
 
@@ -213,7 +251,7 @@ def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
                 return
         except ChildProcessError:
             pass
-        if not _pid_alive(pid):
+        if not process_alive(pid):
             return
         time.sleep(0.2)
     _kill_group(pid)

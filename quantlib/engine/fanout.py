@@ -19,6 +19,7 @@ from quantlib.core import live
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import MANIFEST, Run, RunOptions
+from quantlib.core.workspace import Workspace
 from quantlib.engine.cluster import ray_env, running
 from quantlib.engine.executor import run_phase
 from quantlib.engine.resume import reopen
@@ -70,7 +71,8 @@ def run_spec(spec: dict) -> dict:
         if (runs_dir / spec["run_id"] / MANIFEST).exists():
             run = reopen(runs_dir, spec["run_id"], spec["phase"], spec["profile"], overrides=spec["overrides"])
         else:
-            resolved = load_profile(spec["profile"], overrides=spec["overrides"])
+            # the meta's workspace, not the worker's (a cluster's workers may have been started elsewhere)
+            resolved = load_profile(spec["profile"], Workspace(spec["workspace"]).profiles, overrides=spec["overrides"])
             options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
                                  runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
                                  cache=spec.get("cache", True), data_runs=spec.get("data_runs"))
@@ -93,11 +95,13 @@ def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: f
     the duration (`local_ray_files`)."""
     executor, address = run.options.executor.value, run.options.ray_address
     specs, pinned = sleeve_specs(run)
-    cluster = running(run.runs_root) if executor == "ray" and not address and specs else None
-    if cluster is not None:  # `run_book.py cluster start` left one running for this runs root: join it
+    cluster = running(run.runs_root, run.workspace) if executor == "ray" and not address and specs else None
+    if cluster is not None:  # `run_book.py cluster start` left one running for this checkout and runs root: join it
         address = cluster.address
-        print(f"sleeves: on the workbook cluster at {address} (started {cluster.started}; "
-              f"`run_book.py cluster stop` stops it)")
+        said = (f"sleeves: on the workbook cluster at {address} (started {cluster.started}; no Ray start-up; "
+                f"`run_book.py cluster stop` stops it)")
+        print(said)  # the notebook
+        live.note(said)  # the terminal
     local_ray = executor == "ray" and not address
     with local_ray_files(run.dir) if local_ray else nullcontext() as private:
         results = pinned + execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s,

@@ -30,7 +30,7 @@ import pandas as pd
 
 from quantlib.core.errors import WorkbookError
 from quantlib.core.profiles import BASE_PROFILE, default_profiles_dir, list_profiles, load_profile, load_yaml_chain
-from quantlib.core.runs import INDEX, list_runs
+from quantlib.core.runs import INDEX, list_runs, nested_runs, ref_path
 from quantlib.core.workspace import Workspace
 
 SCRIPT = "run_book.py"
@@ -42,7 +42,6 @@ DEMO_DESCRIPTION = ("the whole workflow offline: data runs of demo and demo_equi
 SLEEVE_FLAGS = ("--skip-validation", "--skip-analysis")  # canonical order in a sleeve command
 PROFILE_COLUMNS = ["profile", "kind", "description", "extends", "error"]
 RUN_COLUMNS = ["run_id", "profile", "phase", "status", "stages", "created_at", "link", "depth"]
-NESTED = "sleeves"  # a meta's sleeve runs: <runs>/<META>/sleeves/<id>/
 POLL_SECONDS = 2.0
 POLL_LIMIT = 900  # polls per run (30 min at 2 s); the Refresh button works after that
 
@@ -100,26 +99,18 @@ def default_runs_dir() -> Path:
 
 def run_table(runs_dir: str | Path | None = None, link_base: str | Path | None = None) -> pd.DataFrame:
     """`quantlib.core.runs.list_runs` as a frame (newest first), each meta followed by its nested sleeve runs
-    (`run_id` `META/sleeves/ID`, `depth` 1), with a `link` column: the path of each run's INDEX.md
-    (relative to `link_base` when given, else absolute; "" when the run has no INDEX.md yet)."""
+    (`core.runs.nested_runs`: `run_id` `META/SLEEVE`, the name the CLI takes, `depth` 1, 2, ...), with a `link`
+    column: the path of each run's INDEX.md (relative to `link_base` when given, else absolute; "" when the
+    run has no INDEX.md yet)."""
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-    rows = _runs_under(runs_dir, Path(), 0) if runs_dir.exists() else []
+    rows = []
+    for row in list_runs(runs_dir) if runs_dir.exists() else []:
+        rows.append({**row, "depth": 0})
+        rows.extend({**child, "depth": depth} for depth, child in nested_runs(runs_dir / row["run_id"]))
     for row in rows:
-        index = (runs_dir / row["run_id"] / INDEX).resolve()
+        index = (ref_path(runs_dir, row["run_id"]) / INDEX).resolve()
         row["link"] = _link(index, link_base) if index.exists() else ""
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
-
-
-def _runs_under(runs_dir: Path, rel: Path, depth: int) -> list[dict]:
-    """`list_runs` of `runs_dir / rel`, each run followed by the runs nested in it (a meta's
-    `sleeves/<id>`, `run_id` = that path relative to `runs_dir`, `depth` 1, 2, ...)."""
-    rows = []
-    for row in list_runs(runs_dir / rel):
-        row_rel = rel / row["run_id"]
-        rows.append({**row, "run_id": row_rel.as_posix(), "depth": depth})
-        if (runs_dir / row_rel / NESTED).is_dir() and depth < 3:
-            rows.extend(_runs_under(runs_dir, row_rel / NESTED, depth + 1))
-    return rows
 
 
 def _link(path: Path, base: str | Path | None) -> str:
@@ -415,7 +406,7 @@ def workbook_panel(runs_dir: str | Path | None = None, profiles_dir: str | Path 
         on_pick()
 
     def on_pick(_=None) -> None:
-        index_view.value = (index_html(runs_path / run_dd.value, link_base, server) if run_dd.value
+        index_view.value = (index_html(ref_path(runs_path, run_dd.value), link_base, server) if run_dd.value
                             else "<i>pick a run</i>")
 
     profile_dd.observe(on_profile, names="value")

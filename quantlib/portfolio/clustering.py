@@ -78,8 +78,8 @@ def match_labels(previous: pd.Series, current: pd.Series, next_id: int) -> tuple
     its smallest original id. Only ids change: which items are together is untouched."""
     from scipy.optimize import linear_sum_assignment
 
-    cur_ids = sorted(pd.unique(current.dropna()).tolist(), key=_id_key)
-    prev_ids = sorted(pd.unique(previous.dropna()).tolist(), key=_id_key)
+    cur_ids = sorted(pd.unique(current.dropna()).tolist(), key=id_order)
+    prev_ids = sorted(pd.unique(previous.dropna()).tolist(), key=id_order)
     mapping: dict = {}
     if cur_ids and prev_ids:
         shared = current.index.intersection(previous.index)
@@ -94,8 +94,9 @@ def match_labels(previous: pd.Series, current: pd.Series, next_id: int) -> tuple
     return mapping, next_id
 
 
-def _id_key(value) -> tuple:
+def id_order(value) -> tuple:
+    """Sort key for cluster ids: numbers by value (2 before 10), then anything else by its text."""
     try:
-        return (0, float(value), "")
+        return (0, float(value), str(value))
     except (TypeError, ValueError):
         return (1, 0.0, str(value))

@@ -245,13 +245,6 @@ def factor_embedding(returns: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
     return out
 
 
-def _cluster_sort_key(value):
-    try:
-        return (0, float(value), str(value))
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
-
-
 def factor_map(returns: pd.DataFrame, labels: pd.Series, weights: pd.Series | None = None):
     """Scatter of `factor_embedding`, one trace per cluster (categorical colours, legend "cluster k").
 
@@ -274,7 +267,7 @@ def factor_map(returns: pd.DataFrame, labels: pd.Series, weights: pd.Series | No
         size = pd.Series(11.0, index=emb.index)
     palette = px.colors.qualitative.Dark24
     fig = go.Figure()
-    for k, cl in enumerate(sorted(emb["cluster"].unique(), key=_cluster_sort_key)):
+    for k, cl in enumerate(sorted(emb["cluster"].unique(), key=clustering.id_order)):
         sub = emb.loc[emb["cluster"] == cl]
         atoms = [str(a) for a in sub.index]
         if w is None:
@@ -356,7 +349,8 @@ def stable_cluster_ids(history: pd.DataFrame) -> pd.DataFrame:
     previous rebalance by maximum overlap of atoms (`clustering.match_labels`, Hungarian), and a
     cluster that continues none gets a fresh id (never used before in that profile). Which atoms are
     together is unchanged; only the numbers move -- for charts: the recorded artifacts keep the
-    optimizer's ids. `cluster` comes back as nullable Int64 (NaN stays <NA>)."""
+    optimizer's ids (integers, as `clustering.ward_clusters` gives them). `cluster` comes back as nullable
+    Int64 (NaN stays <NA>)."""
     h = _check_history(history).sort_values(["profile", "rebalance", "atom_id"], kind="stable").copy()
     out = pd.Series(pd.NA, index=h.index, dtype="Int64")
     for _, sub in h.groupby("profile", sort=True):

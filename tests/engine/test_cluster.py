@@ -38,7 +38,9 @@ def test_start_records_a_private_authenticated_loopback_head(head, runs_root):
     private = Path(head.private_dir)
     assert private.parent == Path("/tmp") and private.name.startswith("fw-cluster-")
     assert stat.S_IMODE(private.stat().st_mode) == 0o700 and stat.S_IMODE(head.token_path.stat().st_mode) == 0o600
-    assert cluster.running(runs_root) == head and head.alive()
+    assert cluster.running(runs_root) == head and head.alive() and head.pid_started
+    assert cluster.running(runs_root, ROOT) == head and Path(head.workspace) == ROOT.resolve()
+    assert cluster.running(runs_root, runs_root) is None  # another checkout's metas start their own Ray
     ok, lines = cluster.status_lines(runs_root)
     assert ok and lines[0] == f"RUNNING  {head.address}" and "every `meta`" in lines[-1]
 
@@ -92,7 +94,7 @@ def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root
 def test_a_record_of_a_dead_cluster_reads_stopped(tmp_path):
     record = {"address": "127.0.0.1:1", "host": "127.0.0.1", "pid": 2 ** 22 + 1, "hostname": "elsewhere",
               "started": "2026-01-01T00:00:00Z", "private_dir": tempfile.mkdtemp(), "num_cpus": 2,
-              "ray_version": "2.60.0"}
+              "ray_version": "2.60.0", "workspace": str(ROOT)}
     cluster.record_path(tmp_path).parent.mkdir(parents=True)
     cluster.record_path(tmp_path).write_text(json.dumps(record))
     assert cluster.running(tmp_path) is None
@@ -107,3 +109,22 @@ def test_a_corrupt_record_is_one_line_naming_the_file(tmp_path):
     cluster.record_path(tmp_path).write_text("{not json")
     with pytest.raises(cluster.ClusterError, match=r"_cluster/cluster.json is not a workbook cluster record"):
         cluster.read(tmp_path)
+
+
+def test_a_start_under_way_is_not_raced_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    import os
+    import subprocess
+
+    lock = cluster.record_path(tmp_path).parent / "start.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))  # a live holder: refused before anything starts
+    with pytest.raises(cluster.ClusterError, match=rf"another `cluster start` \(pid {os.getpid()}\) is under way"):
+        cluster.start(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # a dead holder's lock is taken over; this start then fails (a bad port)
+    before = set(Path("/tmp").glob("fw-cluster-*"))
+    with pytest.raises(cluster.ClusterError, match=r"`ray start --head` exited with code"):
+        cluster.start(tmp_path, port=-5, timeout_s=60)
+    assert not lock.exists() and not cluster.record_path(tmp_path).exists()
+    assert set(Path("/tmp").glob("fw-cluster-*")) <= before  # its private folder is gone

@@ -272,7 +272,7 @@ def nested_meta(runs_dir: Path) -> str:
 def test_run_table_lists_a_metas_sleeve_runs_under_it(runs_dir):
     meta = nested_meta(runs_dir)
     table = panel.run_table(runs_dir)
-    assert list(table["run_id"][:2]) == [meta, f"{meta}/sleeves/crypto_long"]
+    assert list(table["run_id"][:2]) == [meta, f"{meta}/crypto_long"]
     assert list(table["depth"][:2]) == [0, 1] and table["profile"].iloc[1] == "demo_crypto_long"
     assert Path(table["link"].iloc[1]) == (runs_dir / meta / "sleeves" / "crypto_long" / "INDEX.md").resolve()
 
@@ -315,8 +315,8 @@ def test_panel_defaults_to_the_demo_lists_nested_runs_and_picks_the_run_it_start
     htmls = [x for x in widgets if isinstance(x, w.HTML)]
     assert profiles.value == panel.DEMO and profiles.options[0][1] == panel.DEMO
     assert any("python run_book.py demo</code>" in x.value for x in htmls)
-    assert f"{meta}/sleeves/crypto_long" in [v for _, v in runs.options]  # a nested sleeve run is pickable
-    runs.value = f"{meta}/sleeves/crypto_long"
+    assert f"{meta}/crypto_long" in [v for _, v in runs.options]  # a nested sleeve run is pickable
+    runs.value = f"{meta}/crypto_long"
     assert any("crypto_long" in x.value and "<table>" in x.value for x in htmls)
     next(x for x in widgets if isinstance(x, w.Button) and x.description == "Run").click()
     assert started["argv"] == ["python", "run_book.py", "demo"]
