@@ -1,8 +1,9 @@
 """Benchmark: the meta phase on Ray vs the same sleeves one after another, and the whole offline demo.
 
 1. An offline data run in a temp workspace, then a meta of 2 sleeves (demo_meta_pair) and of 4 sleeves
-   (the four rating sleeves), each with `--executor ray` and `--executor local`: wall times, the
-   ratio ray/sequential (target <= 0.6 for 2 sleeves on 2 cores) and Ray's start-up time on its own.
+   (the four rating sleeves), each `--executor local`, on its own Ray and on a running workbook cluster
+   (`run_book.py cluster start`): wall times, the ratios to sequential (targets on a running cluster:
+   <= 0.6 for 2 sleeves, <= 0.55 for 4, on 2 cores) and Ray's start-up time on its own.
 2. `run_book.py demo` from a cold lakehouse: total wall time (target <= 90 s) and how it splits
    between the data runs, Ray start-up, the sleeves and the meta stages.
 Usage: python bench/bench_meta.py [--skip-pairs] [--skip-demo]
@@ -25,17 +26,29 @@ def sleeves_doc(runs: Path, manifest: dict) -> dict:
 
 
 def pairs(tmp: Path) -> None:
+    """Each meta three ways, every sleeve computed (--no-cache: no run restores another's stages): one after
+    another in-process, on the meta's own Ray instance, and on a running workbook cluster (no Ray start-up)."""
+    from quantlib.engine import cluster
+
     runs, lake = tmp / "runs", tmp / "lake"
     env = offline_env(lake)
     book(runs, env, "data", "--profile", "demo")
-    print(f"{'meta':<22} {'ray s':>7} {'ray start s':>11} {'local s':>8} {'ray/local':>9}")
-    for label, profile, extra in (("2 sleeves (pair)", "demo_meta_pair", {}),
-                                  ("4 sleeves (ratings)", "demo_meta_pair", {"FW_META__SLEEVES": FOUR})):
+    print(f"{'meta':<22} {'local s':>8} {'ray s':>7} {'ray start s':>11} {'ray/local':>9} {'cluster s':>9} "
+          f"{'cluster/local':>13}")
+    for label, profile, extra, target in (("2 sleeves (pair)", "demo_meta_pair", {}, 0.6),
+                                          ("4 sleeves (ratings)", "demo_meta_pair", {"FW_META__SLEEVES": FOUR}, 0.55)):
         e = dict(env, **extra)
-        ray_wall, ray_manifest = book(runs, e, "meta", profile, "--executor", "ray")
-        local_wall, _ = book(runs, e, "meta", profile, "--executor", "local")
+        local_wall, _ = book(runs, e, "meta", profile, "--executor", "local", "--no-cache")
+        ray_wall, ray_manifest = book(runs, e, "meta", profile, "--executor", "ray", "--no-cache")
         start = max(s.get("ray_start_seconds") or 0 for s in sleeves_doc(runs, ray_manifest)["sleeves"])
-        print(f"{label:<22} {ray_wall:>7.1f} {start:>11.1f} {local_wall:>8.1f} {ray_wall / local_wall:>9.2f}")
+        cluster.start(runs)
+        try:
+            cluster_wall, cluster_manifest = book(runs, e, "meta", profile, "--no-cache")
+            assert sleeves_doc(runs, cluster_manifest)["ray_cluster"] == "workbook"
+        finally:
+            cluster.stop(runs)
+        print(f"{label:<22} {local_wall:>8.1f} {ray_wall:>7.1f} {start:>11.1f} {ray_wall / local_wall:>9.2f} "
+              f"{cluster_wall:>9.1f} {cluster_wall / local_wall:>13.2f}  (target <= {target})")
 
 
 def demo(tmp: Path) -> None:
