@@ -24,9 +24,18 @@ def colors(streams: list[str], book: str, market: str | None, equal: str | None)
     return {s: fixed.get(s) or next(others) for s in streams}
 
 
+#: Pixels between the bottom of the plot area and the top of the legend (room for the x tick labels).
+LEGEND_GAP = 34
+
+
 def _layout(fig: go.Figure, title: str, height: int, **extra) -> go.Figure:
-    settings = {"margin": {"l": 60, "r": 20, "t": 56, "b": 40}, "hovermode": "x unified",
-                "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1.0}}
+    """Title top left; the legend in rows under the plot area (above it, five streams or more wrapped into
+    the title), the bottom margin growing with it (plotly's automargin)."""
+    margin = {"l": 60, "r": 20, "t": 56, "b": 40, **extra.pop("margin", {})}
+    plot_height = max(height - margin["t"] - margin["b"], 1)
+    settings = {"margin": margin, "hovermode": "x unified",
+                "legend": {"orientation": "h", "yanchor": "top", "y": -LEGEND_GAP / plot_height, "xanchor": "left",
+                           "x": 0.0}}
     fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}}, height=height,
                       template="plotly_white", **{**settings, **extra})
     return fig

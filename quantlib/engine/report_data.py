@@ -23,7 +23,7 @@ from quantlib.core.runs import MANIFEST, Run
 from quantlib.meta.sleeves import SleeveRef, sleeve_refs, value
 from quantlib.meta.streams import aggregate_streams, infer_annualization
 from quantlib.portfolio.metrics import metrics_table
-from quantlib.portfolio.performance import equal_weight, held_weights, turnover_series
+from quantlib.portfolio.performance import equal_weight, held_weights, turnover_series, utc_naive
 
 
 class Missing(WorkbookError):
@@ -53,15 +53,9 @@ class Source:
         return self.cache[name]
 
 
-def _naive(index: pd.Index) -> pd.DatetimeIndex:
-    """Dates without time zone (UTC dates of the crypto streams line up with the meta's plain dates)."""
-    idx = pd.DatetimeIndex(index)
-    return idx.tz_convert(None) if idx.tz is not None else idx
-
-
 def _dated(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
-    out.index = _naive(out.index)
+    out.index = utc_naive(out.index)
     return out
 
 
@@ -134,8 +128,10 @@ def meta_streams(src: Source) -> Streams:
     market = "market blend (sleeves' benchmarks)"
     markets = {}
     for ref in meta_sleeves(src):
-        bench = Path(ref.run_dir or "") / registry.path("sleeve", "wf_benchmarks")
-        if ref.kind == "sleeve" and bench.is_file():
+        if ref.kind != "sleeve" or ref.run_dir is None:  # a nested meta has no market benchmark; no run, no file
+            continue
+        bench = Path(ref.run_dir) / registry.path("sleeve", "wf_benchmarks")
+        if bench.is_file():
             markets[ref.id] = storage.read_parquet(bench)["market_benchmark"]
     if markets:
         joined, _ = aggregate_streams(markets)
@@ -162,7 +158,7 @@ def exposure_by_decision(holdings: pd.DataFrame, profile: str, asset_class: str)
     side = rows["net"].ge(0).map({True: "long", False: "short"})
     rows["group"] = asset_class + " · " + venue + " · " + side
     table = rows.pivot_table(index="decision", columns="group", values="net", aggfunc="sum").fillna(0.0)
-    table.index = _naive(table.index)
+    table.index = utc_naive(table.index)
     return table
 
 
@@ -178,12 +174,14 @@ def meta_exposure(src: Source, dates: pd.DatetimeIndex) -> pd.DataFrame:
     held = held_weights(_dated(src.read("meta_weights_history")), dates)
     total = pd.DataFrame(index=dates, dtype=float)
     for ref in meta_sleeves(src):
-        path = Path(ref.run_dir or "") / registry.path("sleeve", "wf_holdings")
-        if ref.kind != "sleeve" or not path.is_file() or ref.id not in held:
+        if ref.kind != "sleeve" or ref.run_dir is None or ref.id not in held:
+            continue
+        path = Path(ref.run_dir) / registry.path("sleeve", "wf_holdings")
+        if not path.is_file():
             continue
         cls = Run.at(ref.run_dir).profile.sleeve.asset_class
         exposure = exposure_by_decision(storage.read_parquet(path), risk_profile, cls)
-        asof = exposure.reindex(exposure.index.union(dates)).ffill().reindex(dates).fillna(0.0)
+        asof = held_weights(exposure, dates).fillna(0.0)
         total = total.add(asof.mul(held[ref.id], axis=0), fill_value=0.0)
     if total.empty:
         raise Missing("no sleeve of this meta recorded walk-forward holdings (backtest/holdings.parquet)")

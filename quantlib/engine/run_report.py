@@ -21,7 +21,7 @@ import pandas as pd
 from quantlib.core import registry, storage
 from quantlib.core.figures import figure_div, figure_json, plotly_script, run_static_root
 from quantlib.core.gates import verdict
-from quantlib.core.runs import INDEX, REPORT, Run
+from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run
 from quantlib.engine import report_charts as charts
 from quantlib.engine.report_data import (Missing, Source, Streams, exposure_by_decision, meta_exposure,
                                          meta_sleeves, meta_streams, sleeve_streams, with_totals)
@@ -55,7 +55,7 @@ table.text td,table.text th{{text-align:left;white-space:normal}} tr.book td{{fo
 .pass{{color:#1b7d2e;font-weight:700}} .fail{{color:#c62828;font-weight:700}} .grid{{display:grid;grid-template-columns:1fr 1fr;gap:12px}}
 .scroll{{max-height:520px;overflow-y:auto;display:inline-block}} th.sort{{cursor:pointer}} th.sort:after{{content:" \\21C5";color:#999}}
 .status{{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:700}}
-.plotly-graph-div{{margin:4px 0 12px}} a{{color:#1f5fb4}}
+tr.failrow td{{background:#fdecea}} .plotly-graph-div{{margin:4px 0 12px}} a{{color:#1f5fb4}}
 </style></head><body>
 """
 _TAIL = """<script>
@@ -159,8 +159,11 @@ def kpi_block(s: Streams, note: str) -> str:
     kpis = s.kpis()
     rows = [[str(name)] + [_cell(kpis.loc[name].get(key), kind) for key, _, kind in KPI_COLUMNS] for name in kpis.index]
     classes = ["book" if name == s.book else "" for name in kpis.index]
-    first, last = s.returns[s.book].dropna().index[[0, -1]]
-    return (f'<p class="sub">Out of sample, {day(first)} → {day(last)} ({len(s.returns[s.book].dropna())} days, '
+    oos = s.returns[s.book].dropna()
+    if oos.empty:
+        raise Missing("no out-of-sample day")
+    first, last = oos.index[[0, -1]]
+    return (f'<p class="sub">Out of sample, {day(first)} → {day(last)} ({len(oos)} days, '
             f'{s.annualization} periods a year). {html.escape(note)}</p>'
             + table(["stream"] + [label for _, label, _ in KPI_COLUMNS], rows, classes)
             + f'<p class="note">{UNITS}</p>')
@@ -222,12 +225,15 @@ def link(rel: str, text: str | None = None) -> str:
 
 
 def sleeve_composition(page: Page, src: Source, s: Streams) -> None:
-    flat = src.read("flattened")
-    book = flat[flat["profile"].astype(str) == s.book]
+    """Each section reads its own artifact, so a missing one is that section's note, not a page that fails."""
+    def book() -> pd.DataFrame:
+        flat = src.read("flattened")
+        return flat[flat["profile"].astype(str) == s.book]
+
     csv = registry.path("sleeve", "flattened_csv")
     page.parts.append("<h2>Composition</h2>")
     page.section("Weights treemap (physical names)", lambda: page.fig(charts.treemap_figure(
-        book, f"Physical book of {s.book}: LONG and SHORT names by |net weight|")), 3)
+        book(), f"Physical book of {s.book}: LONG and SHORT names by |net weight|")), 3)
     cls = src.run.profile.sleeve.asset_class
 
     def exposure() -> str:
@@ -243,17 +249,21 @@ def sleeve_composition(page: Page, src: Source, s: Streams) -> None:
 
     page.section("Exposure over time", exposure, 3)
     page.section("Turnover and cost drag per rebalance", rebalances, 3)
-    page.section("Physical book", lambda: f'<p class="sub">{len(book)} names of {html.escape(s.book)} · CSV: '
-                 f'{link(csv)}</p>' + book_table(book, []), 3)
+    def physical() -> str:
+        names = book()
+        return (f'<p class="sub">{len(names)} names of {html.escape(s.book)} · CSV: {link(csv)}</p>'
+                + book_table(names, []))
+
+    page.section("Physical book", physical, 3)
 
 
 def meta_sections(page: Page, src: Source, s: Streams) -> None:
-    sleeves = src.read("sleeve_returns")
-    history = src.read("meta_weights_history")
+    """The sleeves as assets and the flattened book; each section reads its own artifacts (a missing one is
+    that section's note)."""
     oos = s.returns[s.book].dropna()
 
     def assets() -> str:
-        joined = sleeves.copy()
+        joined = src.read("sleeve_returns").copy()
         joined.index = pd.DatetimeIndex(joined.index)
         on_oos = joined.reindex(oos.index)
         kpis = metrics_table(on_oos, s.annualization)
@@ -268,14 +278,14 @@ def meta_sections(page: Page, src: Source, s: Streams) -> None:
                   f"Sleeve reports: {reports or '—'}</p>")
 
     def contribution() -> str:
-        held = held_weights(history, oos.index)
-        return page.fig(charts.contribution_figure(contributions(held, sleeves.reindex(oos.index))))
+        held = held_weights(src.read("meta_weights_history"), oos.index)
+        return page.fig(charts.contribution_figure(contributions(held, src.read("sleeve_returns").reindex(oos.index))))
 
     page.section("The sleeves as assets", assets)
-    page.section("Sleeve weights over time", lambda: page.fig(charts.weights_history_figure(history)), 3)
-    page.section("Sleeve correlation", lambda: page.fig(charts.correlation_figure(sleeves)), 3)
+    page.section("Sleeve weights over time", lambda: page.fig(charts.weights_history_figure(
+        src.read("meta_weights_history"))), 3)
+    page.section("Sleeve correlation", lambda: page.fig(charts.correlation_figure(src.read("sleeve_returns"))), 3)
     page.section("Sleeve contributions", contribution, 3)
-    flat = src.read("meta_flattened") if src.has("meta_flattened") else None
     csv = registry.path("meta", "meta_flattened_csv")
     page.parts.append("<h2>Composition</h2>")
     page.section("Weights treemap (physical names)", lambda: page.fig(charts.treemap_figure(
@@ -284,12 +294,16 @@ def meta_sections(page: Page, src: Source, s: Streams) -> None:
         with_totals(meta_exposure(src, pd.DatetimeIndex(oos.index))), "Exposure: asset class · venue · side "
         "(meta weight × each sleeve's holdings)")), 3)
     page.section("Turnover per rebalance", lambda: page.fig(charts.rebalance_figure(
-        turnover_series(history), None, "Turnover of the sleeve weights per rebalance"))
+        turnover_series(src.read("meta_weights_history")), None, "Turnover of the sleeve weights per rebalance"))
         + '<p class="note">Trading costs are charged inside each sleeve\'s returns; moving weight between '
           "sleeves is not charged.</p>", 3)
-    csv_note = link(csv) if (src.run.dir / csv).is_file() else f"{csv} not written by this run"
-    page.section("Flattened book", lambda: f'<p class="sub">{len(flat)} physical names · CSV: {csv_note}</p>'
-                 + book_table(src.read("meta_flattened"), ["contributors"]), 3)
+
+    def flattened() -> str:
+        flat = src.read("meta_flattened")
+        csv_note = link(csv) if (src.run.dir / csv).is_file() else f"{csv} not written by this run"
+        return f'<p class="sub">{len(flat)} physical names · CSV: {csv_note}</p>' + book_table(flat, ["contributors"])
+
+    page.section("Flattened book", flattened, 3)
 
 
 def gates_block(src: Source) -> str:
@@ -327,12 +341,33 @@ def provenance_block(run: Run) -> str:
             f'{link("manifest.json")} · {link("profile.resolved.yaml")}</p>')
 
 
+#: An absolute path still in the page after `scrub`'s roots: a "/" that no word, path, URL, base64 or tag
+#: character precedes (html.escape has turned quotes into entities, so text paths follow a ";" or a space).
+_ABSOLUTE = re.compile(r"(?<![\w+/=\"'<.:\\\x00-])/[\w.+@~%-]+(?:/[\w.+@~%-]+)*/?")
+
+
+def _outside(path: str) -> str:
+    """A path outside the run, the runs root and the workspace, as `…/<run id>/rest` from the outermost run
+    folder on it (a pinned sleeve's run elsewhere), else `…/<file name>`."""
+    parts = Path(path).parts
+    for i in range(1, len(parts)):
+        if (Path(*parts[:i + 1]) / MANIFEST).is_file():
+            return "…/" + "/".join(parts[i:])
+    return "…/" + (parts[-1] if len(parts) > 1 else "")
+
+
 def scrub(text: str, run: Run) -> str:
-    """No absolute path in the page: the run's own folder becomes relative, the workspace `<workspace>`."""
-    pairs = ((run.dir.resolve(), "."), (run.dir, "."), (run_static_root(run), "<runs>"), (run.workspace, "<workspace>"))
-    for root, to in pairs:
-        text = text.replace(str(root) + "/", "" if to == "." else to + "/").replace(str(root), to)
-    return text
+    """No absolute path in the page (an HTML text): the run's own folder becomes relative (`.`), the runs
+    root `<runs>`, the workspace `<workspace>` (each matched as a whole path component, so `/runs/R1` leaves
+    `/runs/R10` alone), and any other absolute path is shortened by `_outside`."""
+    roots = [(run.dir.resolve(), ""), (run.dir, ""), (run_static_root(run).resolve(), "\x00runs\x00"),
+             (run_static_root(run), "\x00runs\x00"), (run.workspace.resolve(), "\x00workspace\x00"),
+             (run.workspace, "\x00workspace\x00")]
+    for root, to in sorted(roots, key=lambda r: -len(str(r[0]))):  # the deepest root first
+        pattern = re.compile(re.escape(str(root)) + r"(/|(?=$|[^\w.-]))")
+        text = pattern.sub(lambda m: (to + "/" if to else "") if m.group(1) else (to or "."), text)
+    text = _ABSOLUTE.sub(lambda m: _outside(m.group(0)), text)
+    return text.replace("\x00runs\x00", "&lt;runs&gt;").replace("\x00workspace\x00", "&lt;workspace&gt;")
 
 
 def render(run: Run, page_path: Path) -> str:
@@ -348,7 +383,7 @@ def render(run: Run, page_path: Path) -> str:
             f'<p class="sub"><span class="status" style="background:{color}">{html.escape(status)}</span> '
             f"run <code>{html.escape(run.id)}</code> · {link(INDEX)}</p>")
     if run.manifest.get("error"):
-        head += f'<p class="missing"><b>FAIL:</b> {html.escape(scrub(str(run.manifest["error"]), run))}</p>'
+        head += f'<p class="missing"><b>FAIL:</b> {html.escape(str(run.manifest["error"]))}</p>'
     page.parts.append(head)
     streams: Streams | None = None
     try:

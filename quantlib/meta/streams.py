@@ -13,17 +13,15 @@ import pandas as pd
 from quantlib.core import storage
 from quantlib.core.errors import DataError, GateError
 from quantlib.meta.sleeves import SleeveRef
+from quantlib.portfolio.performance import utc_naive
 
 
 def _daily_index(index: pd.Index, where: str) -> pd.DatetimeIndex:
     """A tz-naive, midnight-normalized DatetimeIndex (UTC if tz-aware); duplicates are a DataError."""
     try:
-        idx = pd.DatetimeIndex(index)
+        idx = utc_naive(index).normalize()
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: the index is not dates ({exc}); write the stream with a DatetimeIndex 'date'") from None
-    if idx.tz is not None:
-        idx = idx.tz_convert("UTC").tz_localize(None)
-    idx = idx.normalize()
     if idx.has_duplicates:
         dup = idx[idx.duplicated()].unique()[:5]
         raise DataError(f"{where}: duplicated dates {[d.date().isoformat() for d in dup]}; one row per day expected")

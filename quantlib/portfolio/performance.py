@@ -5,7 +5,9 @@ Conventions are those of `quantlib.portfolio.metrics` (simple returns, NaN = no 
 ddof=1, rf = 0, `annualization` A periods per year). Relative statistics use the dates both series have:
 - beta = cov(r, m) / var(m); alpha = (mean(r) - beta mean(m)) A (Jensen's alpha, annualized arithmetically);
 - tracking error TE = std(r - m) sqrt(A); information ratio IR = mean(r - m) A / TE;
-- rolling statistics over `window` observations are NaN until the window is full.
+- rolling statistics over `window` observations are NaN until the window is full, and NaN where undefined
+  (a window without variation: no Sharpe, no beta).
+Dates: tz-aware stamps are read as UTC dates (`utc_naive`, the one rule the meta's streams and the report use).
 A drawdown episode runs from the first period under water (wealth below its running max, which includes
 the initial 1.0) to the period wealth first gets back to that max (the recovery; None while under water);
 its length counts the periods under water.
@@ -17,9 +19,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from quantlib.portfolio.metrics import drawdown
+from quantlib.portfolio.metrics import drawdown, turnover
 
 DRAWDOWN_COLUMNS = ["start", "trough", "recovery", "depth", "length"]
+
+
+def utc_naive(index: pd.Index) -> pd.DatetimeIndex:
+    """`index` as tz-naive dates: tz-aware stamps converted to UTC first (never their local wall time), so a
+    crypto stream's UTC dates line up with the plain dates of equities."""
+    idx = pd.DatetimeIndex(index)
+    return idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx
 
 
 def _clean(returns: pd.Series) -> pd.Series:
@@ -37,8 +46,7 @@ def period_returns(returns: pd.Series, freq: str) -> pd.Series:
     r = _clean(returns)
     if r.empty:
         return pd.Series(dtype=float)
-    index = pd.DatetimeIndex(r.index)
-    periods = index.tz_localize(None).to_period(freq) if index.tz is not None else index.to_period(freq)
+    periods = utc_naive(r.index).to_period(freq)
     return (1.0 + r).groupby(np.asarray(periods)).prod() - 1.0
 
 
@@ -62,16 +70,22 @@ def rolling_vol(returns: pd.Series, window: int, annualization: int) -> pd.Serie
 
 
 def rolling_sharpe(returns: pd.Series, window: int, annualization: int) -> pd.Series:
-    """Annualized rolling Sharpe mean / std sqrt(A) (rf = 0) over `window` observations."""
+    """Annualized rolling Sharpe mean / std sqrt(A) (rf = 0) over `window` observations; NaN where the window's
+    std is 0."""
     roll = _clean(returns).rolling(window, min_periods=window)
-    return roll.mean() / roll.std(ddof=1) * math.sqrt(annualization)
+    std = roll.std(ddof=1)
+    return roll.mean() / std.where(std > 0) * math.sqrt(annualization)
 
 
 def rolling_beta(returns: pd.Series, benchmark: pd.Series, window: int) -> pd.Series:
-    """Rolling cov(r, m) / var(m) over `window` common observations."""
+    """Rolling cov(r, m) / var(m) over `window` common observations; NaN where var(m) is 0, empty when the
+    two series share no date."""
     both = _aligned(returns, benchmark)
-    roll = both.rolling(window, min_periods=window)
-    return (roll.cov().xs("r", level=1)["m"] / both["m"].rolling(window, min_periods=window).var()).rename("beta")
+    if both.empty:
+        return pd.Series(dtype=float, index=pd.DatetimeIndex([]), name="beta")
+    cov = both["r"].rolling(window, min_periods=window).cov(both["m"])
+    var = both["m"].rolling(window, min_periods=window).var()
+    return (cov / var.where(var > 0)).rename("beta")
 
 
 def relative_stats(returns: pd.Series, benchmark: pd.Series, annualization: int) -> dict:
@@ -137,8 +151,12 @@ def equal_weight(returns: pd.DataFrame) -> pd.Series:
 
 
 def turnover_series(history: pd.DataFrame) -> pd.Series:
-    """One-way turnover ½ Σ|w_t - w_{t-1}| at each rebalance of a weights history (the first: from cash, ½ Σ|w|)."""
-    filled = history.sort_index().fillna(0.0)
-    previous = filled.shift(1).fillna(0.0)
-    return (0.5 * (filled - previous).abs().sum(axis=1)).rename("turnover")
+    """`metrics.turnover` ½ Σ|w_t - w_{t-1}| at each rebalance of a weights history (the first: from cash, ½ Σ|w|)."""
+    rows = history.sort_index()
+    previous = pd.Series(dtype=float)
+    out = []
+    for _, weights in rows.iterrows():
+        out.append(turnover(previous, weights))
+        previous = weights
+    return pd.Series(out, index=rows.index, dtype=float, name="turnover")
 

@@ -20,7 +20,9 @@ import pandas as pd
 import pytest
 
 from quantlib.meta.allocation import walk_forward_meta
-from quantlib.portfolio.metrics import performance_metrics
+from quantlib.meta.streams import _daily_index
+from quantlib.portfolio import performance
+from quantlib.portfolio.metrics import performance_metrics, turnover
 from quantlib.portfolio.performance import (contributions, drawdown_table, equal_weight, held_weights, monthly_table,
                                             period_returns, relative_stats, rolling_beta, rolling_sharpe, rolling_vol,
                                             turnover_series, yearly_returns)
@@ -182,3 +184,44 @@ def test_monthly_returns_match_quantstats(qs, pair):
             value = ours.loc[year, month]
             if not math.isnan(value):
                 assert value == pytest.approx(float(theirs.loc[str(year)].iloc[month - 1]), abs=1e-12), (year, month)
+
+
+# ------------------------------------------------------------------------------------ edge cases (review findings)
+def test_rolling_beta_of_series_without_a_common_date_is_empty():
+    r = pd.Series([0.01, 0.02, -0.01], pd.date_range("2026-01-01", periods=3))
+    m = pd.Series([0.01, 0.02, -0.01], pd.date_range("2026-02-01", periods=3))
+    beta = rolling_beta(r, m, 2)
+    assert beta.empty and beta.name == "beta"
+
+
+def test_rolling_sharpe_and_beta_are_nan_on_a_window_without_variation():
+    idx = pd.date_range("2026-01-01", periods=5)
+    flat = pd.Series([0.01, 0.01, 0.01, 0.02, -0.01], idx)
+    sharpe = rolling_sharpe(flat, 3, A)
+    assert math.isnan(sharpe.iloc[2])  # 0.01, 0.01, 0.01: std 0, no Sharpe (not +inf)
+    assert np.isfinite(sharpe.iloc[3:]).all()
+    assert not np.isinf(rolling_sharpe(-flat, 3, A)).any()
+    beta = rolling_beta(pd.Series([0.03, -0.01, 0.02, 0.0, 0.01], idx), flat, 3)
+    assert math.isnan(beta.iloc[2]) and np.isfinite(beta.iloc[3:]).all()
+
+
+def test_tz_aware_dates_are_utc_dates_everywhere():
+    """New York 20:00 on 31 March is 1 April in UTC: the calendar tables, the report and the meta's streams
+    read it as April (one rule, `performance.utc_naive`), never as the local wall time."""
+    idx = pd.DatetimeIndex(["2026-03-30 12:00", "2026-03-31 20:00"]).tz_localize("America/New_York")
+    r = pd.Series([0.1, 0.2], idx)
+    assert list(period_returns(r, "M").index.astype(str)) == ["2026-03", "2026-04"]
+    assert list(performance.utc_naive(idx)) == [pd.Timestamp("2026-03-30 16:00"), pd.Timestamp("2026-04-01 00:00")]
+    assert list(_daily_index(idx, "x")) == [pd.Timestamp("2026-03-30"), pd.Timestamp("2026-04-01")]
+    plain = pd.DatetimeIndex(["2026-03-31"])
+    assert performance.utc_naive(plain).equals(plain)
+
+
+def test_turnover_series_is_metrics_turnover_at_each_rebalance():
+    history = pd.DataFrame({"a": [0.5, 0.2, np.nan], "b": [0.5, 0.5, 0.6], "c": [np.nan, 0.3, 0.4]},
+                           pd.to_datetime(["2026-01-05", "2026-01-01", "2026-02-02"]))
+    rows = history.sort_index()
+    expected = [turnover(pd.Series(dtype=float), rows.iloc[0])] + [
+        turnover(rows.iloc[i - 1], rows.iloc[i]) for i in range(1, len(rows))]
+    assert turnover_series(history).tolist() == pytest.approx(expected)
+    assert expected == pytest.approx([0.5, 0.3, 0.5])
