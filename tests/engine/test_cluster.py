@@ -66,12 +66,12 @@ def test_status_prints_the_running_cluster(head, runs_root, capsys):
 
 def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, runs_root, tmp_path, capsys):
     # the sleeves find no data run in this runs root: each FAILs at its first stage, in a worker of the cluster
-    profile = load_profile("demo_meta", env={"FW_DATA__LAKEHOUSE": str(tmp_path / "lakehouse")})
+    profile = load_profile("demo_meta_pair", env={"FW_DATA__LAKEHOUSE": str(tmp_path / "lakehouse")})
     run = Run.create(runs_root, profile, "meta", ROOT)
     doc, results = fanout.run_books(run, lambda result: None, connect_timeout_s=60)
     assert f"sleeves: on the workbook cluster at {head.address}" in capsys.readouterr().out
     assert doc["ray_cluster"] == "workbook" and doc["ray_address"] == head.address and doc["ray_logs"] is None
-    assert [s["id"] for s in doc["sleeves"]] == ["crypto_long", "crypto_short", "equities_long"]
+    assert [s["id"] for s in doc["sleeves"]] == ["crypto_long", "crypto_short"]
     head_node = {s["node"]["id"] for s in doc["sleeves"]}
     assert len(head_node) == 1 and all(s["node"]["ip"] == "127.0.0.1" for s in doc["sleeves"])
     assert all(s["status"] == "FAIL" and "data run" in (s["error"] or "") for s in doc["sleeves"]), doc["sleeves"]
