@@ -183,8 +183,6 @@ def _start_lock(runs_root: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-    storage.write_json(record_path(runs_root), asdict(cluster))
-    return cluster
 
 
 def _launch(argv: list[str], env: dict[str, str], private: Path, timeout_s: float) -> tuple[int, str]:
