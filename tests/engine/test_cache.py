@@ -4,7 +4,6 @@ from intact files."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -221,13 +221,13 @@ def test_cli_dry_run_then_yes(capsys, root, monkeypatch, no_profiles):
     size = dir_bytes(old)
     code, out, _ = run_cli(capsys, "--runs-dir", str(root), "runs", "prune", "--keep", "1")
     assert code == 0 and old.is_dir()
-    assert "dry run" in out and f"free" in out and f"{size:,} bytes" in out and "--yes" in out
+    assert "dry run" in out and "free" in out and f"{size:,} bytes" in out and "--yes" in out
     assert any(line.split()[:2] == ["delete", "a-old"] for line in out.splitlines())
     assert any(line.split()[:2] == ["keep", "a-new"] for line in out.splitlines())
 
     code, out, _ = run_cli(capsys, "--runs-dir", str(root), "runs", "prune", "--keep", "1", "--yes")
     assert code == 0 and not old.exists() and (root / "a-new").is_dir()
-    assert f"deleted 1 run(s), freed" in out and f"{size:,} bytes" in out
+    assert "deleted 1 run(s), freed" in out and f"{size:,} bytes" in out
 
     code, out, _ = run_cli(capsys, "--runs-dir", str(root), "runs")  # plain `runs` still lists
     assert code == 0 and "a-new" in out and "a-old" not in out

@@ -15,7 +15,7 @@ from conftest import SHORT_ENV
 from quantlib.cli import main
 from quantlib.core import registry, storage
 from quantlib.core.gates import Check, GateResult
-from quantlib.core.runs import MANIFEST, RESOLVED_PROFILE, Run
+from quantlib.core.runs import RESOLVED_PROFILE, Run
 from quantlib.engine.verify import Verification
 from quantlib.engine.verify_gates import Item, compare_gate, shape_problems
 from quantlib.meta.gates import completeness_gate
@@ -67,7 +67,7 @@ def test_a_clean_sleeve_run_verifies_every_file_input_and_gate_and_writes_nothin
     code, lines = verify(run.dir, capsys, "--all")
     assert code == 0, "\n".join(lines)
     assert lines[0].split() == ["status", "item", "detail"]
-    assert lines[-1].startswith(f"VERIFIED: ") and f"of run {run.id} match its record" in lines[-1]
+    assert lines[-1].startswith("VERIFIED: ") and f"of run {run.id} match its record" in lines[-1]
     assert not [line for line in lines[1:-1] if line.split()[0] not in ("OK", "INFO")]
     recorded = [rel for rec in run.manifest["stages"].values() for rel in rec.get("outputs", {})]
     for rel in recorded:
