@@ -28,8 +28,9 @@ def demo_ws(tmp_path_factory) -> Workspace:
     base = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
     # a shorter training window leaves the weekday equities sleeve enough out-of-sample rows for the meta
+    # and 21-day test windows (the equities' default) halve the crypto sleeves' walk-forward decisions
     env.update(OVERRIDES, **SHORT_ENV, FW_DATA__LAKEHOUSE=str(base / "lakehouse"), FW_SLEEVE__TRAIN_DAYS="120",
-               FW_SLEEVE__MIN_HISTORY_DAYS="120")
+               FW_SLEEVE__MIN_HISTORY_DAYS="120", FW_BACKTEST__TEST_DAYS="21")
     return Workspace(base / "runs", base / "lakehouse", env)
 
 
