@@ -86,7 +86,6 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     skip = skip or {}
     run.manifest["skipped"] = dict(skip)
     start_recording(run)
-    notary()  # the user's notebook secret exists before any nested run (a meta's sleeves) signs in parallel
     rerun = False
     kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
@@ -307,6 +306,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                   kernel: SharedKernel | None = None, exports: "HtmlExports | None" = None) -> float:
     """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
     km = kernel.manager() if kernel else None  # start the kernel first: it boots while papermill imports
+    notary()  # the user's notebook secret exists before any nested run (a meta's sleeves) signs in parallel
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
