@@ -88,7 +88,7 @@ def _a(name: str, path: str, gate: bool = False) -> Artifact:
     return Artifact(name, path, gate)
 
 
-DATA_EXTERNAL = "quantlib.stages.data:external_inputs"  # every data stage reads the source and/or the lakehouse
+DATA_EXTERNAL = "quantlib.stages.external:data_inputs"  # every data stage reads the source and/or the lakehouse
 
 
 PHASES: dict[str, tuple[Stage, ...]] = {
@@ -124,7 +124,7 @@ PHASES: dict[str, tuple[Stage, ...]] = {
                _a("screener", "artifacts/screener.parquet"), _a("candidates", "artifacts/candidates.parquet"),
                _a("funnel", "artifacts/funnel.parquet"), _a("health", "artifacts/health.json"),
                _a("universe", "artifacts/universe.json"), _a("data_inputs", "artifacts/data_inputs.json")),
-              external="quantlib.stages.sleeve:external_inputs",
+              external="quantlib.stages.external:sleeve_inputs",
               description="base-universe returns, point-in-time screener and the production universe "
                           "(the only stage that reads the lakehouse)"),
         Stage("select", "sleeve/02_select.ipynb", "quantlib.stages.sleeve:select",

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from quantlib.core import storage
 from quantlib.core.errors import DataError, GateError
 from quantlib.data.features import backfill, compute_panel_ratings, load_panel, snapshot
 from quantlib.data.ingest import ingest
@@ -41,15 +40,6 @@ def _funnel_table(results: dict[str, tuple[pd.DataFrame, list[dict]]]) -> pd.Dat
     rows = [{"scanner": name, "step": i, **step} for name, (_, funnel) in results.items()
             for i, step in enumerate(funnel)]
     return pd.DataFrame(rows, columns=["scanner", "step", "filter", "remaining"])
-
-
-def external_inputs(ctx: StageContext) -> str | None:
-    """What a data stage reads outside its run, for the stage cache: the source's snapshot (None for a
-    live venue: uncacheable) and the lakehouse's content."""
-    snapshot = ctx.source().snapshot()
-    if snapshot is None:
-        return None
-    return f"source {snapshot}; lakehouse {storage.tree_hash(ctx.lake.root)}"
 
 
 def discover_universe(ctx: StageContext) -> ScanResult:

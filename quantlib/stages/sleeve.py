@@ -18,9 +18,10 @@ from quantlib.core import figures, registry, storage
 from quantlib.core.gates import GateResult, enforce
 from quantlib.core.profiles import ANNUALIZATION
 from quantlib.core.progress import progress as progress_bar
-from quantlib.core.runs import Run, locate_data_run, utc_now
+from quantlib.core.runs import Run, utc_now
 from quantlib.data.scanners import Scanner
 from quantlib.engine.context import StageContext
+from quantlib.stages.external import sleeve_data_run
 from quantlib.sleeve import postanalysis, signtest, tearsheet
 from quantlib.sleeve.analysis import antifragility
 from quantlib.sleeve.audit import audit_sleeve
@@ -60,20 +61,6 @@ def read_candidates(data_run: Run, scanners: list[str]) -> pd.DataFrame:
 def scanners_of(ctx: StageContext) -> list[Scanner]:
     """The sleeve's scanner definitions as resolved by its aggregate stage (recorded in universe.json)."""
     return [Scanner.model_validate(s) for s in ctx.read("universe")["scanners"]]
-
-
-def sleeve_data_run(ctx: StageContext) -> Run:
-    """The data run the sleeve reads: `sleeve.data_run_id`, else the newest PASS one exporting its scanners --
-    among those its meta pinned when it started, for a sleeve of a meta (`RunOptions.data_runs`)."""
-    cfg = ctx.profile.sleeve
-    return locate_data_run(ctx.run.runs_root, cfg.scanners, cfg.data_run_id, among=ctx.run.options.data_runs)
-
-
-def external_inputs(ctx: StageContext) -> str:
-    """What the aggregate stage reads outside its run, for the stage cache: the data run it would use
-    now and the lakehouse's content."""
-    data_run = sleeve_data_run(ctx)
-    return f"data run {data_run.id}; lakehouse {storage.tree_hash(ctx.lake.root)}"
 
 
 def aggregate(ctx: StageContext) -> dict:

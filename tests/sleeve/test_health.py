@@ -82,7 +82,8 @@ def _data_run(tmp_path, exports: dict):
 def test_an_empty_export_is_only_an_empty_comparison_and_a_missing_data_run_names_the_fix(tmp_path):
     """Today's export is recorded beside the point-in-time universe, never used as it: empty is fine."""
     from quantlib.core.errors import DataError
-    from quantlib.stages.sleeve import CANDIDATE_FIELDS, locate_data_run, read_candidates
+    from quantlib.core.runs import locate_data_run
+    from quantlib.stages.sleeve import CANDIDATE_FIELDS, read_candidates
 
     run = _data_run(tmp_path, {"rating_all_short": []})
     assert locate_data_run(tmp_path / "runs", ["rating_all_short"], None).id == "data-1"
