@@ -310,6 +310,8 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from quantlib.engine import notebook_engine
+
     source = source_notebook(run, stage)
     target = run.dir / "notebooks" / notebook_name(index, stage)
     record = run.stage(stage.name)
@@ -323,7 +325,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                             parameters={"run_dir": str(run.dir.resolve()), "profile": run.manifest["profile"]},
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout_s,
                             report_mode=False, extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            km=km)
+                            km=km, engine_name=notebook_engine.register())
     except KeyboardInterrupt:  # the run records it (run_phase); no HTML of a half-run notebook
         interrupted = True
         _cancel_pending()
@@ -344,8 +346,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                     f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
         if target.exists() and not interrupted:
-            compact_notebook_figures(target)  # one line per figure, not one per number
-            trust_notebook(target)  # JupyterLab opens it trusted: its plotly outputs draw without "Trust"
+            finish_notebook(target)
         if export_html and target.exists() and not interrupted:
             (exports.submit if exports else html.export_html)(target, record)
     seconds = time.perf_counter() - start
@@ -384,17 +385,29 @@ def notary():
         return None
 
 
-def trust_notebook(notebook: Path) -> bool:
+def finish_notebook(notebook: Path) -> None:
+    """An executed notebook read once, signed (`trust_notebook`) and its figures compacted (one line per
+    figure, not one per number: `figures.compact_notebook_figures`)."""
+    try:
+        doc = json.loads(notebook.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable (e.g. a kernel died mid-write): left for the error report
+        return
+    trust_notebook(notebook, doc)  # first: compaction changes `doc` in place
+    compact_notebook_figures(notebook, doc)
+
+
+def trust_notebook(notebook: Path, doc: dict | None = None) -> bool:
     """Sign an executed notebook (its content, not the file: the signature is stored in the notary's
-    database, the notebook's bytes and recorded sha256 do not change). Returns whether it is signed;
-    never fails a stage (a notary that cannot write leaves the notebook untrusted, as before)."""
+    database, the notebook's bytes and recorded sha256 do not change; `doc`: its JSON, already read).
+    Returns whether it is signed; never fails a stage (a notary that cannot write leaves the notebook
+    untrusted, as before)."""
     import nbformat
 
     signer = notary()
     if signer is None:
         return False
     try:
-        nb = nbformat.read(str(notebook), as_version=4)
+        nb = nbformat.read(str(notebook), as_version=4) if doc is None else nbformat.from_dict(doc)
         signer.sign(nb)
         return bool(signer.check_signature(nb))
     except Exception:  # noqa: BLE001 - e.g. a read-only or locked signature database
@@ -459,12 +472,13 @@ def _first_line(text: str) -> str:
 
 
 def _running_cell(notebook: Path) -> str:
-    """The execution count (or index) of the cell papermill marked running/last executed."""
+    """The execution count (or index) of the cell that was running when execution stopped (marked failed by
+    `notebook_engine`; running in a notebook saved by papermill's own manager)."""
     try:
         nb = json.loads(notebook.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "?"
     for i, cell in enumerate(nb.get("cells", [])):
-        if cell.get("metadata", {}).get("papermill", {}).get("status") == "running":
+        if cell.get("metadata", {}).get("papermill", {}).get("status") in ("running", "failed"):
             return str(cell.get("execution_count") or f"#{i}")
     return "?"

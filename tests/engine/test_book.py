@@ -205,6 +205,7 @@ def test_cell_timeout_fails_with_timed_out_and_notebook_path(make_run):
     assert "timed out" in error
     assert str(run.dir / "notebooks" / "01_slow.ipynb") in error
     assert "cell_timeout_s=2" in error
+    assert re.search(r"01_slow\.ipynb cell \d+ \(", error), error  # the cell that ran out of time, not "?"
     assert stored.manifest["stages"]["slow"]["status"] == "failed"
     assert stored.manifest["stages"]["slow"]["seconds"] < 25  # interrupted, not slept through
     assert index_status(run) == "FAIL"
