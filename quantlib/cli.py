@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from quantlib.core.errors import RunInterrupted, WorkbookError
+from quantlib.core.lean import skip_unused_imports
 from quantlib.core.workspace import Workspace
 
 BASELINES = ("rating_all", "rating_ma")  # their meta profiles: quantlib.commands.phases.BASELINES
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    skip_unused_imports()
     # stage kernels must run this interpreter (the `python3` kernelspec launches `python` from PATH)
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from quantlib.core import registry, storage
+from quantlib.core import lean, registry, storage
 from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
 from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
@@ -239,7 +239,7 @@ class SharedKernel:
     """
 
     def __init__(self, warm: str = "") -> None:
-        self.warm = warm  # imports the kernel runs right after it starts (while this process goes on)
+        self.warm = lean.KERNEL_SOURCE + warm  # runs right after the kernel starts (while this process goes on)
         self.env: dict[str, str] | None = None  # the kernel's environment (None: this process's)
         self.km = None
         self.kc = None

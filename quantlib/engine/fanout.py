@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from quantlib.core import live
+from quantlib.core.lean import skip_unused_imports
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import MANIFEST, Run, RunOptions
@@ -65,6 +66,7 @@ def run_spec(spec: dict) -> dict:
     refused, as a FAIL result, if its profile no longer resolves as recorded -- `meta --force` records
     such a change in every sleeve run before the meta runs).
     """
+    skip_unused_imports()  # a Ray worker is a process of its own (in this process: already done)
     start = time.perf_counter()
     runs_dir = Path(spec["runs_dir"])
     try:
