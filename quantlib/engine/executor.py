@@ -35,7 +35,7 @@ from quantlib.core.figures import compact_notebook_figures, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
-from quantlib.engine import cache, html
+from quantlib.engine import cache, html, notebook_engine
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
 from quantlib.engine.run_report import record_report
@@ -309,8 +309,6 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
     notary()  # the user's notebook secret exists before any nested run (a meta's sleeves) signs in parallel
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
-
-    from quantlib.engine import notebook_engine
 
     source = source_notebook(run, stage)
     target = run.dir / "notebooks" / notebook_name(index, stage)
