@@ -286,7 +286,11 @@ def test_every_sleeve_reads_the_pinned_data_run_and_sigterm_leaves_no_run_runnin
         assert sleeve.manifest["data_run"] == "data-pinned" and sleeve.options.data_runs == ("data-pinned",)
     assert meta.status == "INTERRUPTED" and meta.manifest["stages"]["sleeves"]["status"] == "interrupted"
     short = Run.at(sleeves / "crypto_short")
-    assert short.status == "INTERRUPTED" and short.manifest["stages"]["select"]["status"] == "interrupted"
+    stopped = short.manifest["interrupted"]["stage"]  # select, or a later stage if select ended as the signal came
+    order = list(short.manifest["stages"])
+    assert short.status == "INTERRUPTED" and order.index(stopped) >= order.index("select")
+    assert short.manifest["stages"][stopped]["status"] == "interrupted"
+    assert [n for n, r in short.manifest["stages"].items() if r.get("status") == "interrupted"] == [stopped]
     assert "**Status:** INTERRUPTED" in (sleeves / "crypto_short" / "INDEX.md").read_text()
     assert Run.at(sleeves / "crypto_long").status == "PASS"
     assert not [r for r in list_runs(runs) if r["status"] in ("RUNNING", "STALE")]
