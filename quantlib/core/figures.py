@@ -312,17 +312,24 @@ def show(fig) -> None:
     display({PLOTLY_MIME: doc, "text/plain": f"<plotly figure: {figure_title(doc) or 'untitled'}>"}, raw=True)
 
 
+def notebook_json(notebook: str | Path) -> dict | None:
+    """An executed notebook's JSON, or None when it cannot be read (e.g. a kernel died mid-write: the file is
+    left as it is for the error report)."""
+    try:
+        return json.loads(Path(notebook).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def compact_notebook_figures(notebook: str | Path, doc: dict | None = None) -> int:
     """Rewrite an executed notebook with each plotly figure's JSON on one line (nbformat's indented
     layout spends a line per array element); the rest keeps nbformat's layout. Returns the figures
     rewritten (0: the file is left as it is). The result is the same notebook for every JSON reader.
     `doc`: the file's JSON when the caller has read it already (it is changed here)."""
     path = Path(notebook)
+    doc = notebook_json(path) if doc is None else doc
     if doc is None:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # unreadable (e.g. a kernel died mid-write): left for the error report
-            return 0
+        return 0
     raw: dict[str, str] = {}
     nonce = secrets.token_hex(8)
     for cell in doc.get("cells", []):

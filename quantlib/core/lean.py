@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 
 SKIPPED = ("rfc3987_syntax",)
-KERNEL_SOURCE = f"import sys\nfor _m in {SKIPPED!r}: sys.modules.setdefault(_m, None)\ndel _m\n"
-"""The same for a stage kernel: its first code, before the warm imports."""
+KERNEL_SOURCE = "import quantlib.core.lean as _lean; _lean.skip_unused_imports(); del _lean\n"
+"""The same in a stage kernel (the driver's quantlib is first on its path): its first code, before the warm imports."""
 
 
 def skip_unused_imports() -> None:

@@ -19,7 +19,6 @@ held and raised once it is done.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from quantlib.core import lean, registry, storage
 from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
-from quantlib.core.figures import compact_notebook_figures, run_static_root
+from quantlib.core.figures import compact_notebook_figures, notebook_json, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
@@ -386,9 +385,8 @@ def notary():
 def finish_notebook(notebook: Path) -> None:
     """An executed notebook read once, signed (`trust_notebook`) and its figures compacted (one line per
     figure, not one per number: `figures.compact_notebook_figures`)."""
-    try:
-        doc = json.loads(notebook.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable (e.g. a kernel died mid-write): left for the error report
+    doc = notebook_json(notebook)
+    if doc is None:
         return
     trust_notebook(notebook, doc)  # first: compaction changes `doc` in place
     compact_notebook_figures(notebook, doc)
@@ -470,13 +468,10 @@ def _first_line(text: str) -> str:
 
 
 def _running_cell(notebook: Path) -> str:
-    """The execution count (or index) of the cell that was running when execution stopped (marked failed by
-    `notebook_engine`; running in a notebook saved by papermill's own manager)."""
-    try:
-        nb = json.loads(notebook.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "?"
+    """The execution count (or index) of the cell that was running when execution stopped (`notebook_engine`
+    marks it failed)."""
+    nb = notebook_json(notebook) or {}
     for i, cell in enumerate(nb.get("cells", [])):
-        if cell.get("metadata", {}).get("papermill", {}).get("status") in ("running", "failed"):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") == "failed":
             return str(cell.get("execution_count") or f"#{i}")
     return "?"
