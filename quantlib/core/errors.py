@@ -4,6 +4,11 @@
 """
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class WorkbookError(Exception):
     """Base class: a failure the user can act on (message = what is wrong + how to fix it)."""
@@ -49,3 +54,26 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+@contextmanager
+def interruptible() -> Iterator[dict]:
+    """SIGTERM and SIGINT raise `RunInterrupted` in the main thread (in another thread, where Python cannot
+    install handlers, nothing changes); with `state["hold"]` set, a signal is kept in `state["pending"]`."""
+    state: dict = {"hold": False, "pending": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, frame) -> None:
+        if state["hold"]:
+            state["pending"] = state["pending"] or signum
+            return
+        raise RunInterrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield state
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

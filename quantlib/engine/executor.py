@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 from quantlib.core import lean, registry, storage
-from quantlib.core.errors import RunInterrupted, StageError, WorkbookError
+from quantlib.core.errors import RunInterrupted, StageError, WorkbookError, interruptible
 from quantlib.core.figures import compact_notebook_figures, notebook_json, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
@@ -155,29 +153,6 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     if signals["pending"] is not None:
         raise RunInterrupted(signals["pending"])
     return ok
-
-
-@contextmanager
-def interruptible() -> Iterator[dict]:
-    """SIGTERM and SIGINT raise `RunInterrupted` in the main thread (in another thread, where Python cannot
-    install handlers, nothing changes); with `state["hold"]` set, a signal is kept in `state["pending"]`."""
-    state: dict = {"hold": False, "pending": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum: int, frame) -> None:
-        if state["hold"]:
-            state["pending"] = state["pending"] or signum
-            return
-        raise RunInterrupted(signum)
-
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield state
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def signal_name(exc: BaseException) -> str:

@@ -1,0 +1,304 @@
+"""An ordered map of independent, CPU-bound items (the walk-forward's window decisions): in this process,
+on a local pool of forked processes, or as Ray tasks on a cluster.
+
+`ordered_map(fn, shared, items, workers)` yields `fn(*shared, item)` for every item, in item order, as
+`[fn(*shared, item) for item in items]` would.
+
+- Local pool (Linux): processes forked from this one (`fork` start method: a stage kernel has pandas and
+  quantlib imported, a forked worker pays no import, and a closure a test plants works). `fn` and `shared`
+  reach every worker once, by fork -- nothing of them is pickled; the items go in contiguous chunks
+  (`CHUNKS_PER_WORKER` per worker, so the load evens out and progress advances) and the results come back
+  pickled, which round-trips frames, floats and dtypes bit for bit. Without fork (macOS, Windows) the items
+  run in this process: spawn would re-import pandas in every worker and cannot carry planted closures.
+- Errors: a worker stops its chunk before the first item that raises; from that item on everything runs
+  here, in order, so the first failing item raises its own exception (type, message, traceback, cause)
+  exactly as the sequential map would. A lost worker (killed, out of memory) or a Ray task that failed is
+  handled the same way (with a `RuntimeWarning`): the results stay complete and in order.
+- Interruption: workers ignore SIGINT (Ctrl-C and a kernel interrupt reach the whole process group: this
+  process handles it) and die with this process (Linux `PR_SET_PDEATHSIG`, also on SIGKILL); while the pool
+  runs, SIGTERM raises `RunInterrupted` here (`errors.interruptible`), and on any exception the pool is torn
+  down: pending chunks cancelled, workers terminated and reaped -- no orphan processes.
+- Ray: with `ray_address` (the kernel of a sleeve that runs on a Ray cluster sees `FW_RAY_ADDRESS`), the
+  chunks are Ray tasks on that cluster (connect bounded by `RAY_CONNECT_S`, auth from the environment:
+  `RAY_AUTH_MODE`, `RAY_AUTH_TOKEN_PATH`). `fn` and `shared` go to the object store once (`ray.put`). Tasks
+  ask for 0 CPUs: the sleeve task that waits for them holds a CPU, so CPU-bound tasks could wait forever
+  for CPUs held by sleeves that wait for theirs. A cluster that cannot be reached falls back to the local pool.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from quantlib.core.errors import interruptible
+
+RAY_ADDRESS_ENV = "FW_RAY_ADDRESS"  # no "__": never read as a profile override (core.profiles.env_overrides)
+MIN_AUTO_ITEMS = 4      # auto (`workers` None or 0) maps fewer items in this process: a pool would not pay
+CHUNKS_PER_WORKER = 3   # contiguous chunks per local worker: even load, progress that advances
+RAY_CONNECT_S = 30.0    # Ray itself retries for minutes when nothing answers
+TERMINATE_S = 5.0       # a terminated worker is killed when it has not exited after this long
+PR_SET_PDEATHSIG = 1    # linux/prctl.h
+
+_WORKER: tuple[Callable, tuple] | None = None  # (fn, shared) of this pool worker, set by `_init_worker`
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def can_fork() -> bool:
+    """Whether the local pool runs here: Linux, whose `fork` start method is safe and cheap."""
+    return sys.platform.startswith("linux")
+
+
+def local_workers(setting: int | None, n_items: int) -> int:
+    """Processes for `n_items` on the local pool: `setting` 1 = this process; None or 0 = auto (the available
+    cores; this process when there is one core or fewer than `MIN_AUTO_ITEMS` items); never more than the items."""
+    if setting == 1 or not can_fork():
+        return 1
+    if not setting:
+        return 1 if n_items < MIN_AUTO_ITEMS else max(1, min(available_cores(), n_items))
+    return max(1, min(setting, n_items))
+
+
+def chunks(items: Sequence, parts: int) -> list[list]:
+    """`items` cut into `parts` contiguous, near-equal chunks (the first ones one longer), in order."""
+    parts = max(1, min(parts, len(items)))
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        stop = start + size + (k < extra)
+        out.append(list(items[start:stop]))
+        start = stop
+    return out
+
+
+def _apply(fn: Callable, shared: tuple, items: list) -> list:
+    """`fn(*shared, item)` for `items` in order, stopping before the first item that raises (the caller
+    reruns it where its exception surfaces as in a sequential run)."""
+    out = []
+    for item in items:
+        try:
+            out.append(fn(*shared, item))
+        except Exception:  # noqa: BLE001 -- reraised by the caller's own run of this item
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the map
+# ----------------------------------------------------------------------------------------------
+@contextmanager
+def ordered_map(fn: Callable, shared: tuple, items: Sequence, workers: int | None = None,
+                ray_address: str | None = None) -> Iterator[Iterator[Any]]:
+    """An iterator of `fn(*shared, item)` in item order, computed ahead by `workers` (`local_workers`; with
+    `ray_address`, that many Ray tasks, None/0 = the cluster's CPUs); the pool lives until the block ends."""
+    items = list(items)
+    if workers == 1 or len(items) <= 1 or (not workers and len(items) < MIN_AUTO_ITEMS):
+        yield (fn(*shared, item) for item in items)
+        return
+    with interruptible():
+        pool = _RayTasks.connect(fn, shared, items, workers, ray_address) if ray_address else None
+        if pool is None and local_workers(workers, len(items)) > 1:
+            pool = _LocalPool(fn, shared, items, local_workers(workers, len(items)))
+        if pool is None:
+            yield (fn(*shared, item) for item in items)
+            return
+        try:
+            yield _merge(fn, shared, pool)
+        except BaseException:
+            pool.stop()
+            raise
+        else:
+            pool.close()
+
+
+def _merge(fn: Callable, shared: tuple, pool: "_LocalPool | _RayTasks") -> Iterator[Any]:
+    """The pool's results chunk by chunk; from the first item a chunk did not deliver, everything runs here."""
+    for k, chunk in enumerate(pool.chunks):
+        try:
+            done = pool.fetch(k)
+        except Exception as exc:  # noqa: BLE001 -- a lost worker or failed task: its items run here
+            warnings.warn(f"parallel: chunk {k + 1}/{len(pool.chunks)} failed in its worker ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); the remaining items run in this process",
+                          RuntimeWarning, stacklevel=2)
+            done = []
+        yield from done
+        if len(done) < len(chunk):
+            pool.stop()
+            for item in chunk[len(done):] + [item for later in pool.chunks[k + 1:] for item in later]:
+                yield fn(*shared, item)
+            return
+
+
+# ----------------------------------------------------------------------------------------------
+# the local pool of forked workers
+# ----------------------------------------------------------------------------------------------
+class _LocalPool:
+    """`workers` forked processes deciding contiguous chunks of the items."""
+
+    def __init__(self, fn: Callable, shared: tuple, items: list, workers: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.chunks = chunks(items, workers * CHUNKS_PER_WORKER)
+        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=_init_worker, initargs=(fn, shared, os.getpid()))
+        try:
+            self.futures = [self.executor.submit(_run_chunk, chunk) for chunk in self.chunks]
+        except BaseException:
+            self.stop()
+            raise
+
+    def fetch(self, k: int) -> list:
+        return self.futures[k].result()
+
+    def close(self) -> None:
+        """Every result is in: the workers exit."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Pending chunks cancelled, workers terminated (killed after `TERMINATE_S`) and reaped."""
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())  # the executor's own record
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(TERMINATE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.executor.shutdown(wait=True)
+
+
+def _init_worker(fn: Callable, shared: tuple, parent: int) -> None:
+    """A forked worker: keeps `fn` and `shared`, leaves Ctrl-C to its parent, dies with it."""
+    global _WORKER
+    _WORKER = (fn, shared)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's `interruptible` handler: terminate() ends it
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when its parent ends (also when the parent is killed)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: the parent's teardown still ends the workers
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
+def _run_chunk(items: list) -> list:
+    fn, shared = _WORKER  # type: ignore[misc]
+    return _apply(fn, shared, items)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray tasks on a cluster
+# ----------------------------------------------------------------------------------------------
+def _ray_chunk(state: tuple, items: list) -> list:
+    """A Ray task: one chunk, with `fn` and `shared` from the object store."""
+    fn, shared = state
+    return _apply(fn, shared, items)
+
+
+class _RayTasks:
+    """The chunks as Ray tasks on the cluster at `address`; this process's Ray connection ends with them."""
+
+    def __init__(self, fn: Callable, shared: tuple, items: list, workers: int | None, owned: bool) -> None:
+        import ray
+
+        self.owned, self.refs = owned, []
+        try:
+            self.chunks = chunks(items, workers or int(ray.cluster_resources().get("CPU", 1)))
+            task = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy="SPREAD")(_ray_chunk)
+            state = ray.put((fn, shared))
+            self.refs = [task.remote(state, chunk) for chunk in self.chunks]
+        except BaseException:
+            self.stop()
+            raise
+
+    @classmethod
+    def connect(cls, fn: Callable, shared: tuple, items: list, workers: int | None,
+                address: str) -> "_RayTasks | None":
+        """The tasks, or None (with a warning: the local pool decides) when the cluster cannot be used."""
+        try:
+            import ray
+
+            owned = not ray.is_initialized()
+            if owned:
+                _ray_connect(address, RAY_CONNECT_S)
+            return cls(fn, shared, items, workers, owned)
+        except Exception as exc:  # noqa: BLE001 -- an unreachable cluster must not fail the computation
+            warnings.warn(f"parallel: cannot use the Ray cluster at {address} ({type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0]}); the local pool decides",
+                          RuntimeWarning, stacklevel=3)
+            return None
+
+    def fetch(self, k: int) -> list:
+        import ray
+
+        return ray.get(self.refs[k])
+
+    def close(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        import ray
+
+        refs, self.refs = self.refs, []
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)  # a finished task: nothing to cancel
+            except Exception:  # noqa: BLE001, S110 -- best effort; shutdown below ends this driver's tasks
+                pass
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+
+
+def _ray_connect(address: str, timeout_s: float) -> None:
+    """`ray.init(address)` bounded by `timeout_s`: it runs in a daemon thread that is abandoned (and
+    disconnects should it still succeed) when the time is up."""
+    import logging
+    import threading
+
+    import ray
+
+    outcome: dict[str, BaseException | None] = {}
+    gave_up = threading.Event()
+
+    def join() -> None:
+        try:
+            ray.init(address=address, configure_logging=False, log_to_driver=False)
+            outcome["error"] = None
+            if gave_up.is_set():
+                ray.shutdown()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+            outcome["error"] = exc
+
+    worker_log = logging.getLogger("ray._private.worker")
+    quiet = lambda record: "not the main thread" not in record.getMessage()  # noqa: E731
+    worker_log.addFilter(quiet)
+    thread = threading.Thread(target=join, name="fw-ray-connect", daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout_s)
+    finally:
+        worker_log.removeFilter(quiet)
+    if thread.is_alive():
+        gave_up.set()
+        raise TimeoutError(f"no answer in {timeout_s:.0f} s")
+    if outcome.get("error") is not None:
+        raise outcome["error"]  # type: ignore[misc]
