@@ -7,7 +7,8 @@ ratio, and where the time goes (the point-in-time universe rebuild, selection, o
 simulation incl. vectorbt, the rest). The reference run for the universe rebuild is the same
 walk-forward with the production universe held fixed in every window (the cost model of a
 survivorship-biased backtest): the rebuild's ratio to it is the price of honest universes.
-Usage: python bench/bench_validation.py [--profile demo_crypto_long]
+The windows are decided sequentially (`backtest.workers=1`; the parallel speed-up is
+bench_walkforward.py's). Usage: python bench/bench_validation.py [--profile demo_crypto_long]
 """
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def main() -> None:
 
         results = {}
         for engine in ("native", "riskfolio"):
-            profile = load_profile(args.profile, env={"FW_OPTIMIZER__ENGINE": engine}).profile
+            # one process: the timers wrap functions that forked workers would run out of their sight
+            profile = load_profile(args.profile, env={"FW_OPTIMIZER__ENGINE": engine,
+                                                      "FW_BACKTEST__WORKERS": "1"}).profile
             table: dict[str, float] = defaultdict(float)
             originals = (window.select_window, window.optimize_window, backtest._simulate,
                          backtest.point_in_time_pool)

@@ -137,6 +137,21 @@ def short_sleeve(workspace, first):
     return result, workspace.run_of(result)
 
 
+def spy_local_pools(monkeypatch) -> list[int]:
+    """The sizes of the local process pools `core.parallel` starts from now on (the test's monkeypatch)."""
+    from quantlib.core import parallel
+
+    started: list[int] = []
+
+    class Spy(parallel._LocalPool):
+        def __init__(self, fn, shared, items, workers):
+            started.append(workers)
+            super().__init__(fn, shared, items, workers)
+
+    monkeypatch.setattr(parallel, "_LocalPool", Spy)
+    return started
+
+
 #: fixtures that run whole phases with `run_book.py` in subprocesses (minutes each, shared per session)
 END_TO_END_FIXTURES = frozenset({"workspace", "first", "second", "afternoon", "long_sleeve", "short_sleeve"})
 

@@ -21,15 +21,17 @@ so which buy a fee cuts short never depends on atoms that only appear in later w
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
 from quantlib.core.errors import GateError
 from quantlib.backtest.simulate import simulate_reference, simulate_vectorbt
-from quantlib.core import live
+from quantlib.core import live, parallel
 from quantlib.core.gates import Check, GateResult
 from quantlib.portfolio.metrics import metrics_table
 from quantlib.core.profiles import ANNUALIZATION, Profile
@@ -120,14 +122,22 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
         profile: Profile, progress: Callable | None = None, decide: Callable | None = None,
         universe: Callable | None = None) -> WalkForward:
     """The whole walk-forward validation of one sleeve (universes, decisions, simulations, benchmarks,
-    metrics). `universe` and `decide` default to the production functions (tests plant others)."""
+    metrics). `universe` and `decide` default to the production functions (tests plant others).
+
+    The windows are decided in parallel (`backtest.workers`, `core.parallel.ordered_map`: forked local
+    workers, or Ray tasks when the kernel sees `FW_RAY_ADDRESS`) -- each depends only on the data up to its
+    decision date -- and come back in window order, identical to a sequential run, the first failing
+    window's error raised as it would be there; progress advances as windows arrive. The simulations
+    are one sequential pass over all of them."""
     decide = decide or decide_window
     universe = universe or point_in_time_pool
     cfg = settings(profile)
     plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
     pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
-    steps = [rebalance(returns, pools, funnel, profile, w, decide)
-             for w in live.track(progress(plan) if progress else plan, "walk-forward windows", len(plan))]
+    with parallel.ordered_map(partial(rebalance, decide=decide), (returns, pools, funnel, profile), plan,
+                              profile.backtest.workers, os.environ.get(parallel.RAY_ADDRESS_ENV)) as decided:
+        windows_done = live.track(progress(plan) if progress else plan, "walk-forward windows", len(plan))
+        steps = [next(decided) for _ in windows_done]  # the bars advance as each window's decision arrives
     rows = [s.row for s in steps]
     decisions = [(s.window, s.decision) for s in steps if s.decision is not None]
     if not decisions:

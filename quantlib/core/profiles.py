@@ -140,6 +140,7 @@ class BacktestConfig(Strict):
     simulators: list[Literal["reference", "vectorbt"]] = Field(min_length=1)
     parity_tolerance: float = Field(gt=0)
     rolling_sharpe_days: int = Field(ge=5)
+    workers: int | None = Field(ge=0, le=64)  # processes deciding the windows: None/0 = auto, 1 = sequential
 
 
 class SleeveEntry(Strict):

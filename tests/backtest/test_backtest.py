@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import art
+from conftest import art, spy_local_pools
 from quantlib.backtest import walkforward as backtest
 from quantlib.backtest import lookahead
+from quantlib.core import parallel
 from quantlib.backtest.walkforward import BacktestError, delisting_exits, synthetic_prices, windows
 from quantlib.core.profiles import load_profile
 from quantlib.sleeve.synthesis import build_atoms
@@ -121,11 +122,14 @@ def test_the_lookahead_audit_passes_on_the_real_pipeline(workspace, long_sleeve)
                                                     "strategy_returns", "benchmark_returns"}
 
 
-def test_the_lookahead_audit_passes_on_a_short_sleeve(short_sleeve):
+def test_the_lookahead_audit_passes_on_a_short_sleeve(short_sleeve, monkeypatch):
     _, run = short_sleeve
+    pools = spy_local_pools(monkeypatch)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)   # windows decided by 2 workers on any machine
     result = lookahead.audit_run(run)
     assert result.passed, result.summary()
     assert result.info["events"], "no held symbol to plant events on"
+    assert pools == [2, 2]   # both walk-forwards (base and perturbed) decided their windows in parallel
 
 
 REAL_POOL = backtest.point_in_time_pool
@@ -153,8 +157,11 @@ def _whole_window_health(returns, screener, scanners, profile, dates, window):
 @pytest.mark.parametrize("planted", [_todays_universe, _whole_window_health], ids=["todays_list", "whole_health"])
 def test_the_lookahead_audit_catches_planted_survivorship(long_sleeve, monkeypatch, planted):
     _, run = long_sleeve
+    pools = spy_local_pools(monkeypatch)
     monkeypatch.setattr(backtest, "point_in_time_pool", planted)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)   # and with windows decided in parallel
     result = lookahead.audit_run(run)
+    assert pools == [2, 2]
     assert not result.passed
     failed = {c.code for c in result.failed}
     assert {"universe", "eligibility"} & failed and "strategy_returns" in failed, failed
