@@ -4,29 +4,34 @@ on a local pool of forked processes, or as Ray tasks on a cluster.
 `ordered_map(fn, shared, items, workers)` yields `fn(*shared, item)` for every item, in item order, as
 `[fn(*shared, item) for item in items]` would.
 
-- Local pool (Linux): processes forked from this one (`fork` start method: a stage kernel has pandas and
-  quantlib imported, a forked worker pays no import, and a closure a test plants works). `fn` and `shared`
-  reach every worker once, by fork -- nothing of them is pickled; the items go in contiguous chunks
-  (`CHUNKS_PER_WORKER` per worker, so the load evens out and progress advances) and the results come back
-  pickled, which round-trips frames, floats and dtypes bit for bit. Without fork (macOS, Windows) the items
-  run in this process: spawn would re-import pandas in every worker and cannot carry planted closures.
-- Errors: a worker stops its chunk before the first item that raises; from that item on everything runs
-  here, in order, so the first failing item raises its own exception (type, message, traceback, cause)
-  exactly as the sequential map would. A lost worker (killed, out of memory) or a Ray task that failed is
-  handled the same way (with a `RuntimeWarning`): the results stay complete and in order.
+- Local pool (Linux): this process and `workers - 1` processes forked from it (`fork` start method: a
+  stage kernel has pandas and quantlib imported, a forked worker pays no import, and a closure a test
+  plants works). This process takes the items from the front, in order (its results are yielded as they
+  are computed, so progress advances), the workers take them from the back, one at a time (a shared pair
+  of bounds): they meet in the middle, nobody waits for long and no core idles. `fn` and `shared` reach
+  every worker once, by fork -- nothing of them is pickled; the workers' results come back pickled, which
+  round-trips frames, floats and dtypes bit for bit. Without fork (macOS, Windows) the items run in this
+  process only: spawn would re-import pandas in every worker and cannot carry planted closures.
+- Errors: a worker stops its chunk before the first item that raises; from the first item a worker did
+  not deliver on, everything runs here, in order, so the first failing item raises its own exception
+  (type, message, traceback, cause) exactly as the sequential map would. A lost worker (killed, out of
+  memory) or a failed Ray task is handled the same way (with a `RuntimeWarning`): the results stay
+  complete and in order.
 - Interruption: workers ignore SIGINT (Ctrl-C and a kernel interrupt reach the whole process group: this
   process handles it) and die with this process (Linux `PR_SET_PDEATHSIG`, also on SIGKILL); while the pool
   runs, SIGTERM raises `RunInterrupted` here (`errors.interruptible`), and on any exception the pool is torn
-  down: pending chunks cancelled, workers terminated and reaped -- no orphan processes.
+  down: workers terminated (killed when they linger) and reaped -- no orphan processes.
 - Ray: with `ray_address` (the kernel of a sleeve that runs on a Ray cluster sees `FW_RAY_ADDRESS`), the
   chunks are Ray tasks on that cluster (connect bounded by `RAY_CONNECT_S`, auth from the environment:
-  `RAY_AUTH_MODE`, `RAY_AUTH_TOKEN_PATH`). `fn` and `shared` go to the object store once (`ray.put`). Tasks
-  ask for 0 CPUs: the sleeve task that waits for them holds a CPU, so CPU-bound tasks could wait forever
-  for CPUs held by sleeves that wait for theirs. A cluster that cannot be reached falls back to the local pool.
+  `RAY_AUTH_MODE`, `RAY_AUTH_TOKEN_PATH`): contiguous chunks, one per task, this process only collects;
+  `fn` and `shared` go to the object store once (`ray.put`). Tasks ask for 0 CPUs: the sleeve task that
+  waits for them holds a CPU, so CPU-bound tasks could wait forever for CPUs held by sleeves that wait
+  for theirs. A cluster that cannot be reached falls back to the local pool (with a `RuntimeWarning`).
 """
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import warnings
@@ -38,12 +43,11 @@ from quantlib.core.errors import interruptible
 
 RAY_ADDRESS_ENV = "FW_RAY_ADDRESS"  # no "__": never read as a profile override (core.profiles.env_overrides)
 MIN_AUTO_ITEMS = 4      # auto (`workers` None or 0) maps fewer items in this process: a pool would not pay
-CHUNKS_PER_WORKER = 3   # contiguous chunks per local worker: even load, progress that advances
 RAY_CONNECT_S = 30.0    # Ray itself retries for minutes when nothing answers
 TERMINATE_S = 5.0       # a terminated worker is killed when it has not exited after this long
+POLL_S = 0.5            # how often a wait for a worker's result checks that the workers are alive
+LOCK_S = 10.0           # the bounds' lock held longer than this: its holder died in it
 PR_SET_PDEATHSIG = 1    # linux/prctl.h
-
-_WORKER: tuple[Callable, tuple] | None = None  # (fn, shared) of this pool worker, set by `_init_worker`
 
 
 def available_cores() -> int:
@@ -98,8 +102,9 @@ def _apply(fn: Callable, shared: tuple, items: list) -> list:
 @contextmanager
 def ordered_map(fn: Callable, shared: tuple, items: Sequence, workers: int | None = None,
                 ray_address: str | None = None) -> Iterator[Iterator[Any]]:
-    """An iterator of `fn(*shared, item)` in item order, computed ahead by `workers` (`local_workers`; with
-    `ray_address`, that many Ray tasks, None/0 = the cluster's CPUs); the pool lives until the block ends."""
+    """An iterator of `fn(*shared, item)` in item order, computed by `workers` processes, this one included
+    (`local_workers`; with `ray_address`, that many Ray tasks, None/0 = the cluster's CPUs); the pool
+    lives until the block ends."""
     items = list(items)
     if workers == 1 or len(items) <= 1 or (not workers and len(items) < MIN_AUTO_ITEMS):
         yield (fn(*shared, item) for item in items)
@@ -121,8 +126,12 @@ def ordered_map(fn: Callable, shared: tuple, items: Sequence, workers: int | Non
 
 
 def _merge(fn: Callable, shared: tuple, pool: "_LocalPool | _RayTasks") -> Iterator[Any]:
-    """The pool's results chunk by chunk; from the first item a chunk did not deliver, everything runs here."""
+    """The results chunk by chunk: a chunk this process claims is computed here; a worker's is fetched, and
+    from the first item a worker did not deliver on, everything runs here."""
     for k, chunk in enumerate(pool.chunks):
+        if pool.claim(k):
+            yield from (fn(*shared, item) for item in chunk)
+            continue
         try:
             done = pool.fetch(k)
         except Exception as exc:  # noqa: BLE001 -- a lost worker or failed task: its items run here
@@ -142,32 +151,63 @@ def _merge(fn: Callable, shared: tuple, pool: "_LocalPool | _RayTasks") -> Itera
 # the local pool of forked workers
 # ----------------------------------------------------------------------------------------------
 class _LocalPool:
-    """`workers` forked processes deciding contiguous chunks of the items."""
+    """This process and `workers - 1` forked ones deciding the items: this one from the front, the workers
+    from the back, one item per chunk (`bounds`: the next front chunk, the end of the unclaimed ones)."""
 
     def __init__(self, fn: Callable, shared: tuple, items: list, workers: int) -> None:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        self.chunks = chunks(items, workers * CHUNKS_PER_WORKER)
-        self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=_init_worker, initargs=(fn, shared, os.getpid()))
+        context = multiprocessing.get_context("fork")
+        self.chunks = chunks(items, len(items))
+        self.bounds = context.Array("i", [0, len(self.chunks)])
+        self.results = context.Queue()
+        self.received: dict[int, list] = {}
+        self.processes: list = []
         try:
-            self.futures = [self.executor.submit(_run_chunk, chunk) for chunk in self.chunks]
+            for _ in range(workers - 1):
+                process = context.Process(target=_worker, args=(fn, shared, self.chunks, self.bounds, self.results,
+                                                                os.getpid()), daemon=True, name="fw-parallel")
+                process.start()
+                self.processes.append(process)
         except BaseException:
             self.stop()
             raise
 
+    def claim(self, k: int) -> bool:
+        """Chunk `k` (the next front one) for this process, unless a worker took it."""
+        lock = self.bounds.get_lock()
+        if not self.processes or not lock.acquire(timeout=LOCK_S):
+            return False
+        try:
+            if k < self.bounds[1]:
+                self.bounds[0] = k + 1
+                return True
+            return False
+        finally:
+            lock.release()
+
     def fetch(self, k: int) -> list:
-        return self.futures[k].result()
+        """Chunk `k`'s results from the worker that took it (a `RuntimeError` when a worker died)."""
+        while k not in self.received:
+            try:
+                j, done = self.results.get(timeout=POLL_S)
+                self.received[j] = done
+            except queue.Empty:
+                lost = [p for p in self.processes if p.exitcode not in (None, 0)]
+                if lost or not self.processes or all(p.exitcode is not None for p in self.processes):
+                    raise RuntimeError(f"worker {lost[0].pid if lost else '-'} ended (exit code "
+                                       f"{lost[0].exitcode if lost else 0}) without chunk {k + 1}") from None
+        return self.received.pop(k)
 
     def close(self) -> None:
-        """Every result is in: the workers exit."""
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        """Every result is in: the workers have nothing left to take and exit."""
+        for process in self.processes:
+            process.join(TERMINATE_S)
+        self.stop()
 
     def stop(self) -> None:
-        """Pending chunks cancelled, workers terminated (killed after `TERMINATE_S`) and reaped."""
-        processes = list((getattr(self.executor, "_processes", None) or {}).values())  # the executor's own record
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """The workers terminated (killed after `TERMINATE_S`) and reaped; no chunk is claimed any more."""
+        processes, self.processes = self.processes, []
         for process in processes:
             if process.is_alive():
                 process.terminate()
@@ -176,13 +216,25 @@ class _LocalPool:
             if process.is_alive():
                 process.kill()
                 process.join()
-        self.executor.shutdown(wait=True)
+        self.results.close()
 
 
-def _init_worker(fn: Callable, shared: tuple, parent: int) -> None:
-    """A forked worker: keeps `fn` and `shared`, leaves Ctrl-C to its parent, dies with it."""
-    global _WORKER
-    _WORKER = (fn, shared)
+def _worker(fn: Callable, shared: tuple, chunks_: list[list], bounds, results, parent: int) -> None:
+    """A forked worker: takes the last unclaimed chunk until the claims meet, sends each chunk's results."""
+    _init_worker(parent)
+    while True:
+        with bounds.get_lock():
+            if bounds[1] <= bounds[0]:
+                break
+            bounds[1] -= 1
+            k = bounds[1]
+        results.put((k, _apply(fn, shared, chunks_[k])))
+    results.close()
+    results.join_thread()  # every result written before the process ends
+
+
+def _init_worker(parent: int) -> None:
+    """A forked worker leaves Ctrl-C to its parent and dies with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's `interruptible` handler: terminate() ends it
     _die_with_parent(parent)
@@ -198,11 +250,6 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent ended before the request took effect
         os._exit(1)
-
-
-def _run_chunk(items: list) -> list:
-    fn, shared = _WORKER  # type: ignore[misc]
-    return _apply(fn, shared, items)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +293,10 @@ class _RayTasks:
                           f"{(str(exc).strip().splitlines() or [''])[0]}); the local pool decides",
                           RuntimeWarning, stacklevel=3)
             return None
+
+    def claim(self, k: int) -> bool:
+        """Never: on a cluster this process only collects."""
+        return False
 
     def fetch(self, k: int) -> list:
         import ray

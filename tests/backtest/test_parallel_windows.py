@@ -82,30 +82,35 @@ def test_parallel_windows_give_the_sequential_walk_forward_exactly(long_sleeve, 
 
 @pytest.mark.parametrize("error", [GateError, ValueError], ids=["gate_error", "any_exception"])
 def test_a_failing_window_raises_in_a_worker_as_in_the_sequential_run(long_sleeve, pools, error):
-    """Window 3 fails, and with another error the first window of the second chunk, which the second
-    worker reaches first (the first one is slow on window 1): the parallel run raises window 3's error,
-    its type and message those of the sequential run."""
-    import time
+    """Window 3 fails in the worker (this process waits in window 1 until it has), and with another error
+    the last window, which the worker decides first: the parallel run raises window 3's error, its type
+    and message those of the sequential run."""
+    import multiprocessing
 
     from quantlib.sleeve.window import decide_window
 
     _, run = long_sleeve
     plan = _plan(run)
-    later = parallel.chunks(plan, 2 * parallel.CHUNKS_PER_WORKER)[1][0]
 
-    def decide(r, c, p, end):
-        if end == plan[0].decision:
-            time.sleep(0.5)
-        if end == plan[2].decision:
-            raise error("planted failure in window 3")
-        if end == later.decision:
-            raise RuntimeError("planted failure in a later window")
-        return decide_window(r, c, p, end)
+    def planted(reached):
+        def decide(r, c, p, end):
+            if end == plan[0].decision and reached is not None:
+                assert reached.wait(60), "the worker never reached window 3"
+            if end == plan[2].decision:
+                if reached is not None:
+                    reached.set()
+                raise error("planted failure in window 3")
+            if end == plan[-1].decision:
+                raise RuntimeError("planted failure in the last window")
+            return decide_window(r, c, p, end)
+        return decide
 
     raised = {}
     for workers in (1, 2):
+        reached = multiprocessing.get_context("fork").Event() if workers > 1 else None
         with pytest.raises(Exception) as info:
-            backtest.run(*_inputs(run), _workers(run.profile, workers, simulators=["reference"]), decide=decide)
+            backtest.run(*_inputs(run), _workers(run.profile, workers, simulators=["reference"]),
+                         decide=planted(reached))
         raised[workers] = info.value
     assert pools == [2]
     assert type(raised[2]) is type(raised[1]) and str(raised[2]) == str(raised[1])
@@ -130,14 +135,14 @@ def test_ctrl_c_during_the_windows_leaves_no_worker_behind(long_sleeve, pools):
 
 
 def test_one_worker_never_starts_a_pool(long_sleeve, monkeypatch):
-    import concurrent.futures
+    import multiprocessing.context
 
     class NoPool:
         def __init__(self, *args, **kwargs):
             raise AssertionError("a process pool was started")
 
     _, run = long_sleeve
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoPool)
+    monkeypatch.setattr(multiprocessing.context.ForkContext, "Process", NoPool)
     wf = backtest.run(*_inputs(run), _workers(run.profile, 1, simulators=["reference"]))
     assert len(wf.windows) >= 6
     with pytest.raises(AssertionError, match="a process pool was started"):   # the patch has teeth

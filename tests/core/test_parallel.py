@@ -53,12 +53,12 @@ def test_local_workers_auto_is_the_cores_one_is_sequential_and_never_more_than_t
 
 def test_the_pool_gives_the_sequential_results_in_item_order():
     items = list(range(13))
-    with ordered_map(_slow_square, (0.01,), items, workers=2) as results:
+    with ordered_map(_slow_square, (0.01,), items, workers=3) as results:
         out = list(results)
     assert [r for r, _ in out] == [i * i for i in items]
-    pids = {pid for _, pid in out}
-    assert os.getpid() not in pids and len(pids) == 2   # two forked workers did the work
-    assert psutil.Process().children() == []           # and are gone
+    pids = [pid for _, pid in out]
+    assert pids[0] == os.getpid() and pids[-1] != os.getpid()   # this process from the front, workers from the back
+    assert len(set(pids)) == 3 and psutil.Process().children() == []   # two forked workers, gone
 
 
 def test_shared_reaches_each_worker_once_by_fork_never_pickled():
@@ -67,29 +67,36 @@ def test_shared_reaches_each_worker_once_by_fork_never_pickled():
             raise TypeError("pickled")
 
     shared = (Unpicklable(), lambda x: x + 1)   # a planted closure works too
-    with ordered_map(lambda _, add, item: add(item), shared, range(8), workers=2) as results:
-        assert list(results) == list(range(1, 9))
-
-
-def _fail_at(bad: dict, item: int) -> int:
-    time.sleep(0.2 if item == 3 else 0.0)  # the later failure (item 7) is known first
-    if item in bad:
-        try:
-            raise KeyError(item)
-        except KeyError as cause:
-            raise bad[item](f"item {item} is bad") from cause
-    return item
+    with ordered_map(lambda _, add, item: _slow_square(0.01, add(item)), shared, range(8), workers=2) as results:
+        out = list(results)
+    assert [r for r, _ in out] == [i * i for i in range(1, 9)] and len({pid for _, pid in out}) == 2
 
 
 def test_the_first_failing_item_raises_its_own_exception_as_the_sequential_map_does():
-    bad = {3: ValueError, 7: RuntimeError}
+    """Item 3 fails in the worker (this process waits on item 0 until it has), item 11 (the worker's
+    first) fails earlier with another error: the map raises item 3's, as the sequential one does."""
+    import multiprocessing
+
+    def fail_at(reached, item: int) -> int:
+        if item == 0 and reached is not None:
+            assert reached.wait(30)
+        if item in (3, 11):
+            if reached is not None:
+                reached.set()
+            try:
+                raise KeyError(item)
+            except KeyError as cause:
+                raise (ValueError if item == 3 else RuntimeError)(f"item {item} is bad") from cause
+        return item
+
     raised = {}
     for workers in (1, 2):
-        with pytest.raises(Exception) as info, ordered_map(_fail_at, (bad,), range(12), workers=workers) as results:
-            list(results)
+        reached = multiprocessing.get_context("fork").Event() if workers > 1 else None
+        with pytest.raises(Exception) as info, ordered_map(fail_at, (reached,), range(12), workers=workers) as out:
+            list(out)
         raised[workers] = info.value
     assert type(raised[2]) is type(raised[1]) is ValueError and str(raised[2]) == str(raised[1]) == "item 3 is bad"
-    assert isinstance(raised[2].__cause__, KeyError)     # the same exception object chain: run here, not unpickled
+    assert isinstance(raised[2].__cause__, KeyError)     # the same exception chain: run here, not unpickled
     assert psutil.Process().children() == []
 
 
@@ -97,24 +104,25 @@ def test_a_lost_worker_is_redone_here_in_order_with_a_warning():
     parent = os.getpid()
 
     def die_in_worker(item: int) -> int:
-        if item == 5 and os.getpid() != parent:
-            os._exit(9)  # killed mid-chunk (out of memory, say)
+        time.sleep(0.02)
+        if os.getpid() != parent:
+            os._exit(9)  # killed in its first item (out of memory, say)
         return item
 
-    with pytest.warns(RuntimeWarning, match=r"failed in its worker \(BrokenProcessPool"), \
+    with pytest.warns(RuntimeWarning, match=r"failed in its worker \(RuntimeError: worker \d+ ended \(exit code 9\)"), \
             ordered_map(die_in_worker, (), range(12), workers=2) as results:
         assert list(results) == list(range(12))
     assert psutil.Process().children() == []
 
 
 def test_one_worker_never_starts_a_pool(monkeypatch):
-    import concurrent.futures
+    import multiprocessing.context
 
     class NoPool:
         def __init__(self, *args, **kwargs):
             raise AssertionError("a pool was started")
 
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoPool)
+    monkeypatch.setattr(multiprocessing.context.ForkContext, "Process", NoPool)
     with ordered_map(_slow_square, (0.0,), range(10), workers=1) as results:
         assert [pid for _, pid in results] == [os.getpid()] * 10
     with ordered_map(_slow_square, (0.0,), range(3), workers=None) as results:   # auto, < 4 items
@@ -125,7 +133,7 @@ def test_one_worker_never_starts_a_pool(monkeypatch):
 
 
 def test_keyboard_interrupt_inside_tears_the_pool_down():
-    with pytest.raises(KeyboardInterrupt), ordered_map(_slow_square, (0.05,), range(30), workers=2) as results:
+    with pytest.raises(KeyboardInterrupt), ordered_map(_slow_square, (0.05,), range(30), workers=3) as results:
         next(results)
         workers = psutil.Process().children()
         assert len(workers) == 2
@@ -137,9 +145,9 @@ SCRIPT = textwrap.dedent("""
     import os, sys, time, psutil
     from quantlib.core.parallel import ordered_map
     def slow(item):
-        time.sleep(60 if item >= 2 else 0.05)  # chunk 1 is items 0 and 1
+        time.sleep(60 if item >= 1 else 0.05)
         return item
-    with ordered_map(slow, (), range(12), workers=2) as results:
+    with ordered_map(slow, (), range(12), workers=3) as results:
         next(results)
         print(" ".join(str(p.pid) for p in psutil.Process().children()), flush=True)
         list(results)
