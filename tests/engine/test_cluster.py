@@ -79,6 +79,58 @@ def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, r
     assert not (run.dir / "ray").exists()  # no instance of its own
 
 
+RAY_MAP = """
+import json, os, sys
+from quantlib.core import parallel
+address = sys.argv[1]
+
+def square(offset, item):
+    return item * item + offset, os.getpid()
+
+def fail(item):
+    if item in (2, 7):
+        raise (ValueError if item == 2 else RuntimeError)(f"item {item} is bad")
+    return item
+
+doc = {"me": os.getpid()}
+with parallel.ordered_map(square, (1,), range(9), None, address) as results:
+    out = list(results)
+doc.update(values=[v for v, _ in out], pids=sorted({p for _, p in out}))
+try:
+    with parallel.ordered_map(fail, (), range(9), 3, address) as results:
+        list(results)
+except Exception as exc:
+    doc["error"] = [type(exc).__name__, str(exc)]
+import ray
+doc["connected_after"] = ray.is_initialized()
+print(json.dumps(doc))
+"""
+
+
+def test_parallel_items_run_as_ray_tasks_on_the_cluster_in_order_and_fail_as_sequentially(head, tmp_path):
+    """`core.parallel.ordered_map` with a cluster address (a walk-forward in a sleeve on the cluster, which
+    sees `FW_RAY_ADDRESS`): results in item order from Ray workers, the first failing item's own error, the
+    connection closed after; an unreachable cluster falls back to the local pool with a warning."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **head.env(), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", RAY_MAP, head.address], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout.strip().splitlines()[-1])
+    assert doc["values"] == [i * i + 1 for i in range(9)] and doc["me"] not in doc["pids"]
+    assert doc["error"] == ["ValueError", "item 2 is bad"] and doc["connected_after"] is False
+    unreachable = ("from quantlib.core import parallel; parallel.RAY_CONNECT_S = 3\n"
+                   "with parallel.ordered_map(pow, (2,), range(6), 2, '127.0.0.1:1') as out: print(list(out))")
+    done = subprocess.run([sys.executable, "-c", unreachable], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[1, 2, 4, 8, 16, 32]"
+    assert "cannot use the Ray cluster at 127.0.0.1:1" in done.stderr and "the local pool decides" in done.stderr
+
+
 def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root, capsys):
     pids = set(ray_pids(head.pid))
     assert {"gcs_server", "raylet"} <= set(ray_pids(head.pid).values())
