@@ -30,6 +30,7 @@ on a local pool of forked processes, or as Ray tasks on a cluster.
 """
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -163,6 +164,7 @@ class _LocalPool:
         self.results = context.Queue()
         self.received: dict[int, list] = {}
         self.processes: list = []
+        gc.freeze()  # the heap so far is out of every collection: no worker's GC copies its pages
         try:
             for _ in range(workers - 1):
                 process = context.Process(target=_worker, args=(fn, shared, self.chunks, self.bounds, self.results,
@@ -217,6 +219,7 @@ class _LocalPool:
                 process.kill()
                 process.join()
         self.results.close()
+        gc.unfreeze()
 
 
 def _worker(fn: Callable, shared: tuple, chunks_: list[list], bounds, results, parent: int) -> None:
