@@ -310,14 +310,17 @@ class _RayTasks:
         self.stop()
 
     def stop(self) -> None:
+        """The unfinished tasks cancelled; this process's connection closed when it opened it."""
         import ray
 
         refs, self.refs = self.refs, []
-        for ref in refs:
-            try:
-                ray.cancel(ref, force=True)  # a finished task: nothing to cancel
-            except Exception:  # noqa: BLE001, S110 -- best effort; shutdown below ends this driver's tasks
-                pass
+        if refs:  # only the unfinished ones, and not forcibly: a forced cancel racing a task's completion
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)  # trips Ray's own task-state check
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001, S110 -- best effort; shutdown below ends this driver's tasks
+                    pass
         if self.owned and ray.is_initialized():
             ray.shutdown()
 
