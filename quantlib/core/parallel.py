@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from quantlib.core.errors import interruptible
+from quantlib.core.ray_connect import ray_connect
 
 RAY_ADDRESS_ENV = "FW_RAY_ADDRESS"  # no "__": never read as a profile override (core.profiles.env_overrides)
 MIN_AUTO_ITEMS = 4      # auto (`workers` None or 0) maps fewer items in this process: a pool would not pay
@@ -289,7 +290,7 @@ class _RayTasks:
 
             owned = not ray.is_initialized()
             if owned:
-                _ray_connect(address, RAY_CONNECT_S)
+                ray_connect(address, RAY_CONNECT_S)
             return cls(fn, shared, items, workers, owned)
         except Exception as exc:  # noqa: BLE001 -- an unreachable cluster must not fail the computation
             warnings.warn(f"parallel: cannot use the Ray cluster at {address} ({type(exc).__name__}: "
@@ -323,39 +324,3 @@ class _RayTasks:
                     pass
         if self.owned and ray.is_initialized():
             ray.shutdown()
-
-
-def _ray_connect(address: str, timeout_s: float) -> None:
-    """`ray.init(address)` bounded by `timeout_s`: it runs in a daemon thread that is abandoned (and
-    disconnects should it still succeed) when the time is up."""
-    import logging
-    import threading
-
-    import ray
-
-    outcome: dict[str, BaseException | None] = {}
-    gave_up = threading.Event()
-
-    def join() -> None:
-        try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
-            outcome["error"] = None
-            if gave_up.is_set():
-                ray.shutdown()
-        except BaseException as exc:  # noqa: BLE001 -- handed to the caller
-            outcome["error"] = exc
-
-    worker_log = logging.getLogger("ray._private.worker")
-    quiet = lambda record: "not the main thread" not in record.getMessage()  # noqa: E731
-    worker_log.addFilter(quiet)
-    thread = threading.Thread(target=join, name="fw-ray-connect", daemon=True)
-    try:
-        thread.start()
-        thread.join(timeout_s)
-    finally:
-        worker_log.removeFilter(quiet)
-    if thread.is_alive():
-        gave_up.set()
-        raise TimeoutError(f"no answer in {timeout_s:.0f} s")
-    if outcome.get("error") is not None:
-        raise outcome["error"]  # type: ignore[misc]

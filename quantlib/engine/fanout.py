@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from quantlib.core import live
+from quantlib.core import live, parallel
 from quantlib.core.lean import skip_unused_imports
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
+from quantlib.core.ray_connect import ray_connect
 from quantlib.core.runs import MANIFEST, Run, RunOptions
 from quantlib.core.workspace import Workspace
 from quantlib.engine.cluster import ray_env, running
@@ -150,11 +151,15 @@ def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], 
 
 
 def run_spec_on_node(spec: dict) -> dict:
-    """`run_spec` in a Ray worker, its result naming the node it ran on (recorded in `sleeves.json`)."""
+    """`run_spec` in a Ray worker, its result naming the node it ran on (recorded in `sleeves.json`). On a
+    cluster of several nodes the sleeve's walk-forward decides its windows as Ray tasks there (its kernel sees
+    `FW_RAY_ADDRESS`); on one node a local pool of forked processes does it (no Ray worker to start)."""
     import socket
 
     import ray
 
+    if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+        os.environ[parallel.RAY_ADDRESS_ENV] = ray.get_runtime_context().gcs_address
     result = run_spec(spec)
     result["node"] = {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
                       "host": socket.gethostname()}
@@ -284,7 +289,7 @@ def ray_session(address: str | None, private: Path | None, connect_timeout_s: fl
         try:
             try:
                 if address:
-                    _connect(address, connect_timeout_s)
+                    ray_connect(address, connect_timeout_s, "meta.ray_connect_timeout_s")
                 else:
                     info = ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                                     _temp_dir=str(private / "ray"), _node_ip_address=LOOPBACK,
@@ -301,39 +306,3 @@ def ray_session(address: str | None, private: Path | None, connect_timeout_s: fl
             yield round(time.perf_counter() - start, 2)
         finally:
             ray.shutdown()
-
-
-def _connect(address: str, timeout_s: float) -> None:
-    """`ray.init(address)` bounded by `timeout_s`: it runs in a daemon thread that is abandoned (and disconnects
-    should it still succeed) when the time is up."""
-    import logging
-    import threading
-
-    import ray
-
-    outcome: dict[str, BaseException | None] = {}
-    gave_up = threading.Event()
-
-    def join() -> None:
-        try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
-            outcome["error"] = None
-            if gave_up.is_set():
-                ray.shutdown()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    worker_log = logging.getLogger("ray._private.worker")
-    quiet = lambda record: "not the main thread" not in record.getMessage()
-    worker_log.addFilter(quiet)
-    thread = threading.Thread(target=join, name="fw-ray-connect", daemon=True)
-    try:
-        thread.start()
-        thread.join(timeout_s)
-    finally:
-        worker_log.removeFilter(quiet)
-    if thread.is_alive():
-        gave_up.set()
-        raise TimeoutError(f"no answer within {timeout_s:g} s, meta.ray_connect_timeout_s")
-    if outcome["error"] is not None:
-        raise outcome["error"]
