@@ -83,3 +83,7 @@ class StageStatus(_StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+#: resources Ray schedules by its own arguments (`num_cpus`, ...): not custom resources a sleeve may ask for
+RAY_BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")

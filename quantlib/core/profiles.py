@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from quantlib.core.enums import Engine, Linkage, MetaMethod, RiskMethod
+from quantlib.core.enums import RAY_BUILTIN_RESOURCES, Engine, Linkage, MetaMethod, RiskMethod
 from quantlib.core.errors import IdentifierError, ProfileError
 from quantlib.core.ids import check_name, check_run_id, check_symbol
 from quantlib.core.workspace import Workspace
@@ -144,17 +144,33 @@ class BacktestConfig(Strict):
 
 
 class SleeveEntry(Strict):
-    """One sleeve of a meta profile: a sleeve profile (optionally pinned to a finished run) or a nested meta."""
+    """One sleeve of a meta profile: a sleeve profile (optionally pinned to a finished run) or a nested meta.
+
+    `resources` ({name: amount}) are custom Ray resources its task asks for, so it runs only on a node that
+    has them (`ray start --resources='{"gpu_box": 1}'`, or `node:<ip>` for one machine); none by default."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     profile: str | None = None
     meta_profile: str | None = None
     run_id: str | None = None
+    resources: dict[str, float] | None = None
 
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _run_id_or_none(value, f"sleeve {info.data.get('id', '?')!r}: pinned run")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float] | None, info: ValidationInfo) -> dict[str, float] | None:
+        where = f"sleeve {info.data.get('id', '?')!r}: resources"
+        for name, amount in (value or {}).items():
+            if name in RAY_BUILTIN_RESOURCES or not name.strip():
+                raise ValueError(f"{where}: {name!r} is not a custom Ray resource (a sleeve task takes 1 CPU); "
+                                 f"name a resource its node was started with (`ray start --resources=...`)")
+            if not amount > 0:
+                raise ValueError(f"{where}: {name}={amount:g}; an amount must be > 0")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> "SleeveEntry":
@@ -162,6 +178,9 @@ class SleeveEntry(Strict):
             raise ValueError(f"sleeve {self.id!r}: give exactly one of 'profile' or 'meta_profile'")
         if self.run_id is not None and self.meta_profile is not None:
             raise ValueError(f"sleeve {self.id!r}: 'run_id' pins a sleeve profile's run, not a meta_profile")
+        if self.run_id is not None and self.resources:
+            raise ValueError(f"sleeve {self.id!r}: 'resources' place a sleeve's task, but a pinned run "
+                             f"(run_id) does not run; drop one of them")
         return self
 
 

@@ -6,20 +6,24 @@ Used by the meta's fan-out (`engine.fanout.ray_session`) and by the walk-forward
 from __future__ import annotations
 
 
-def ray_connect(address: str, timeout_s: float, setting: str = "") -> None:
-    """`ray.init(address)` bounded by `timeout_s`: it runs in a daemon thread that is abandoned (and disconnects
+def ray_connect(address: str, timeout_s: float, setting: str = "", runtime_env: dict | None = None) -> None:
+    """`ray.init(address, runtime_env)` bounded by `timeout_s` (the upload of a shipped
+    `runtime_env` included): it runs in a daemon thread that is abandoned (and disconnects
     should it still succeed) when the time is up; a `TimeoutError` then names `setting` (the knob for it)."""
+    import copy
     import logging
     import threading
 
     import ray
+
+    runtime_env = copy.deepcopy(runtime_env)  # Ray rewrites the runtime_env it is given (the upload's URI)
 
     outcome: dict[str, BaseException | None] = {}
     gave_up = threading.Event()
 
     def join() -> None:
         try:
-            ray.init(address=address, configure_logging=False, log_to_driver=False)
+            ray.init(address=address, runtime_env=runtime_env, configure_logging=False, log_to_driver=False)
             outcome["error"] = None
             if gave_up.is_set():
                 ray.shutdown()

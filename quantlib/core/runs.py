@@ -130,7 +130,9 @@ class RunOptions(BaseModel):
     meta's folder, so it points back at the meta's runs root); `parent_run` and `depth` place a sleeve
     in its meta tree; `cache` is handed down to a meta's sleeves; `data_runs` are the data runs a meta
     pinned when it started (`meta.tree.pin_data_runs`): its sleeves, nested metas' too, read one of
-    them, never a data run that passed later."""
+    them, never a data run that passed later. `code_dir` is where the run reads its profiles and stage notebooks
+    when not from its workspace: the copy of the workspace Ray shipped to the node a sleeve task ran on
+    (`--ray-address`, `engine.fanout`); the workspace stays the driver's (its lakehouse and runs resolve there)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -141,6 +143,7 @@ class RunOptions(BaseModel):
     depth: int = Field(0, ge=0)
     cache: bool = True  # restore unchanged stages from earlier runs (`--no-cache`: compute every stage)
     data_runs: tuple[str, ...] | None = None
+    code_dir: str | None = None  # None: the workspace
 
 
 @dataclass
@@ -153,8 +156,10 @@ class Run:
     # construction
     @classmethod
     def create(cls, runs_dir: Path, resolved: ResolvedProfile, phase: str, workspace: Path,
-               run_id: str | None = None, options: RunOptions | None = None) -> "Run":
-        """A new run directory with its resolved profile and manifest."""
+               run_id: str | None = None, options: RunOptions | None = None,
+               profiles_dir: Path | None = None) -> "Run":
+        """A new run directory with its resolved profile and manifest (its definition files hashed from
+        `profiles_dir`, default the current workspace's)."""
         run_id = check_run_id(run_id) if run_id else new_run_id(resolved.name)
         run_dir = Path(runs_dir) / run_id
         if run_dir.exists():
@@ -171,7 +176,7 @@ class Run:
             "inputs": {}, "stages": {},
         }
         run = cls(run_dir, manifest)
-        run.record_inputs(definition_files(resolved))
+        run.record_inputs(definition_files(resolved, profiles_dir))
         run.save()
         return run
 
@@ -196,6 +201,12 @@ class Run:
     @property
     def workspace(self) -> Path:
         return Path(self.manifest["workspace"])
+
+    @property
+    def code_root(self) -> Path:
+        """Where this run reads its profiles and stage notebooks: `options.code_dir` (a shipped copy), else
+        the workspace."""
+        return Path(self.options.code_dir) if self.options.code_dir else self.workspace
 
     @cached_property
     def options(self) -> RunOptions:

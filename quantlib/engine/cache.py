@@ -24,7 +24,6 @@ import importlib
 import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from quantlib.core import registry, storage
@@ -32,18 +31,9 @@ from quantlib.core.errors import WorkbookError
 from quantlib.core.registry import Stage
 from quantlib.core.runs import MANIFEST, Run, utc_now
 from quantlib.engine.context import StageContext
+from quantlib.engine.nodes import package_fingerprint
 
 KEY_VERSION = "fw-stage-cache/1"
-
-
-@lru_cache(maxsize=1)
-def package_fingerprint() -> str:
-    """sha256 over every source file of the `quantlib` package that runs the stages."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(f"{path.relative_to(root).as_posix()}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,8 @@ class StageContext:
         return make_source(self.profile.source)
 
     def scanners(self, names: list[str]) -> list[Scanner]:
-        """Scanner definitions from this run's workspace."""
-        return [load_scanner(name, self.workspace.profiles) for name in names]
+        """Scanner definitions from where this run reads its code (`Run.code_root`)."""
+        return [load_scanner(name, Workspace(self.run.code_root).profiles) for name in names]
 
     # ------------------------------------------------------------------------------- artifacts
     def _declared(self, name: str, writing: bool) -> Artifact:

@@ -128,11 +128,7 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
             raise
         except Exception as exc:  # a WorkbookError carries its own message; anything else is named
             message = str(exc) if isinstance(exc, WorkbookError) else f"internal error: {type(exc).__name__}: {exc}"
-            run.manifest["status"] = "FAIL"
-            run.manifest["error"] = message
-            for record in run.manifest["stages"].values():
-                if record.get("status") == "running":
-                    record.update(status="failed", error=message)
+            mark_failed(run, message)
             say(f"FAIL: {message}")
         finally:
             signals["hold"] = True  # a second Ctrl-C / SIGTERM waits until the records are written
@@ -178,6 +174,37 @@ def mark_interrupted(run: Run, by: str) -> None:
     run.manifest.pop("error", None)
     run.manifest.update(status="INTERRUPTED", interrupted={"by": by, "at": utc_now(),
                                                            "stage": running[0] if running else None})
+
+
+def mark_failed(run: Run, message: str) -> None:
+    """FAIL with `message`, also on the stage it stopped in; the manifest is saved by the caller."""
+    run.manifest["status"] = "FAIL"
+    run.manifest["error"] = message
+    for record in run.manifest["stages"].values():
+        if record.get("status") == "running":
+            record.update(status="failed", error=message)
+
+
+def settle_dead(run_dir: Path, message: str) -> list[Path]:
+    """A run its process can no longer finish (its Ray worker died), and the runs nested in it (a nested meta's
+    sleeves, run in the same process): each still RUNNING is recorded FAIL with `message` (manifest, INDEX.md);
+    returns their directories. On another host a RUNNING record would read RUNNING until it is STALE (12 h),
+    and a resume of the meta would refuse it meanwhile."""
+    settled = []
+    run_dir = Path(run_dir)
+    for manifest in [run_dir / MANIFEST, *sorted((run_dir / "sleeves").rglob(MANIFEST))]:
+        try:
+            run = Run.at(manifest.parent)
+        except WorkbookError:
+            continue  # it died before this run existed
+        if run.manifest.get("status") != "RUNNING":
+            continue
+        mark_failed(run, message)
+        run.manifest["finished_at"] = utc_now()
+        run.save()
+        write_index(run, run.manifest["phase"])
+        settled.append(run.dir)
+    return settled
 
 
 def settle_nested(run: Run, wait_s: float) -> list[Run]:
@@ -394,8 +421,9 @@ def kernel_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def source_notebook(run: Run, stage: Stage) -> Path:
-    """The stage's notebook in the run's workspace (or in NOTEBOOKS_DIR)."""
-    return (NOTEBOOKS_DIR or Workspace(run.workspace).notebooks) / stage.notebook
+    """The stage's notebook where the run reads its code (`Run.code_root`: its workspace, or the copy Ray
+    shipped to the node it runs on), or in NOTEBOOKS_DIR."""
+    return (NOTEBOOKS_DIR or Workspace(run.code_root).notebooks) / stage.notebook
 
 
 def record_outside_reads(run: Run, stage: Stage) -> None:

@@ -6,36 +6,61 @@ and no other run is read. Every sleeve gets the data runs the meta pinned when i
 (`RunOptions.data_runs`, `meta.tree.pin_data_runs`), so no sleeve reads a data run that passed later. Everything a sleeve task needs travels in its spec (a plain dict, no
 process-wide state). Ray is imported only when used: a private, authenticated, loopback-only local
 instance (`local_ray_files`, `ray_session`), or a bounded connect to a cluster.
+
+On a cluster joined with `--ray-address` the driver's workspace is shipped to the workers (`shipped_code`,
+Ray's `working_dir`): a sleeve task reads its profiles and stage notebooks from that copy (its working
+directory; `RunOptions.code_dir`) and imports its quantlib from it, while the run's workspace, runs root
+and lakehouse stay the driver's absolute paths (shared storage at the same path on every node). Before
+any sleeve starts, every node is checked (`engine.nodes.preflight`) and every sleeve's custom resources
+(`meta.sleeves[].resources`) are matched against the cluster (`engine.nodes.check_resources`).
 """
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from quantlib.core import live, parallel
+from quantlib.core import live, parallel, storage
 from quantlib.core.lean import skip_unused_imports
 from quantlib.core.errors import DataError, WorkbookError
 from quantlib.core.profiles import load_profile
 from quantlib.core.ray_connect import ray_connect
-from quantlib.core.runs import MANIFEST, Run, RunOptions
+from quantlib.core.runs import MANIFEST, Run, RunOptions, utc_now
 from quantlib.core.workspace import Workspace
+from quantlib.engine import nodes
 from quantlib.engine.cluster import ray_env, running
-from quantlib.engine.executor import run_phase
+from quantlib.engine.executor import run_phase, settle_dead
 from quantlib.engine.resume import reopen
 
 CANCEL_GRACE_S = 15.0  # an interrupted meta waits this long for its cancelled sleeve tasks to record it
+SHIPPED = "ray:working_dir"  # a spec's `code_dir`: the copy of the workspace Ray shipped (the task's working dir)
+#: never shipped (gitwildmatch, relative to the workspace; Ray also honours the workspace's .gitignore and
+#: .rayignore): run data, environments, caches, data files. Ray refuses a package over 512 MiB.
+SHIP_EXCLUDES = ("/runs/", "/lakehouse/", ".git/", ".venv/", "venv/", "venvs/", "__pycache__/", "*.pyc",
+                 ".numba_cache/", ".pytest_cache/", ".ipynb_checkpoints/", ".mypy_cache/", ".ruff_cache/",
+                 "/build/", "/dist/", "*.egg-info/", "bench/out/", "*.parquet", "*.feather", "*.arrow")
 
 
 # ----------------------------------------------------------------------------------------------
 # specs
 # ----------------------------------------------------------------------------------------------
+def ships_code(run: Run) -> bool:
+    """A meta joining `--ray-address` ships its workspace to the cluster (its own local instance and the
+    workbook cluster of the same checkout run this machine's code already)."""
+    return run.options.executor.value == "ray" and bool(run.options.ray_address)
+
+
 def sleeve_specs(run: Run) -> tuple[list[dict], list[dict]]:
-    """(specs to execute, pinned sleeves) for a meta run. A spec is a plain dict: all a task needs."""
+    """(specs to execute, pinned sleeves) for a meta run. A spec is a plain dict: all a task needs.
+
+    Paths are absolute, the driver's: runs root, the sleeves' run dir and the lakehouse the sleeve reads
+    (resolved against the workspace here, never on a worker). `code_dir` says where the task reads profiles
+    and notebooks: SHIPPED (the copy Ray shipped, `ships_code`), else this run's own (None: its workspace).
+    `resources` are the sleeve's custom Ray resources (placement)."""
     profile = run.profile
-    runs_root, depth = run.runs_root, run.options.depth
+    runs_root, depth = Path(run.runs_root).absolute(), run.options.depth
     specs, pinned = [], []
     for entry in profile.meta.sleeves:
         if entry.run_id:
@@ -52,39 +77,84 @@ def sleeve_specs(run: Run) -> tuple[list[dict], list[dict]]:
                            "error": pinned_run.manifest.get("error"), "pinned": True, "seconds": 0.0})
             continue
         kind = "meta" if entry.meta_profile else "sleeve"
-        specs.append({"id": entry.id, "kind": kind, "profile": entry.meta_profile or entry.profile,
-                      "phase": kind, "runs_dir": str(run.dir / "sleeves"), "run_id": entry.id,
+        name = entry.meta_profile or entry.profile
+        try:
+            sleeve = load_profile(name, Workspace(run.code_root).profiles, overrides=run.resolved.overrides).profile
+            lakehouse = str(Workspace(run.workspace).resolve(sleeve.data.lakehouse))
+        except WorkbookError:  # its task fails on it, naming it (a FAIL result, like any sleeve that cannot start)
+            lakehouse = None
+        specs.append({"id": entry.id, "kind": kind, "profile": name,
+                      "phase": kind, "runs_dir": str(run.dir.absolute() / "sleeves"), "run_id": entry.id,
                       "runs_root": str(runs_root), "parent_run": run.id, "workspace": str(run.workspace),
                       "overrides": run.resolved.overrides, "depth": depth + 1,
-                      "cache": run.options.cache, "data_runs": run.options.data_runs})
+                      "cache": run.options.cache, "data_runs": run.options.data_runs,
+                      "lakehouse": lakehouse,
+                      "code_dir": SHIPPED if ships_code(run) else run.options.code_dir,
+                      "resources": dict(entry.resources or {})})
     return specs, pinned
 
 
-def run_spec(spec: dict) -> dict:
+def shipped_code(workspace: Path, data_dirs: Iterable[str | Path] = ()) -> dict:
+    """Ray's runtime_env shipping `workspace` to a cluster's workers (`working_dir`), without what SHIP_EXCLUDES
+    names nor `data_dirs` (the runs root, the lakehouse) when they lie inside it."""
+    root = Path(workspace).resolve()
+    inside = set()
+    for directory in data_dirs:
+        try:
+            rel = Path(directory).resolve().relative_to(root)
+        except ValueError:
+            continue
+        if rel.parts:
+            inside.add(f"/{rel.as_posix()}/")
+    return {"working_dir": str(root), "excludes": [*SHIP_EXCLUDES, *sorted(inside - set(SHIP_EXCLUDES))]}
+
+
+def code_root(spec: dict) -> Path:
+    """Where a spec's task reads profiles and notebooks: its working directory when the code was shipped (Ray
+    unpacked the driver's workspace there), else the spec's code dir or workspace."""
+    if spec.get("code_dir") != SHIPPED:
+        return Path(spec.get("code_dir") or spec["workspace"])
+    here = Path(os.getcwd())
+    if not (here / "profiles" / "base.yaml").is_file() or not (here / "notebooks").is_dir():
+        raise WorkbookError(f"sleeves: the shipped code at {here} (Ray's working_dir) has no profiles/base.yaml or "
+                            f"notebooks/; check the workspace's .gitignore / .rayignore, which Ray also honours")
+    return here
+
+
+def run_spec(spec: dict, started: Callable[[Run], None] | None = None) -> dict:
     """Execute one sleeve's (or nested meta's) whole book; returns where it is and how it ended.
 
     Runs in a Ray worker or in this process; resumes the sleeve run if it already exists (`resume.reopen`:
     refused, as a FAIL result, if its profile no longer resolves as recorded -- `meta --force` records
-    such a change in every sleeve run before the meta runs).
+    such a change in every sleeve run before the meta runs). `started(run)` is called once the run exists,
+    before its first stage.
     """
     skip_unused_imports()  # a Ray worker is a process of its own (in this process: already done)
     start = time.perf_counter()
     runs_dir = Path(spec["runs_dir"])
     try:
+        code = code_root(spec)
+        code_dir = None if code == Path(spec["workspace"]) else str(code)
+        profiles = Workspace(code).profiles  # the code's profiles, never the worker's current directory's
         if (runs_dir / spec["run_id"] / MANIFEST).exists():
-            run = reopen(runs_dir, spec["run_id"], spec["phase"], spec["profile"], overrides=spec["overrides"])
+            run = reopen(runs_dir, spec["run_id"], spec["phase"], spec["profile"], overrides=spec["overrides"],
+                         profiles_dir=profiles)
+            if run.options.code_dir != code_dir:  # shipped again: this task's copy
+                run.set_options(code_dir=code_dir)
+                run.save()
         else:
-            # the meta's workspace, not the worker's (a cluster's workers may have been started elsewhere)
-            resolved = load_profile(spec["profile"], Workspace(spec["workspace"]).profiles, overrides=spec["overrides"])
+            resolved = load_profile(spec["profile"], profiles, overrides=spec["overrides"])
             options = RunOptions(executor="local",  # a nested meta runs its own sleeves in its task
                                  runs_root=spec["runs_root"], parent_run=spec["parent_run"], depth=spec["depth"],
-                                 cache=spec.get("cache", True), data_runs=spec.get("data_runs"))
+                                 cache=spec.get("cache", True), data_runs=spec.get("data_runs"), code_dir=code_dir)
             run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
-                             options=options)
+                             options=options, profiles_dir=profiles)
     except WorkbookError as exc:
         return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
                 "run_dir": str(runs_dir / spec["run_id"]), "status": "FAIL", "error": str(exc), "pinned": False,
                 "seconds": round(time.perf_counter() - start, 2), "log": []}
+    if started is not None:
+        started(run)
     log = []
     ok = run_phase(run, spec["phase"], say=log.append)
     return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": run.id,
@@ -95,7 +165,8 @@ def run_spec(spec: dict) -> dict:
 def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: float) -> tuple[dict, list[dict]]:
     """Run every unpinned sleeve of meta run `run` (how: its run options) and return (the `sleeves`
     document, the results with their logs). A local Ray instance's files live in a private folder for
-    the duration (`local_ray_files`)."""
+    the duration (`local_ray_files`). A failed preflight raises a PreflightError carrying the document
+    (`doc`: no sleeve, the per-node report)."""
     executor, address = run.options.executor.value, run.options.ray_address
     specs, pinned = sleeve_specs(run)
     cluster = running(run.runs_root, run.workspace) if executor == "ray" and not address and specs else None
@@ -106,31 +177,45 @@ def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: f
         print(said)  # the notebook
         live.note(said)  # the terminal
     local_ray = executor == "ray" and not address
+    ship = (shipped_code(run.workspace, [run.runs_root, *{s["lakehouse"] for s in specs if s["lakehouse"]}])
+            if ships_code(run) and specs else None)
+
+    def document(results: list[dict], preflight: dict | None) -> dict:
+        return {"run_id": run.id, "executor": executor, "ray_address": address,
+                "ray_logs": "ray/" if local_ray else None,
+                "ray_cluster": "workbook" if cluster else ("local" if local_ray else ("address" if address else None)),
+                "code": ({"shipped_from": ship["working_dir"], "excludes": ship["excludes"]} if ship else None),
+                "preflight": preflight,
+                "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
+
     with local_ray_files(run.dir) if local_ray else nullcontext() as private:
-        results = pinned + execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s,
-                                   auth=cluster.env() if cluster else None)
-    doc = {"run_id": run.id, "executor": executor, "ray_address": address, "ray_logs": "ray/" if local_ray else None,
-           "ray_cluster": "workbook" if cluster else ("local" if local_ray else ("address" if address else None)),
-           "sleeves": [{k: v for k, v in r.items() if k != "log"} for r in results]}
-    return doc, results
+        try:
+            ran, preflight = execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s,
+                                     auth=cluster.env() if cluster else None, ship=ship)
+        except nodes.PreflightError as exc:
+            exc.doc = document(pinned, exc.report)
+            raise
+    results = pinned + ran
+    return document(results, preflight), results
 
 
 def execute(specs: list[dict], executor: str = "ray", address: str | None = None, private: Path | None = None,
             on_done: Callable[[dict], None] = print, *, connect_timeout_s: float,
-            auth: dict[str, str] | None = None) -> list[dict]:
+            auth: dict[str, str] | None = None, ship: dict | None = None) -> tuple[list[dict], dict | None]:
     """Run every spec: as Ray tasks (a local instance whose files are in `private`, see `local_ray_files`, or the
     cluster at `address`, joined within `connect_timeout_s` with `auth`'s token settings when it is the workbook
-    cluster) or one after another in this process."""
+    cluster and shipping the code with `ship`, see `shipped_code`) or one after another in this process.
+    Returns (the results, the preflight report: None without Ray)."""
     if not specs:
-        return []
+        return [], None
     done = _reporting(on_done, len(specs))
     if executor == "local":
         results = []
         for spec in specs:
             results.append(run_spec(spec))
             done(results[-1])
-        return results
-    return _execute_ray(specs, address, private, connect_timeout_s, done, auth)
+        return results, None
+    return _execute_ray(specs, address, private, connect_timeout_s, done, auth, ship)
 
 
 def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], None]:
@@ -151,28 +236,57 @@ def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], 
 
 
 def run_spec_on_node(spec: dict) -> dict:
-    """`run_spec` in a Ray worker, its result naming the node it ran on (recorded in `sleeves.json`). On a
-    cluster of several nodes the sleeve's walk-forward decides its windows as Ray tasks there (its kernel sees
-    `FW_RAY_ADDRESS`); on one node a local pool of forked processes does it (no Ray worker to start)."""
-    import socket
-
+    """`run_spec` in a Ray worker: first thing once its run exists, the task records the node it runs on in
+    the run dir (`node.json`: node id, ip, host, pid, the code it runs), so a worker that dies mid-sleeve
+    is named; the result names the node too (recorded in `sleeves.json`). On a cluster of several nodes the
+    sleeve's walk-forward decides its windows as Ray tasks there (its kernel sees `FW_RAY_ADDRESS`); on one
+    node a local pool of forked processes does it (no Ray worker to start)."""
     import ray
 
-    if sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
+    node = nodes.this_node()
+
+    def started(run: Run) -> None:
+        storage.write_json(run.dir / nodes.NODE_FILE, {**node, "pid": os.getpid(), "at": utc_now(),
+                                                       "code_dir": str(run.code_root),
+                                                       "quantlib": str(Path(nodes.__file__).resolve().parents[1])})
+
+    if sum(1 for alive in ray.nodes() if alive.get("Alive")) > 1:
         os.environ[parallel.RAY_ADDRESS_ENV] = ray.get_runtime_context().gcs_address
-    result = run_spec(spec)
-    result["node"] = {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
-                      "host": socket.gethostname()}
+    result = run_spec(spec, started)
+    result["node"] = node
     return result
 
 
+def crashed(spec: dict, exc: BaseException) -> dict:
+    """The result of a sleeve task that died (its worker or node gone: not a failed stage, which returns FAIL),
+    naming the sleeve and the node it ran on (its `node.json`); its run, still recorded RUNNING by the dead
+    process, and the runs nested in it are recorded FAIL (`executor.settle_dead`)."""
+    run_dir = Path(spec["runs_dir"]) / spec["run_id"]
+    try:
+        node = storage.read_json(run_dir / nodes.NODE_FILE)
+    except (DataError, OSError):
+        node = None
+    where = f"on node {nodes.describe(node)}" if node else "before it recorded its node"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    error = (f"sleeve {spec['id']!r}: its Ray task died {where} ({type(exc).__name__}: {first[:200]}); "
+             f"resume the meta (--run-id {spec['parent_run']}) to rerun this sleeve only")
+    settle_dead(run_dir, error)
+    return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
+            "run_dir": str(run_dir), "status": "FAIL", "pinned": False, "seconds": None, "error": error,
+            "node": {k: node[k] for k in ("id", "ip", "host") if k in node} if node else None}
+
+
 def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
-                 on_done: Callable, auth: dict[str, str] | None = None) -> list[dict]:
-    with ray_session(address, private, connect_timeout_s, auth) as ray_start:
+                 on_done: Callable, auth: dict[str, str] | None = None,
+                 ship: dict | None = None) -> tuple[list[dict], dict]:
+    with ray_session(address, private, connect_timeout_s, auth, ship) as ray_start:
         import ray  # only now: Ray reads part of the environment ray_session sets when it is imported
 
+        nodes.check_resources(specs, ray.nodes(), f"at {address}" if address else "started locally")
+        preflight = nodes.preflight(specs)
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec_on_node)
-        pending = {task.remote(spec): spec for spec in specs}
+        pending = {(task.options(resources=spec["resources"]) if spec.get("resources") else task).remote(spec): spec
+                   for spec in specs}
         results = []
         try:
             while pending:
@@ -180,11 +294,8 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
                 spec = pending.pop(done[0])
                 try:
                     result = ray.get(done[0])
-                except Exception as exc:  # the task itself crashed (not a failed stage: those return FAIL)
-                    result = {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"],
-                              "run_id": spec["run_id"], "run_dir": str(Path(spec["runs_dir"]) / spec["run_id"]),
-                              "status": "FAIL", "pinned": False, "seconds": None,
-                              "error": f"task crashed: {type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                except Exception as exc:  # the task itself died (not a failed stage: those return FAIL)
+                    result = crashed(spec, exc)
                 result["ray_start_seconds"] = ray_start
                 results.append(result)
                 on_done(result)
@@ -193,7 +304,7 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
                 ray.cancel(ref)
             ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
             raise
-        return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"]))
+        return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"])), preflight
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,13 +383,14 @@ def _reload_ray_auth() -> None:
 
 @contextmanager
 def ray_session(address: str | None, private: Path | None, connect_timeout_s: float,
-                auth: dict[str, str] | None = None) -> Iterator[float]:
+                auth: dict[str, str] | None = None, ship: dict | None = None) -> Iterator[float]:
     """Ray for one meta stage, shut down on exit (pass, fail or Ctrl-C); yields the seconds it took to start.
 
     No `address`: a fresh local instance (never another meta's) with its files in `private`
     (`local_ray_files`): token auth with its own token, every server on 127.0.0.1. An `address`: join that
-    cluster (with `auth`, the workbook cluster's token settings), giving up after `connect_timeout_s` (Ray
-    itself retries for minutes when nothing answers).
+    cluster (with `auth`, the workbook cluster's token settings; shipping the code with `ship`, a runtime_env,
+    see `shipped_code`), giving up after `connect_timeout_s` (Ray itself retries for minutes when nothing
+    answers).
     """
     if address is None and private is None:
         raise ValueError("ray_session: a local Ray instance needs its private folder (fanout.local_ray_files)")
@@ -289,7 +401,7 @@ def ray_session(address: str | None, private: Path | None, connect_timeout_s: fl
         try:
             try:
                 if address:
-                    ray_connect(address, connect_timeout_s, "meta.ray_connect_timeout_s")
+                    ray_connect(address, connect_timeout_s, "meta.ray_connect_timeout_s", runtime_env=ship)
                 else:
                     info = ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
                                     _temp_dir=str(private / "ray"), _node_ip_address=LOOPBACK,

@@ -52,23 +52,24 @@ class Plan:
 
 
 def reopen(runs_dir: Path, run_id: str, phase: str, profile: str | None, *, env: Mapping[str, str] | None = None,
-           overrides: Mapping[str, Any] | None = None, force: bool = False) -> Run:
+           overrides: Mapping[str, Any] | None = None, force: bool = False, profiles_dir: Path | None = None) -> Run:
     """The run `run_id` ready to resume as `phase` of `profile` (None: the run's own), or a ResumeError.
 
-    The profile is resolved again as a new run would be (`env` / `overrides`); with `force` a changed
-    profile is recorded and written (this run and, for a meta, its existing sleeve runs)."""
+    The profile is resolved again as a new run would be (`env` / `overrides`, from `profiles_dir`, default
+    the current workspace's); with `force` a changed profile is recorded and written (this run and, for a
+    meta, its existing sleeve runs)."""
     run = Run.open(runs_dir, run_id)
     check_target(run, phase, profile or run.manifest["profile"], f"run {run.id}")
     check_not_live(run, f"run {run.id}", force)
-    resolved = load_profile(run.manifest["profile"], env=env, overrides=overrides)
+    resolved = load_profile(run.manifest["profile"], profiles_dir, env=env, overrides=overrides)
     plans = [Plan(run, resolved, changes_of(run, resolved), f"run {run.id}")]
     if phase == "meta":
-        plans += sleeve_plans(run, resolved, force)
+        plans += sleeve_plans(run, resolved, force, profiles_dir)
     changed = [p for p in plans if p.changes]
     if changed and not force:
         raise ResumeError(refusal(changed))
     for plan in changed:
-        record_change(plan.run, plan.resolved, plan.changes)
+        record_change(plan.run, plan.resolved, plan.changes, profiles_dir)
     return run
 
 
@@ -99,7 +100,7 @@ def changes_of(run: Run, resolved: ResolvedProfile) -> list[tuple[str, Any, Any]
     return profile_diff(run.profile.model_dump(mode="json"), resolved.profile.model_dump(mode="json"))
 
 
-def sleeve_plans(meta: Run, resolved: ResolvedProfile, force: bool) -> list[Plan]:
+def sleeve_plans(meta: Run, resolved: ResolvedProfile, force: bool, profiles_dir: Path | None = None) -> list[Plan]:
     """The meta's existing sleeve runs (`sleeves/<id>/`, nested metas recursively) as the sleeves stage would
     resume them: same kind and profile, resolved with the meta's overrides (`engine.fanout.sleeve_specs`)."""
     plans = []
@@ -112,10 +113,10 @@ def sleeve_plans(meta: Run, resolved: ResolvedProfile, force: bool) -> list[Plan
         phase = "meta" if entry.meta_profile else "sleeve"
         check_target(child, phase, entry.meta_profile or entry.profile, label)
         check_not_live(child, label, force)
-        child_resolved = load_profile(child.manifest["profile"], overrides=resolved.overrides)
+        child_resolved = load_profile(child.manifest["profile"], profiles_dir, overrides=resolved.overrides)
         plans.append(Plan(child, child_resolved, changes_of(child, child_resolved), label))
         if phase == "meta":
-            plans += sleeve_plans(child, child_resolved, force)
+            plans += sleeve_plans(child, child_resolved, force, profiles_dir)
     return plans
 
 
@@ -137,7 +138,8 @@ def refusal(plans: list[Plan]) -> str:
             "recorded in the manifest and INDEX.md), or restore the old values (profile files, FW_* variables)")
 
 
-def record_change(run: Run, resolved: ResolvedProfile, changes: list[tuple[str, Any, Any]]) -> None:
+def record_change(run: Run, resolved: ResolvedProfile, changes: list[tuple[str, Any, Any]],
+                  profiles_dir: Path | None = None) -> None:
     """Record the change in the manifest (first: a crash in between leaves a record, never a silent change),
     then write the new resolved profile; the run's inputs get the new definition-file hashes."""
     before = dict(run.manifest.get("inputs", {}))
@@ -146,7 +148,7 @@ def record_change(run: Run, resolved: ResolvedProfile, changes: list[tuple[str, 
              "previous_extends_chain": run.manifest.get("extends_chain", []),
              "completed_stages": [name for name, rec in run.manifest.get("stages", {}).items()
                                   if rec.get("status") == "completed"]}
-    run.record_inputs(definition_files(resolved))
+    run.record_inputs(definition_files(resolved, profiles_dir))
     entry["previous_inputs"] = {k: v for k, v in before.items() if run.manifest["inputs"].get(k) != v}
     run.manifest.setdefault("profile_changes", []).append(entry)
     run.manifest.update(env_overrides=resolved.overrides, extends_chain=list(resolved.chain))

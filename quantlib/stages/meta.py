@@ -13,6 +13,7 @@ from quantlib.core.gates import GateResult, enforce
 from quantlib.core.runs import INDEX
 from quantlib.engine import fanout
 from quantlib.engine.context import StageContext
+from quantlib.engine.nodes import PreflightError
 from quantlib.meta.allocation import meta_weights, walk_forward_meta
 from quantlib.meta.flatten import exposures, flatten_meta, load_books, physical_cap_check
 from quantlib.meta.gates import completeness_gate, sign_test_gate
@@ -30,7 +31,11 @@ def _print_done(result: dict) -> None:
 
 def run_sleeves(ctx: StageContext) -> list[dict]:
     """Stage 1: every unpinned sleeve's book runs (in parallel on Ray by default); a failed one fails the meta."""
-    doc, results = fanout.run_books(ctx.run, _print_done, connect_timeout_s=ctx.profile.meta.ray_connect_timeout_s)
+    try:
+        doc, results = fanout.run_books(ctx.run, _print_done, connect_timeout_s=ctx.profile.meta.ray_connect_timeout_s)
+    except PreflightError as exc:  # no sleeve started: the per-node report is the record of why
+        ctx.write("sleeves", exc.doc)
+        raise
     ctx.write("sleeves", doc)
     failed = [r for r in results if r["status"] != "PASS"]
     if failed:

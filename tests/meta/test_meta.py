@@ -846,7 +846,8 @@ def test_fanout_specs_carry_the_run_options_and_pinned_runs_are_read_in_place(tm
     assert specs == [{"id": "b", "kind": "sleeve", "profile": "demo_crypto_short", "phase": "sleeve",
                       "runs_dir": str(run.dir / "sleeves"), "run_id": "b", "runs_root": str(runs),
                       "parent_run": run.id, "workspace": str(run.workspace), "overrides": run.resolved.overrides,
-                      "depth": 2, "cache": True, "data_runs": None}]
+                      "depth": 2, "cache": True, "data_runs": None, "lakehouse": str(ROOT.resolve() / "lakehouse"),
+                      "code_dir": None, "resources": {}}]
     only_pinned = Run.create(runs, load_profile("demo_meta", env={"FW_META__SLEEVES": sleeves.split(", {id: b")[0] + "]"}),
                              "meta", ROOT, options=RunOptions(executor="local"))
     doc, results = fanout.run_books(only_pinned, print, connect_timeout_s=1)
