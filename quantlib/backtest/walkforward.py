@@ -118,6 +118,13 @@ class WalkForward:
     metrics: pd.DataFrame      # one row per risk profile and benchmark
 
 
+def ray_address(profile: Profile) -> str | None:
+    """The Ray cluster to decide the windows on: the one the sleeve runs on when it has several nodes
+    (`FW_RAY_ADDRESS`, set by the sleeve's task) and `backtest.windows_on_ray` asks for it; else None (forked
+    local workers: on one machine they are cheaper than the Ray workers a kernel's job would start)."""
+    return os.environ.get(parallel.RAY_ADDRESS_ENV) if profile.backtest.windows_on_ray else None
+
+
 def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], benchmark: pd.Series,
         profile: Profile, progress: Callable | None = None, decide: Callable | None = None,
         universe: Callable | None = None) -> WalkForward:
@@ -125,7 +132,7 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     metrics). `universe` and `decide` default to the production functions (tests plant others).
 
     The windows are decided in parallel (`backtest.workers`, `core.parallel.ordered_map`: forked local
-    workers, or Ray tasks when the kernel sees `FW_RAY_ADDRESS`) -- each depends only on the data up to its
+    workers, or Ray tasks with `backtest.windows_on_ray` when the kernel sees `FW_RAY_ADDRESS`) -- each depends only on the data up to its
     decision date -- and come back in window order, identical to a sequential run, the first failing
     window's error raised as it would be there; progress advances as windows arrive. The simulations
     are one sequential pass over all of them."""
@@ -135,7 +142,7 @@ def run(returns: pd.DataFrame, screener: pd.DataFrame, scanners: list[Scanner], 
     plan = windows(returns.index, cfg.train_days, cfg.test_days, profile.name)
     pools, funnel = universe(returns, screener, scanners, profile, [w.decision for w in plan], cfg.train_days)
     with parallel.ordered_map(partial(rebalance, decide=decide), (returns, pools, funnel, profile), plan,
-                              profile.backtest.workers, os.environ.get(parallel.RAY_ADDRESS_ENV)) as decided:
+                              profile.backtest.workers, ray_address(profile)) as decided:
         windows_done = live.track(progress(plan) if progress else plan, "walk-forward windows", len(plan))
         steps = [next(decided) for _ in windows_done]  # the bars advance as each window's decision arrives
     rows = [s.row for s in steps]

@@ -141,6 +141,7 @@ class BacktestConfig(Strict):
     parity_tolerance: float = Field(gt=0)
     rolling_sharpe_days: int = Field(ge=5)
     workers: int | None = Field(ge=0, le=64)  # processes deciding the windows: None/0 = auto, 1 = sequential
+    windows_on_ray: bool  # on a multi-node Ray cluster (FW_RAY_ADDRESS): the windows as Ray tasks there
 
 
 class SleeveEntry(Strict):

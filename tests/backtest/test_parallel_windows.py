@@ -155,3 +155,14 @@ def test_backtest_workers_is_bounded_and_named_when_wrong():
                        ("two", "valid integer")):
         with pytest.raises(ProfileError, match=rf"FW_BACKTEST__WORKERS='{value}': key 'backtest\.workers': .*{why}"):
             load_profile("demo_crypto_long", env={"FW_BACKTEST__WORKERS": value})
+
+
+def test_the_windows_go_to_ray_only_when_the_profile_asks_and_the_sleeve_runs_on_a_cluster(monkeypatch):
+    from quantlib.core.profiles import load_profile
+
+    off = load_profile("demo_crypto_long").profile
+    on = load_profile("demo_crypto_long", env={"FW_BACKTEST__WINDOWS_ON_RAY": "true"}).profile
+    monkeypatch.delenv(parallel.RAY_ADDRESS_ENV, raising=False)
+    assert backtest.ray_address(on) is None and backtest.ray_address(off) is None
+    monkeypatch.setenv(parallel.RAY_ADDRESS_ENV, "10.0.0.1:6379")
+    assert backtest.ray_address(on) == "10.0.0.1:6379" and backtest.ray_address(off) is None
