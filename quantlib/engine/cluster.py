@@ -234,9 +234,37 @@ def stop(runs_root: Path, timeout_s: float = STOP_TIMEOUT_S) -> Cluster | None:
     return cluster
 
 
+def _workers(pid: int) -> list[int]:
+    """The processes under `pid` in another process group than its own: Ray's workers (Ray gives each its own
+    group), e.g. the warm sleeve workers (`engine.warm`). Linux (/proc); elsewhere none."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            if os.getpgid(child) != pid:
+                found.append(child)
+        except ProcessLookupError:
+            continue
+        todo += children.get(child, [])
+    return found
+
+
 def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the blocking `ray start` (it kills the processes it started on its way out), then its whole
-    session (process group) if it is still there after `timeout_s`."""
+    """SIGTERM Ray's workers (a live worker, such as an idle warm one, keeps the raylet 30 s on its way out) and
+    the blocking `ray start` (it kills the processes it started), then its whole session (process group) if it
+    is still there after `timeout_s`."""
+    for worker in _workers(pid):
+        try:
+            os.kill(worker, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

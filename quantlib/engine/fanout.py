@@ -29,7 +29,7 @@ from quantlib.core.profiles import load_profile
 from quantlib.core.ray_connect import ray_connect
 from quantlib.core.runs import MANIFEST, Run, RunOptions, utc_now
 from quantlib.core.workspace import Workspace
-from quantlib.engine import nodes
+from quantlib.engine import nodes, warm
 from quantlib.engine.cluster import ray_env, running
 from quantlib.engine.executor import run_phase, settle_dead
 from quantlib.engine.resume import reopen
@@ -191,7 +191,8 @@ def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: f
     with local_ray_files(run.dir) if local_ray else nullcontext() as private:
         try:
             ran, preflight = execute(specs, executor, address, private, on_done, connect_timeout_s=connect_timeout_s,
-                                     auth=cluster.env() if cluster else None, ship=ship)
+                                     auth=cluster.env() if cluster else None, ship=ship,
+                                     warm_workers=cluster is not None)
         except nodes.PreflightError as exc:
             exc.doc = document(pinned, exc.report)
             raise
@@ -201,10 +202,12 @@ def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: f
 
 def execute(specs: list[dict], executor: str = "ray", address: str | None = None, private: Path | None = None,
             on_done: Callable[[dict], None] = print, *, connect_timeout_s: float,
-            auth: dict[str, str] | None = None, ship: dict | None = None) -> tuple[list[dict], dict | None]:
+            auth: dict[str, str] | None = None, ship: dict | None = None,
+            warm_workers: bool = False) -> tuple[list[dict], dict | None]:
     """Run every spec: as Ray tasks (a local instance whose files are in `private`, see `local_ray_files`, or the
     cluster at `address`, joined within `connect_timeout_s` with `auth`'s token settings when it is the workbook
-    cluster and shipping the code with `ship`, see `shipped_code`) or one after another in this process.
+    cluster and shipping the code with `ship`, see `shipped_code`; on the workbook cluster, `warm_workers`: the
+    unpinned sleeves in its warm actors, `engine.warm`) or one after another in this process.
     Returns (the results, the preflight report: None without Ray)."""
     if not specs:
         return [], None
@@ -215,7 +218,7 @@ def execute(specs: list[dict], executor: str = "ray", address: str | None = None
             results.append(run_spec(spec))
             done(results[-1])
         return results, None
-    return _execute_ray(specs, address, private, connect_timeout_s, done, auth, ship)
+    return _execute_ray(specs, address, private, connect_timeout_s, done, auth, ship, warm_workers)
 
 
 def _reporting(on_done: Callable[[dict], None], total: int) -> Callable[[dict], None]:
@@ -246,7 +249,7 @@ def run_spec_on_node(spec: dict) -> dict:
     node = nodes.this_node()
 
     def started(run: Run) -> None:
-        storage.write_json(run.dir / nodes.NODE_FILE, {**node, "pid": os.getpid(), "at": utc_now(),
+        storage.write_json(run.dir / nodes.NODE_FILE, {**node, "pid": os.getpid(), "at": utc_now(), "epoch": time.time(),
                                                        "code_dir": str(run.code_root),
                                                        "quantlib": str(Path(nodes.__file__).resolve().parents[1])})
 
@@ -277,31 +280,50 @@ def crashed(spec: dict, exc: BaseException) -> dict:
 
 
 def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
-                 on_done: Callable, auth: dict[str, str] | None = None,
-                 ship: dict | None = None) -> tuple[list[dict], dict]:
+                 on_done: Callable, auth: dict[str, str] | None = None, ship: dict | None = None,
+                 warm_workers: bool = False) -> tuple[list[dict], dict]:
     with ray_session(address, private, connect_timeout_s, auth, ship) as ray_start:
         import ray  # only now: Ray reads part of the environment ray_session sets when it is imported
 
         nodes.check_resources(specs, ray.nodes(), f"at {address}" if address else "started locally")
         preflight = nodes.preflight(specs)
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec_on_node)
-        pending = {(task.options(resources=spec["resources"]) if spec.get("resources") else task).remote(spec): spec
-                   for spec in specs}
+        queued = [spec for spec in specs if warm_workers and not spec.get("resources")]  # for the warm workers
+        idle = warm.pool(max(1, min(len(queued), int(ray.cluster_resources().get("CPU", 1))))) if queued else []
+        pending: dict = {}  # ref -> (spec, the warm worker running it or None: a task, when it was submitted)
+
+        def submit(spec: dict, worker=None) -> None:
+            if worker is not None:
+                ref = worker.run.remote(spec)
+            else:
+                ref = (task.options(resources=spec["resources"]) if spec.get("resources") else task).remote(spec)
+            pending[ref] = (spec, worker, time.time())
+
+        for spec in specs:
+            if spec not in queued:
+                submit(spec)
+        while queued and idle:
+            submit(queued.pop(0), idle.pop(0))
         results = []
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
-                spec = pending.pop(done[0])
+                spec, worker, _ = pending.pop(done[0])
                 try:
                     result = ray.get(done[0])
                 except Exception as exc:  # the task itself died (not a failed stage: those return FAIL)
                     result = crashed(spec, exc)
+                if worker is not None and queued:  # a dead worker is restarted by Ray: its next sleeve waits
+                    submit(queued.pop(0), worker)
                 result["ray_start_seconds"] = ray_start
                 results.append(result)
                 on_done(result)
         except KeyboardInterrupt:  # the meta was interrupted: a KeyboardInterrupt in every running sleeve task,
-            for ref in pending:   # whose run_phase records its run INTERRUPTED (given CANCEL_GRACE_S to do so)
-                ray.cancel(ref)
+            for ref, (spec, worker, since) in pending.items():  # whose run_phase records its run INTERRUPTED
+                if worker is None:                                # (given CANCEL_GRACE_S to do so)
+                    ray.cancel(ref)
+                else:  # Ray cannot cancel a running actor method
+                    warm.interrupt(Path(spec["runs_dir"]) / spec["run_id"], worker, since)
             ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
             raise
         return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"])), preflight

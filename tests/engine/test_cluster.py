@@ -77,6 +77,13 @@ def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, r
     assert all(s["status"] == "FAIL" and "data run" in (s["error"] or "") for s in doc["sleeves"]), doc["sleeves"]
     assert cluster.running(runs_root) == head  # the meta left the cluster running
     assert not (run.dir / "ray").exists()  # no instance of its own
+    # the sleeves ran in the cluster's warm workers, which the next meta reuses (no new process, no imports)
+    first = {s["id"]: s["worker"] for s in doc["sleeves"]}
+    assert all(w["kind"] == "warm actor" and w["import_s"] > 0 for w in first.values()), first
+    again, _ = fanout.run_books(Run.create(runs_root, profile, "meta", ROOT), lambda result: None, connect_timeout_s=60)
+    second = [s["worker"] for s in again["sleeves"]]
+    assert {w["pid"] for w in second} <= {w["pid"] for w in first.values()}
+    assert sum(w["sleeves_run"] for w in second) > sum(w["sleeves_run"] for w in first.values())
 
 
 RAY_MAP = """
