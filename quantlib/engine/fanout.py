@@ -249,7 +249,7 @@ def run_spec_on_node(spec: dict) -> dict:
     node = nodes.this_node()
 
     def started(run: Run) -> None:
-        storage.write_json(run.dir / nodes.NODE_FILE, {**node, "pid": os.getpid(), "at": utc_now(), "epoch": time.time(),
+        storage.write_json(run.dir / nodes.NODE_FILE, {**node, "pid": os.getpid(), "at": utc_now(),
                                                        "code_dir": str(run.code_root),
                                                        "quantlib": str(Path(nodes.__file__).resolve().parents[1])})
 
@@ -290,14 +290,14 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec_on_node)
         queued = [spec for spec in specs if warm_workers and not spec.get("resources")]  # for the warm workers
         idle = warm.pool(max(1, min(len(queued), int(ray.cluster_resources().get("CPU", 1))))) if queued else []
-        pending: dict = {}  # ref -> (spec, the warm worker running it or None: a task, when it was submitted)
+        pending: dict = {}  # ref -> (spec, the warm worker running it or None: a task)
 
         def submit(spec: dict, worker=None) -> None:
             if worker is not None:
                 ref = worker.run.remote(spec)
             else:
                 ref = (task.options(resources=spec["resources"]) if spec.get("resources") else task).remote(spec)
-            pending[ref] = (spec, worker, time.time())
+            pending[ref] = (spec, worker)
 
         for spec in specs:
             if spec not in queued:
@@ -308,7 +308,7 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
-                spec, worker, _ = pending.pop(done[0])
+                spec, worker = pending.pop(done[0])
                 try:
                     result = ray.get(done[0])
                 except Exception as exc:  # the task itself died (not a failed stage: those return FAIL)
@@ -319,11 +319,11 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
                 results.append(result)
                 on_done(result)
         except KeyboardInterrupt:  # the meta was interrupted: a KeyboardInterrupt in every running sleeve task,
-            for ref, (spec, worker, since) in pending.items():  # whose run_phase records its run INTERRUPTED
+            for ref, (_, worker) in pending.items():  # whose run_phase records its run INTERRUPTED
                 if worker is None:                                # (given CANCEL_GRACE_S to do so)
                     ray.cancel(ref)
                 else:  # Ray cannot cancel a running actor method
-                    warm.interrupt(Path(spec["runs_dir"]) / spec["run_id"], worker, since)
+                    warm.interrupt(worker)
             ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_GRACE_S)
             raise
         return sorted(results, key=lambda r: [s["id"] for s in specs].index(r["id"])), preflight

@@ -12,24 +12,22 @@ reuse them (`sleeves.json` records each sleeve's worker: pid, how many sleeves i
 - No CPU reservation (`num_cpus=0`): idle actors must not hold the CPUs a resource-pinned sleeve task or
   another meta needs; the meta bounds how many sleeves run at once by the pool size, one per actor.
 - A killed actor is restarted by Ray (`max_restarts=-1`, cold); its sleeve fails as a dead task does.
-- Ray cannot interrupt a running method of a regular actor, so a meta interrupted by Ctrl-C / SIGTERM
-  sends SIGINT to the actor process running each sleeve (same host), which the sleeve records as
-  INTERRUPTED like a cancelled task; an actor on another host is killed instead (the meta records it).
+- Ray cannot cancel a running actor method, so a meta interrupted by Ctrl-C / SIGTERM asks each busy
+  worker to raise KeyboardInterrupt in the thread running its sleeve (as `ray.cancel` does in a task): the
+  sleeve records itself INTERRUPTED; a worker that does not answer is killed (the meta records it).
 """
 from __future__ import annotations
 
 import importlib
 import os
-import signal
-import socket
+import threading
 import time
-from pathlib import Path
 
-from quantlib.core import storage
-from quantlib.core.errors import DataError
 from quantlib.engine import nodes
 
 NAMESPACE = "fractal-workbook"
+CONTROL = "control"  # the concurrency group of `SleeveWorker.interrupt`
+INTERRUPT_S = 5.0
 PREFIX = "fw-sleeve-"
 #: what a sleeve run imports in the worker (the stage kernels import the rest themselves)
 WARM_MODULES = ("pandas", "pyarrow.parquet", "nbformat", "jupyter_client", "papermill", "quantlib.engine.fanout",
@@ -41,7 +39,8 @@ def actor_name(fingerprint: str, k: int) -> str:
 
 
 class SleeveWorker:
-    """One warm worker: imports once, then runs one sleeve spec at a time (`fanout.run_spec_on_node`)."""
+    """One warm worker: imports once, then runs one sleeve spec at a time (`fanout.run_spec_on_node`);
+    `interrupt` (its own concurrency group, so it runs while a sleeve does) stops that sleeve."""
 
     def __init__(self) -> None:
         start = time.perf_counter()
@@ -49,15 +48,31 @@ class SleeveWorker:
             importlib.import_module(module)
         self.import_s = round(time.perf_counter() - start, 2)
         self.runs = 0
+        self.running: int | None = None  # the thread running a sleeve
 
     def run(self, spec: dict) -> dict:
         from quantlib.engine.fanout import run_spec_on_node
 
         self.runs += 1
-        result = run_spec_on_node(spec)
+        self.running = threading.get_ident()
+        try:
+            result = run_spec_on_node(spec)
+        finally:
+            self.running = None
         result["worker"] = {"kind": "warm actor", "pid": os.getpid(), "sleeves_run": self.runs,
                             "import_s": self.import_s}
         return result
+
+    def interrupt(self) -> bool:
+        """A KeyboardInterrupt in the thread running a sleeve (what `ray.cancel` does to a task; Ray cannot
+        cancel a running actor method): its `run_phase` records the run INTERRUPTED. False: nothing ran."""
+        thread = self.running
+        if thread is None:
+            return False
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(KeyboardInterrupt))
+        return True
 
 
 def pool(size: int) -> list:
@@ -74,27 +89,18 @@ def pool(size: int) -> list:
                 ray.kill(ray.get_actor(info["name"], namespace=NAMESPACE), no_restart=True)
             except ValueError:  # gone meanwhile
                 pass
-    worker = ray.remote(SleeveWorker)
+    worker = ray.remote(concurrency_groups={CONTROL: 1})(SleeveWorker)
     return [worker.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
                            max_restarts=-1, max_task_retries=0, max_concurrency=1).remote()
             for name in sorted(mine, key=lambda n: int(n.rsplit("-", 1)[1]))]
 
 
-def interrupt(run_dir: Path, actor, since: float) -> None:
-    """Interrupt the sleeve an actor runs: SIGINT to its process when its run recorded it (`node.json`, written
-    after `since`, the submission) on this host -- the sleeve records its own interruption; else kill the
-    actor (Ray restarts it; the meta records the sleeve INTERRUPTED, `executor.settle_nested`)."""
+def interrupt(actor) -> None:
+    """Interrupt the sleeve `actor` runs (`SleeveWorker.interrupt`); an actor that does not answer within
+    `INTERRUPT_S` is killed (Ray restarts it; the meta records its sleeve INTERRUPTED, `executor.settle_nested`)."""
     import ray
 
     try:
-        node = storage.read_json(Path(run_dir) / nodes.NODE_FILE)
-    except (DataError, OSError):
-        node = None
-    if (node and node.get("host") == socket.gethostname() and isinstance(node.get("pid"), int)
-            and float(node.get("epoch") or 0) >= since):
-        try:
-            os.kill(node["pid"], signal.SIGINT)
-        except ProcessLookupError:  # it ended meanwhile
-            pass
-        return
-    ray.kill(actor, no_restart=False)
+        ray.get(actor.interrupt.options(concurrency_group=CONTROL).remote(), timeout=INTERRUPT_S)
+    except Exception:  # noqa: BLE001 -- dead, restarting or stuck: killing it stops its sleeve too
+        ray.kill(actor, no_restart=False)

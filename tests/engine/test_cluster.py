@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import OVERRIDES, ROOT, SHORT_ENV, Workspace
 from quantlib.cli import main
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
@@ -136,6 +136,52 @@ def test_parallel_items_run_as_ray_tasks_on_the_cluster_in_order_and_fail_as_seq
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[1, 2, 4, 8, 16, 32]"
     assert "cannot use the Ray cluster at 127.0.0.1:1" in done.stderr and "the local pool decides" in done.stderr
+
+
+def _stage_running(manifest: Path) -> bool:
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in doc.get("stages", {}).values())
+
+
+def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_resume(head, runs_root, tmp_path):
+    """Ray cannot cancel a running actor method: the meta asks each warm worker to interrupt its sleeve, which
+    records itself INTERRUPTED; the workers live on and the resume finishes in them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FW_")}
+    env.update(OVERRIDES, **SHORT_ENV, FW_BOOK__EXPORT_HTML="false", FW_DATA__LAKEHOUSE=str(tmp_path / "lake"))
+    ws = Workspace(runs_root, tmp_path / "lake", env)
+    assert ws.book("data", "--profile", "demo").returncode == 0
+    command = [sys.executable, str(ROOT / "run_book.py"), "--runs-dir", str(runs_root), "meta", "demo_meta_pair",
+               "--run-id", "warm-ctrl-c"]
+    sleeves = runs_root / "warm-ctrl-c" / "sleeves"
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        deadline = time.monotonic() + 180
+        while not all(_stage_running(sleeves / s / "manifest.json") for s in ("crypto_long", "crypto_short")):
+            assert process.poll() is None and time.monotonic() < deadline, "the sleeves never started a stage"
+            time.sleep(0.1)
+        workers = {pid for pid, name in ray_pids(head.pid).items() if name.startswith("ray::SleeveWork")}
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, out
+    assert Run.open(runs_root, "warm-ctrl-c").status == "INTERRUPTED"
+    for sleeve in ("crypto_long", "crypto_short"):
+        run = Run.at(sleeves / sleeve)
+        assert run.status == "INTERRUPTED", (sleeve, run.manifest.get("error"))
+        assert [s["status"] for s in run.manifest["stages"].values()].count("interrupted") == 1
+    assert len(workers) == 2 and workers <= set(ray_pids(head.pid))  # the same warm workers, alive
+    resumed = ws.book("meta", "demo_meta_pair", "--run-id", "warm-ctrl-c")
+    assert resumed.returncode == 0, resumed.stdout
+    doc = json.loads((runs_root / "warm-ctrl-c" / "artifacts" / "sleeves.json").read_text())
+    assert {s["worker"]["pid"] for s in doc["sleeves"]} <= workers
 
 
 def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root, capsys):

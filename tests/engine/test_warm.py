@@ -1,13 +1,9 @@
 """Warm sleeve workers (`engine.warm`) without a cluster: their names follow the code, and an interrupted
-meta reaches the sleeve an actor runs (SIGINT to the process its run recorded, else the actor is killed).
+meta reaches the sleeve an actor runs (a KeyboardInterrupt in its thread, else the actor is killed).
 A meta reusing them on the workbook cluster: test_cluster.py."""
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
-import sys
+import threading
 import time
 
 from quantlib.engine import nodes, warm
@@ -18,25 +14,50 @@ def test_worker_names_carry_the_code_fingerprint():
     assert warm.actor_name(nodes.package_fingerprint(), 0).startswith(warm.PREFIX + nodes.package_fingerprint()[:16])
 
 
-def test_an_interrupt_sends_sigint_to_the_recorded_process_or_kills_the_actor(tmp_path, monkeypatch):
+def test_a_workers_interrupt_raises_keyboardinterrupt_in_the_thread_running_its_sleeve():
+    worker = warm.SleeveWorker.__new__(warm.SleeveWorker)  # no imports: only the interrupt is under test
+    worker.running = None
+    assert worker.interrupt() is False  # nothing runs
+    seen, started = [], threading.Event()
+
+    def sleeve() -> None:
+        worker.running = threading.get_ident()
+        started.set()
+        try:
+            while True:
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            seen.append("interrupted")
+
+    thread = threading.Thread(target=sleeve)
+    thread.start()
+    started.wait(10)
+    assert worker.interrupt() is True
+    thread.join(10)
+    assert seen == ["interrupted"] and not thread.is_alive()
+
+
+def test_a_worker_that_does_not_answer_the_interrupt_is_killed(monkeypatch):
     import ray
 
     killed = []
-    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: killed.append((actor, no_restart)))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        since = time.time()
-        record = {"host": socket.gethostname(), "pid": sleeper.pid, "epoch": since + 0.1}
-        (tmp_path / nodes.NODE_FILE).write_text(json.dumps(record))
-        warm.interrupt(tmp_path, "actor", since)
-        assert sleeper.wait(timeout=10) == -signal.SIGINT and killed == []
-        (tmp_path / nodes.NODE_FILE).write_text(json.dumps({**record, "epoch": since - 5}))  # an earlier run's
-        warm.interrupt(tmp_path, "actor", since)
-        (tmp_path / nodes.NODE_FILE).write_text(json.dumps({**record, "host": "elsewhere"}))  # another host
-        warm.interrupt(tmp_path, "actor", since)
-        (tmp_path / nodes.NODE_FILE).unlink()  # not started yet
-        warm.interrupt(tmp_path, "actor", since)
-        assert killed == [("actor", False)] * 3  # killed, restarted by Ray for the next meta
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+
+    class Method:
+        def options(self, **kw):
+            assert kw == {"concurrency_group": warm.CONTROL}
+            return self
+
+        def remote(self):
+            return "ref"
+
+    class Actor:
+        interrupt = Method()
+
+    def no_answer(ref, timeout):
+        assert ref == "ref" and timeout == warm.INTERRUPT_S
+        raise ray.exceptions.GetTimeoutError("no answer")
+
+    monkeypatch.setattr(ray, "get", no_answer)
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: killed.append(no_restart))
+    warm.interrupt(Actor())
+    assert killed == [False]  # killed, restarted by Ray for the next meta
