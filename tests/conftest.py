@@ -137,6 +137,15 @@ def short_sleeve(workspace, first):
     return result, workspace.run_of(result)
 
 
+def stage_running(manifest: Path) -> bool:
+    """The run whose manifest this is has a stage under way (RUNNING with a stage `running`)."""
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in doc.get("stages", {}).values())
+
+
 def spy_local_pools(monkeypatch) -> list[int]:
     """The sizes of the local process pools `core.parallel` starts from now on (the test's monkeypatch)."""
     from quantlib.core import parallel

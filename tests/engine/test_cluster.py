@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import OVERRIDES, ROOT, SHORT_ENV, Workspace
+from conftest import OVERRIDES, ROOT, SHORT_ENV, Workspace, stage_running
 from quantlib.cli import main
 from quantlib.core.profiles import load_profile
 from quantlib.core.runs import Run
@@ -138,14 +138,6 @@ def test_parallel_items_run_as_ray_tasks_on_the_cluster_in_order_and_fail_as_seq
     assert "cannot use the Ray cluster at 127.0.0.1:1" in done.stderr and "the local pool decides" in done.stderr
 
 
-def _stage_running(manifest: Path) -> bool:
-    try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
-    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in doc.get("stages", {}).values())
-
-
 def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_resume(head, runs_root, tmp_path):
     """Ray cannot cancel a running actor method: the meta asks each warm worker to interrupt its sleeve, which
     records itself INTERRUPTED; the workers live on and the resume finishes in them."""
@@ -165,7 +157,7 @@ def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_re
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         deadline = time.monotonic() + 180
-        while not all(_stage_running(sleeves / s / "manifest.json") for s in ("crypto_long", "crypto_short")):
+        while not all(stage_running(sleeves / s / "manifest.json") for s in ("crypto_long", "crypto_short")):
             assert process.poll() is None and time.monotonic() < deadline, "the sleeves never started a stage"
             time.sleep(0.1)
         workers = {pid for pid, name in ray_pids(head.pid).items() if name.startswith("ray::SleeveWork")}

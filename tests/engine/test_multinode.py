@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from conftest import OVERRIDES, ROOT, SHORT_ENV, Workspace
+from conftest import OVERRIDES, ROOT, SHORT_ENV, Workspace, stage_running
 from quantlib.core.runs import Run
 from quantlib.engine import cluster as workbook_cluster, fanout, nodes
 
@@ -150,14 +150,6 @@ def test_sleeves_run_on_the_nodes_their_resources_pin_with_the_shipped_code_and_
     assert sleeves_doc(local_run)["preflight"] is None  # no Ray, no preflight
 
 
-def _stage_running(manifest: Path) -> bool:
-    try:
-        doc = json.loads(manifest.read_text())
-    except (OSError, ValueError):
-        return False
-    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in doc.get("stages", {}).values())
-
-
 def test_a_worker_killed_mid_sleeve_fails_the_meta_naming_sleeve_and_node_and_a_resume_reruns_only_it(
         ws, ray_cluster):
     run_id = "killed-meta"
@@ -167,7 +159,7 @@ def test_a_worker_killed_mid_sleeve_fails_the_meta_naming_sleeve_and_node_and_a_
     with subprocess.Popen(command, cwd=ROOT, env={**ws.env, **PINNED}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as process:
         deadline = time.monotonic() + 120
-        while not ((victim / nodes.NODE_FILE).exists() and _stage_running(victim / "manifest.json")):
+        while not ((victim / nodes.NODE_FILE).exists() and stage_running(victim / "manifest.json")):
             assert process.poll() is None and time.monotonic() < deadline, "the sleeve never started a stage"
             time.sleep(0.05)
         node = json.loads((victim / nodes.NODE_FILE).read_text())
