@@ -318,9 +318,11 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
                 result["ray_start_seconds"] = ray_start
                 results.append(result)
                 on_done(result)
-        except KeyboardInterrupt:  # the meta was interrupted: a KeyboardInterrupt in every running sleeve task,
-            for ref, (_, worker) in pending.items():  # whose run_phase records its run INTERRUPTED
-                if worker is None:                                # (given CANCEL_GRACE_S to do so)
+        except KeyboardInterrupt:
+            # the meta was interrupted: a KeyboardInterrupt in every running sleeve (task or warm worker), whose
+            # run_phase records its run INTERRUPTED (given CANCEL_GRACE_S to do so)
+            for ref, (_, worker) in pending.items():
+                if worker is None:
                     ray.cancel(ref)
                 else:  # Ray cannot cancel a running actor method
                     warm.interrupt(worker)
