@@ -294,7 +294,7 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
 
         def submit(spec: dict, worker=None) -> None:
             if worker is not None:
-                ref = worker.run.remote(spec)
+                ref = worker.run.remote(run_spec_on_node, spec)
             else:
                 ref = (task.options(resources=spec["resources"]) if spec.get("resources") else task).remote(spec)
             pending[ref] = (spec, worker)

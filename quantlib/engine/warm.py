@@ -22,6 +22,7 @@ import importlib
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from quantlib.engine import nodes
 
@@ -39,7 +40,7 @@ def actor_name(fingerprint: str, k: int) -> str:
 
 
 class SleeveWorker:
-    """One warm worker: imports once, then runs one sleeve spec at a time (`fanout.run_spec_on_node`);
+    """One warm worker: imports once, then runs one sleeve spec at a time;
     `interrupt` (its own concurrency group, so it runs while a sleeve does) stops that sleeve."""
 
     def __init__(self) -> None:
@@ -50,13 +51,12 @@ class SleeveWorker:
         self.runs = 0
         self.running: int | None = None  # the thread running a sleeve
 
-    def run(self, spec: dict) -> dict:
-        from quantlib.engine.fanout import run_spec_on_node
-
+    def run(self, run_spec: Callable[[dict], dict], spec: dict) -> dict:
+        """`run_spec(spec)` (`fanout.run_spec_on_node`, passed by reference: this module sits below the fan-out)."""
         self.runs += 1
         self.running = threading.get_ident()
         try:
-            result = run_spec_on_node(spec)
+            result = run_spec(spec)
         finally:
             self.running = None
         result["worker"] = {"kind": "warm actor", "pid": os.getpid(), "sleeves_run": self.runs,

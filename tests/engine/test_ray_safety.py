@@ -254,8 +254,9 @@ def test_run_sleeves_removes_the_private_folder_on_ctrl_c_and_passes_the_profile
     run = Run.create(tmp_path / "runs", resolved, "meta", ROOT, options=RunOptions(executor="ray"))
     seen = {}
 
-    def interrupted(specs, executor, address, private, on_done, *, connect_timeout_s, auth=None, ship=None):
-        assert auth is None and ship is None  # no workbook cluster in this runs root: the meta starts its own instance
+    def interrupted(specs, executor, address, private, on_done, *, connect_timeout_s, auth=None, ship=None,
+                    warm_workers=False):
+        assert auth is None and ship is None and not warm_workers  # no workbook cluster in this runs root: the meta starts its own instance
         seen.update(private=private, timeout=connect_timeout_s, token=(private / "auth_token").exists())
         raise KeyboardInterrupt
 
