@@ -140,7 +140,7 @@ def test_parallel_items_run_as_ray_tasks_on_the_cluster_in_order_and_fail_as_seq
 
 def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_resume(head, runs_root, tmp_path):
     """Ray cannot cancel a running actor method: the meta asks each warm worker to interrupt its sleeve, which
-    records itself INTERRUPTED; the workers live on and the resume finishes in them."""
+    records itself INTERRUPTED; the workers live on (a resume runs in them, as any later meta: the test above)."""
     import os
     import signal
     import subprocess
@@ -169,11 +169,7 @@ def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_re
         run = Run.at(sleeves / sleeve)
         assert run.status == "INTERRUPTED", (sleeve, run.manifest.get("error"))
         assert [s["status"] for s in run.manifest["stages"].values()].count("interrupted") == 1
-    assert len(workers) == 2 and workers <= set(ray_pids(head.pid))  # the same warm workers, alive
-    resumed = ws.book("meta", "demo_meta_pair", "--run-id", "warm-ctrl-c")
-    assert resumed.returncode == 0, resumed.stdout
-    doc = json.loads((runs_root / "warm-ctrl-c" / "artifacts" / "sleeves.json").read_text())
-    assert {s["worker"]["pid"] for s in doc["sleeves"]} <= workers
+    assert len(workers) == 2 and workers <= set(ray_pids(head.pid))  # the same warm workers, alive for a resume
 
 
 def test_zz_stop_ends_every_process_of_the_cluster_and_its_files(head, runs_root, capsys):
