@@ -38,7 +38,7 @@ PINNED = {"FW_META__SLEEVES": "[{id: crypto_long, profile: demo_crypto_long, res
 
 
 @dataclass
-class TestCluster:
+class MultiNodeCluster:
     address: str
     node_a: str  # node ids
     node_b: str
@@ -67,7 +67,7 @@ def ray_cluster():
             a = cluster.add_node(num_cpus=1, resources={"node_a": 1}, node_ip_address=LOOPBACK, wait=False)
             b = cluster.add_node(num_cpus=1, resources={"node_b": 1}, node_ip_address=LOOPBACK, wait=False)
             cluster.wait_for_nodes(timeout=120)
-            yield TestCluster(cluster.address, a.node_id, b.node_id, auth, temp, cluster.global_state)
+            yield MultiNodeCluster(cluster.address, a.node_id, b.node_id, auth, temp, cluster.global_state)
         finally:
             cluster.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
