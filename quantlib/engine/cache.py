@@ -101,7 +101,10 @@ def find(run: Run, stage: Stage, key: StageKey) -> Hit | None:
             continue
         record = doc.get("stages", {}).get(stage.name, {})
         if record.get("cache_key") == key.key and record.get("status") == "completed":
-            candidates.append((record.get("ended_at", ""), Run(manifest.parent, doc), record))
+            # ended_at has whole seconds: two runs that ended in the same second are told apart by their
+            # manifest's last write (the later one's is the newer record)
+            candidates.append(((record.get("ended_at", ""), manifest.stat().st_mtime_ns), Run(manifest.parent, doc),
+                               record))
     for _, other, record in sorted(candidates, key=lambda c: c[0], reverse=True):
         if _intact(other, record, key):
             return Hit(other, record)
