@@ -56,6 +56,12 @@ class RunInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def first_line(text: object) -> str:
+    """The first non-blank line of `text` (an exception's message in a one-line error)."""
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0].strip() if lines else ""
+
+
 @contextmanager
 def interruptible() -> Iterator[dict]:
     """SIGTERM and SIGINT raise `RunInterrupted` in the main thread (in another thread, where Python cannot

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from quantlib.core.errors import interruptible
+from quantlib.core.errors import first_line, interruptible
 from quantlib.core.ray_connect import ray_connect
 
 RAY_ADDRESS_ENV = "FW_RAY_ADDRESS"  # no "__": never read as a profile override (core.profiles.env_overrides)
@@ -138,7 +138,7 @@ def _merge(fn: Callable, shared: tuple, pool: "_LocalPool | _RayTasks") -> Itera
             done = pool.fetch(k)
         except Exception as exc:  # noqa: BLE001 -- a lost worker or failed task: its items run here
             warnings.warn(f"parallel: chunk {k + 1}/{len(pool.chunks)} failed in its worker ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); the remaining items run in this process",
+                          f"{first_line(exc)}); the remaining items run in this process",
                           RuntimeWarning, stacklevel=2)
             done = []
         yield from done
@@ -294,7 +294,7 @@ class _RayTasks:
             return cls(fn, shared, items, workers, owned)
         except Exception as exc:  # noqa: BLE001 -- an unreachable cluster must not fail the computation
             warnings.warn(f"parallel: cannot use the Ray cluster at {address} ({type(exc).__name__}: "
-                          f"{(str(exc).strip().splitlines() or [''])[0]}); the local pool decides",
+                          f"{first_line(exc)}); the local pool decides",
                           RuntimeWarning, stacklevel=3)
             return None
 

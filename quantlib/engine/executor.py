@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from quantlib.core import lean, registry, storage
-from quantlib.core.errors import RunInterrupted, StageError, WorkbookError, interruptible
+from quantlib.core.errors import RunInterrupted, StageError, WorkbookError, first_line, interruptible
 from quantlib.core.figures import compact_notebook_figures, notebook_json, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
@@ -334,7 +334,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
             kernel.close()
         raise _fail(run, stage, record, start,
                     f"stage {stage.name} failed in {target} cell {exc.exec_count}: {exc.ename}: "
-                    f"{_first_line(exc.evalue)}") from None
+                    f"{first_line(exc.evalue)}") from None
     except Exception as exc:  # timeouts and dead kernels are not marked in the notebook by papermill
         if kernel:
             kernel.close()
@@ -342,7 +342,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
         kind = "timed out" if "timeout" in type(exc).__name__.lower() else "aborted"
         raise _fail(run, stage, record, start,
                     f"stage {stage.name} {kind} in {target} cell {cell} "
-                    f"({type(exc).__name__}: {_first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
+                    f"({type(exc).__name__}: {first_line(str(exc))}); limit book.cell_timeout_s={timeout_s}") from None
     finally:
         if target.exists() and not interrupted:
             finish_notebook(target)
@@ -463,11 +463,6 @@ def _fail(run: Run, stage: Stage, record: dict, start: float, message: str) -> S
                   error=message)
     run.save()
     return StageError(message)
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _running_cell(notebook: Path) -> str:

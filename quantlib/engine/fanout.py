@@ -24,7 +24,7 @@ from pathlib import Path
 
 from quantlib.core import live, parallel, storage
 from quantlib.core.lean import skip_unused_imports
-from quantlib.core.errors import DataError, WorkbookError
+from quantlib.core.errors import DataError, WorkbookError, first_line
 from quantlib.core.profiles import load_profile
 from quantlib.core.ray_connect import ray_connect
 from quantlib.core.runs import MANIFEST, Run, RunOptions, utc_now
@@ -150,16 +150,20 @@ def run_spec(spec: dict, started: Callable[[Run], None] | None = None) -> dict:
             run = Run.create(runs_dir, resolved, spec["phase"], Path(spec["workspace"]), run_id=spec["run_id"],
                              options=options, profiles_dir=profiles)
     except WorkbookError as exc:
-        return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
-                "run_dir": str(runs_dir / spec["run_id"]), "status": "FAIL", "error": str(exc), "pinned": False,
-                "seconds": round(time.perf_counter() - start, 2), "log": []}
+        return sleeve_result(spec, "FAIL", str(exc), round(time.perf_counter() - start, 2), log=[])
     if started is not None:
         started(run)
     log = []
     ok = run_phase(run, spec["phase"], say=log.append)
-    return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": run.id,
-            "run_dir": str(run.dir), "status": "PASS" if ok else "FAIL", "error": run.manifest.get("error"),
-            "pinned": False, "seconds": round(time.perf_counter() - start, 2), "log": log}
+    return sleeve_result(spec, "PASS" if ok else "FAIL", run.manifest.get("error"),
+                         round(time.perf_counter() - start, 2), log=log)
+
+
+def sleeve_result(spec: dict, status: str, error: str | None, seconds: float | None, **more) -> dict:
+    """What a sleeve's execution reports (a row of `sleeves.json`, plus `more`: its log, its node)."""
+    return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
+            "run_dir": str(Path(spec["runs_dir"]) / spec["run_id"]), "status": status, "error": error,
+            "pinned": False, "seconds": seconds, **more}
 
 
 def run_books(run: Run, on_done: Callable[[dict], None], *, connect_timeout_s: float) -> tuple[dict, list[dict]]:
@@ -242,8 +246,7 @@ def run_spec_on_node(spec: dict) -> dict:
     """`run_spec` in a Ray worker: first thing once its run exists, the task records the node it runs on in
     the run dir (`node.json`: node id, ip, host, pid, the code it runs), so a worker that dies mid-sleeve
     is named; the result names the node too (recorded in `sleeves.json`). On a cluster of several nodes the
-    sleeve's walk-forward decides its windows as Ray tasks there (its kernel sees `FW_RAY_ADDRESS`); on one
-    node a local pool of forked processes does it (no Ray worker to start)."""
+    sleeve's kernel sees `FW_RAY_ADDRESS`, where `backtest.windows_on_ray` sends its walk-forward windows."""
     import ray
 
     node = nodes.this_node()
@@ -270,13 +273,11 @@ def crashed(spec: dict, exc: BaseException) -> dict:
     except (DataError, OSError):
         node = None
     where = f"on node {nodes.describe(node)}" if node else "before it recorded its node"
-    first = (str(exc).strip().splitlines() or [""])[0]
-    error = (f"sleeve {spec['id']!r}: its Ray task died {where} ({type(exc).__name__}: {first[:200]}); "
+    error = (f"sleeve {spec['id']!r}: its Ray task died {where} ({type(exc).__name__}: {first_line(exc)[:200]}); "
              f"resume the meta (--run-id {spec['parent_run']}) to rerun this sleeve only")
     settle_dead(run_dir, error)
-    return {"id": spec["id"], "kind": spec["kind"], "profile": spec["profile"], "run_id": spec["run_id"],
-            "run_dir": str(run_dir), "status": "FAIL", "pinned": False, "seconds": None, "error": error,
-            "node": {k: node[k] for k in ("id", "ip", "host") if k in node} if node else None}
+    return sleeve_result(spec, "FAIL", error, None,
+                         node={k: node[k] for k in ("id", "ip", "host") if k in node} if node else None)
 
 
 def _execute_ray(specs: list[dict], address: str | None, private: Path | None, connect_timeout_s: float,
@@ -434,11 +435,10 @@ def ray_session(address: str | None, private: Path | None, connect_timeout_s: fl
                         raise RuntimeError(f"node address {info['node_ip_address']} is not {LOOPBACK}: Ray was "
                                            f"imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set")
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [""])[0]
                 where, fix = ((f"at --ray-address {address}", "start the cluster there (`ray start --head`), fix "
                                "--ray-address or run with --executor local") if address else
                               ("locally", "run with --executor local"))
-                raise WorkbookError(f"sleeves: cannot start Ray {where} ({type(exc).__name__}: {first}); {fix}") from None
+                raise WorkbookError(f"sleeves: cannot start Ray {where} ({type(exc).__name__}: {first_line(exc)}); {fix}") from None
             yield round(time.perf_counter() - start, 2)
         finally:
             ray.shutdown()

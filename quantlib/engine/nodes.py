@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from quantlib.core.errors import WorkbookError
+from quantlib.core.errors import WorkbookError, first_line
 from quantlib.core.enums import RAY_BUILTIN_RESOURCES
 
 NODE_FILE = "node.json"  # written into a sleeve's run dir by its Ray task first thing: the node it runs on
@@ -201,8 +201,7 @@ def preflight(specs: list[dict], timeout_s: float = PREFLIGHT_TIMEOUT_S) -> dict
                     record["host"] = answer["node"]["host"]
                     problem = problem_of(answer, tokens, expected)
                 except Exception as exc:  # the node could not run the probe (its runtime env, a dead worker)
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    problem = f"it could not run the check ({type(exc).__name__}: {first[:200]})"
+                    problem = f"it could not run the check ({type(exc).__name__}: {first_line(exc)[:200]})"
             report["nodes"].append({**record, "ok": problem is None, "problem": problem})
     finally:
         for token in tokens:

@@ -80,11 +80,11 @@ def pool(size: int) -> list:
     workers of other code are killed first."""
     import ray
 
-    fingerprint = nodes.package_fingerprint()
-    mine = {actor_name(fingerprint, k) for k in range(size)}
+    names = [actor_name(nodes.package_fingerprint(), k) for k in range(size)]
+    mine = names[0].rsplit("-", 1)[0]  # the code's prefix
     for info in ray.util.list_named_actors(all_namespaces=True):
-        if info["namespace"] == NAMESPACE and info["name"].startswith(PREFIX) and \
-                not info["name"].startswith(actor_name(fingerprint, 0)[:-1]):
+        if (info["namespace"] == NAMESPACE and info["name"].startswith(PREFIX)
+                and info["name"].rsplit("-", 1)[0] != mine):
             try:
                 ray.kill(ray.get_actor(info["name"], namespace=NAMESPACE), no_restart=True)
             except ValueError:  # gone meanwhile
@@ -92,7 +92,7 @@ def pool(size: int) -> list:
     worker = ray.remote(concurrency_groups={CONTROL: 1})(SleeveWorker)
     return [worker.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
                            max_restarts=-1, max_task_retries=0, max_concurrency=1).remote()
-            for name in sorted(mine, key=lambda n: int(n.rsplit("-", 1)[1]))]
+            for name in names]
 
 
 def interrupt(actor) -> None:
