@@ -25,7 +25,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from quantlib.portfolio import clustering
 from quantlib.portfolio.metrics import drawdown
@@ -58,10 +57,13 @@ def _minmax(x: pd.Series) -> pd.Series:
 
 
 def _moments(r: np.ndarray) -> tuple[float, float]:
-    """(skew, excess kurtosis), bias=True; NaN for a zero-variance series."""
+    """(skew, excess kurtosis) from the central moments, bias=True (scipy.stats' `skew` / `kurtosis(fisher=True)`,
+    whose import costs a stage kernel ~0.5 s); NaN for a zero-variance series."""
     if r.size < 2 or np.ptp(r) == 0.0:
         return float("nan"), float("nan")
-    return float(sps.skew(r, bias=True)), float(sps.kurtosis(r, fisher=True, bias=True))
+    d = r - r.mean()
+    m2, m3, m4 = (np.mean(d ** k) for k in (2, 3, 4))
+    return float(m3 / m2 ** 1.5), float(m4 / m2 ** 2 - 3.0)
 
 
 def antifragility(returns: pd.DataFrame, annualization: int) -> pd.DataFrame:

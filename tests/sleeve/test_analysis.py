@@ -49,6 +49,20 @@ def test_antifragility_hand_case():
     assert t["max_drawdown"].tolist() == pytest.approx([-0.5, -0.19, -0.05])
 
 
+def test_antifragility_moments_equal_scipy():
+    """skew / excess kurtosis are scipy.stats' (bias=True, fisher=True), computed without importing it."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(7)
+    returns = pd.DataFrame({"t": rng.standard_t(3, 500) * 0.02, "lognormal": rng.lognormal(0, 0.5, 500) - 1.1,
+                            "short": [0.01, -0.03, 0.02, 0.0]  + [0.0] * 496})
+    t = antifragility(returns, 252)
+    for atom in returns:
+        r = returns[atom].to_numpy()
+        assert t.loc[atom, "skew"] == pytest.approx(sps.skew(r, bias=True), rel=1e-12)
+        assert t.loc[atom, "kurtosis"] == pytest.approx(sps.kurtosis(r, fisher=True, bias=True), rel=1e-12)
+
+
 def test_antifragility_significance_and_minmax():
     sig = 3 / 252  # N < A
     t = antifragility(HAND, 252)
