@@ -33,6 +33,7 @@ from pathlib import Path
 from quantlib.core.errors import RunInterrupted, WorkbookError
 from quantlib.core.lean import skip_unused_imports
 from quantlib.core.workspace import Workspace
+from quantlib.engine import kernel
 
 BASELINES = ("rating_all", "rating_ma")  # their meta profiles: quantlib.commands.phases.BASELINES
 INVALID_CHOICE = re.compile(r"argument (?P<arg>[^:]+): invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     no_cache(p)
     force_option(p)
     params_option(p)
-    p.set_defaults(func="quantlib.commands.phases:data")
+    p.set_defaults(func="quantlib.commands.phases:data", first_phase="data")
 
     p = sub.add_parser("sleeve", help="Phase 2: one sleeve's book (aggregate ... report)",
                        description="Run one sleeve's book for PROFILE: aggregate with strict health, HTR selection, "
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     no_cache(p)
     force_option(p)
     params_option(p)
-    p.set_defaults(func="quantlib.commands.phases:sleeve")
+    p.set_defaults(func="quantlib.commands.phases:sleeve", first_phase="sleeve")
 
     def ray_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--executor", choices=["ray", "local"], default="ray",
@@ -145,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="resume this run at its first incomplete stage (or create it)")
     force_option(p)
     ray_options(p)
-    p.set_defaults(func="quantlib.commands.phases:meta")
+    p.set_defaults(func="quantlib.commands.phases:meta", first_phase="meta")
 
     p = sub.add_parser("baseline", help="the Binance rating baselines: a LONG/SHORT pair, in parallel, audited",
                        description="Run the long and short sleeves of a rating baseline in parallel, audit both and "
                                    "combine them (meta profiles meta_rating_all / meta_rating_ma).")
     p.add_argument("name", choices=BASELINES, metavar="NAME", help="rating_all | rating_ma")
     ray_options(p)
-    p.set_defaults(func="quantlib.commands.phases:baseline")
+    p.set_defaults(func="quantlib.commands.phases:baseline", first_phase="meta")
 
     p = sub.add_parser("demo", help="the whole workflow offline: data phase, then a three-sleeve meta portfolio",
                        description="Data phase on the simulated crypto and equities venues, then the demo_meta "
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", nargs="+", default=["demo", "demo_equities"], help=argparse.SUPPRESS)
     p.add_argument("--meta-profile", default="demo_meta", help=argparse.SUPPRESS)
     ray_options(p)
-    p.set_defaults(func="quantlib.commands.phases:demo")
+    p.set_defaults(func="quantlib.commands.phases:demo", first_phase="data")
 
     p = sub.add_parser("audit-lookahead", help="prove a sleeve run's decisions ignore data after a date",
                        description="Copy the lakehouse RUN_ID read, with every OHLCV bar and features row after "
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
     try:
+        if getattr(args, "first_phase", None):  # its kernel boots and imports while this process imports its
+            kernel.prestart(args.first_phase, progress=True)  # modules and creates the run (else: shut down at exit)
         return resolve(args.func)(args)
     except WorkbookError as exc:
         print(f"error: {exc}", file=sys.stderr)

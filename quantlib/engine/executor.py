@@ -19,41 +19,28 @@ held and raised once it is done.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from quantlib.core import lean, registry, storage
+from quantlib.core import registry, storage
 from quantlib.core.errors import RunInterrupted, StageError, WorkbookError, first_line, interruptible
 from quantlib.core.figures import compact_notebook_figures, notebook_json, run_static_root
 from quantlib.core.registry import Stage, stages
 from quantlib.core.runs import MANIFEST, REPORT_PHASES, Run, current_process, utc_now
 from quantlib.core.workspace import Workspace
 from quantlib.engine import cache, html, notebook_engine
+from quantlib.engine import kernel as stage_kernel
 from quantlib.engine.html import HtmlExports
 from quantlib.engine.index import write_index
 from quantlib.engine.run_report import record_report
-from quantlib.engine.progress import LiveProgress
 
 NOTEBOOKS_DIR: Path | None = None  # None: the run's workspace's notebooks/ (tests point it elsewhere)
 DATA_INPUTS = "data_inputs"  # the artifact in which a stage records what it read outside its run
 GRACE_S = 20.0  # an interrupted meta waits this long for the sleeve runs inside its kernel to record it
 SETTLE_S = 5.0  # ... and this long, once its kernel is gone, for their processes to end
-
-
-#: modules a phase's stages import, loaded by the shared kernel as soon as it starts (in parallel with
-#: the orchestrator's own start-up); vectorbt is deliberately absent (only the validation stage needs it)
-WARM_IMPORTS = {
-    "data": "import pandas, plotly.express, quantlib.stages.data, quantlib.core.figures, quantlib.engine.context",
-    "sleeve": "import pandas, scipy.stats, scipy.cluster.hierarchy, plotly.express, plotly.subplots, "
-              "quantlib.stages.sleeve, quantlib.sleeve.selection, quantlib.sleeve.analysis, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
-              "quantlib.core.figures, quantlib.engine.context",
-    "meta": "import pandas, plotly.express, quantlib.stages.meta, quantlib.portfolio.optimize, quantlib.sleeve.tearsheet, "
-            "quantlib.core.figures, quantlib.engine.context",
-}
 
 
 def notebook_name(index: int, stage: Stage) -> str:
@@ -84,10 +71,9 @@ def run_phase(run: Run, phase: str, say: Callable[[str], None] = print, skip: di
     run.manifest["skipped"] = dict(skip)
     start_recording(run)
     rerun = False
-    kernel = SharedKernel(WARM_IMPORTS.get(phase, ""))
+    # the kernel (prestarted when the caller could) and the terminal's view of what it reports (core.live)
+    kernel, live = stage_kernel.for_run(phase, progress=say is print)
     exports = HtmlExports(run_static_root(run))  # pages load the runs root's _static/ (plotly.js, CSS)
-    live = LiveProgress(enabled=say is print)  # the terminal shows what the kernel reports (core.live)
-    kernel.env = kernel_env(live.kernel_env())
     ok = False
     with interruptible() as signals:
         try:
@@ -231,57 +217,6 @@ def settle_nested(run: Run, wait_s: float) -> list[Run]:
         time.sleep(0.2)
 
 
-class SharedKernel:
-    """One IPython kernel for all the stages of one run: heavy imports are paid once, not per stage.
-
-    Each stage notebook runs with a namespace-reset cell inserted before its parameters cell (see
-    `with_namespace_reset`), so a stage never sees another stage's variables; imported modules stay
-    cached. A failed stage closes the kernel (a timed-out or crashed kernel is never reused).
-    """
-
-    def __init__(self, warm: str = "") -> None:
-        self.warm = lean.KERNEL_SOURCE + warm  # runs right after the kernel starts (while this process goes on)
-        self.env: dict[str, str] | None = None  # the kernel's environment (None: this process's)
-        self.km = None
-        self.kc = None
-
-    def manager(self):
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
-
-        if self.km is None:
-            # nbclient needs an async manager: with a blocking one, cell timeouts are not enforced
-            self.km = AsyncKernelManager(kernel_name="python3")
-            run_sync(self.km.start_kernel)(extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                                           **({"env": self.env} if self.env is not None else {}))
-            if self.warm:  # queued in the kernel; the first stage's cells run after it
-                from jupyter_client import BlockingKernelClient
-
-                # a blocking client (its own threads, no event loop) so nbclient's async client is untouched
-                self.kc = BlockingKernelClient()
-                self.kc.load_connection_info(self.km.get_connection_info())
-                self.kc.start_channels()
-                self.kc.execute(self.warm, silent=True, store_history=False)
-        return self.km
-
-    def interrupt(self) -> None:
-        """SIGINT to the kernel (what Jupyter's interrupt does): the running cell gets a KeyboardInterrupt."""
-        from jupyter_core.utils import run_sync
-
-        if self.km is not None and self.km.has_kernel:
-            run_sync(self.km.interrupt_kernel)()
-
-    def close(self) -> None:
-        """Shut the kernel down (after the run, or after a failed stage)."""
-        from jupyter_core.utils import run_sync
-
-        if self.kc is not None:
-            self.kc.stop_channels()
-        if self.km is not None and self.km.has_kernel:
-            run_sync(self.km.shutdown_kernel)(now=True)
-        self.km = self.kc = None
-
-
 RESET_SOURCE = """\
 # the book runs every stage of a run in one kernel: drop the previous stage's variables (imports stay cached;
 # cheaper than %reset -f, which also runs a full garbage collection)
@@ -304,7 +239,7 @@ def with_namespace_reset(source: Path):
 
 
 def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_html: bool,
-                  kernel: SharedKernel | None = None, exports: "HtmlExports | None" = None) -> float:
+                  kernel: "stage_kernel.SharedKernel | None" = None, exports: "HtmlExports | None" = None) -> float:
     """Run one stage notebook with papermill; verify and hash its outputs; record it in the manifest."""
     km = kernel.manager() if kernel else None  # start the kernel first: it boots while papermill imports
     notary()  # the user's notebook secret exists before any nested run (a meta's sleeves) signs in parallel
@@ -366,8 +301,7 @@ def execute_stage(run: Run, index: int, stage: Stage, timeout_s: int, export_htm
                   lakehouse_outputs={rel: storage.sha256_file(lake_root / rel)
                                      for rel in stage.lakehouse_writes if (lake_root / rel).exists()})
     record_outside_reads(run, stage)
-    run.save()
-    return seconds
+    return seconds  # the caller saves the manifest (with the stage's cache key)
 
 
 @lru_cache(maxsize=1)
@@ -406,18 +340,10 @@ def trust_notebook(notebook: Path, doc: dict | None = None) -> bool:
         return False
     try:
         nb = nbformat.read(str(notebook), as_version=4) if doc is None else nbformat.from_dict(doc)
-        signer.sign(nb)
-        return bool(signer.check_signature(nb))
+        signer.sign(nb)  # one database commit (check_signature would be a second one)
+        return getattr(signer.store, "db", True) is not None  # nbformat skips the store without its database
     except Exception:  # noqa: BLE001 - e.g. a read-only or locked signature database
         return False
-
-
-def kernel_env(env: dict[str, str]) -> dict[str, str]:
-    """A stage kernel's environment: `env` with this process's `quantlib` first on PYTHONPATH, so the kernel runs
-    the code the driver runs (and the stage cache hashes), not another checkout's editable install."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    paths = [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_root]
-    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def source_notebook(run: Run, stage: Stage) -> Path:

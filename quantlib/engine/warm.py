@@ -11,6 +11,8 @@ reuse them (`sleeves.json` records each sleeve's worker: pid, how many sleeves i
   other code are killed when a meta creates its own (their modules are not the driver's).
 - No CPU reservation (`num_cpus=0`): idle actors must not hold the CPUs a resource-pinned sleeve task or
   another meta needs; the meta bounds how many sleeves run at once by the pool size, one per actor.
+- Each worker keeps the stage kernel of its next sleeve started (`engine.kernel.prestart`): booted, the
+  phase's imports done, claimed by the next run whose environment matches.
 - A killed actor is restarted by Ray (`max_restarts=-1`, cold); its sleeve fails as a dead task does.
 - Ray cannot cancel a running actor method, so a meta interrupted by Ctrl-C / SIGTERM asks each busy
   worker to raise KeyboardInterrupt in the thread running its sleeve (as `ray.cancel` does in a task): the
@@ -24,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from quantlib.engine import nodes
+from quantlib.engine import kernel, nodes
 
 NAMESPACE = "fractal-workbook"
 CONTROL = "control"  # the concurrency group of `SleeveWorker.interrupt`
@@ -50,18 +52,30 @@ class SleeveWorker:
         self.import_s = round(time.perf_counter() - start, 2)
         self.runs = 0
         self.running: int | None = None  # the thread running a sleeve
+        self.prestart("sleeve")
 
     def run(self, run_spec: Callable[[dict], dict], spec: dict) -> dict:
-        """`run_spec(spec)` (`fanout.run_spec_on_node`, passed by reference: this module sits below the fan-out)."""
+        """`run_spec(spec)` (`fanout.run_spec_on_node`, passed by reference: this module sits below the fan-out);
+        then the kernel of the next run of the same phase is started, so it is ready when that run comes."""
         self.runs += 1
         self.running = threading.get_ident()
         try:
             result = run_spec(spec)
         finally:
             self.running = None
+            self.prestart(spec["phase"])
         result["worker"] = {"kind": "warm actor", "pid": os.getpid(), "sleeves_run": self.runs,
                             "import_s": self.import_s}
         return result
+
+    @staticmethod
+    def prestart(phase: str) -> None:
+        """`engine.kernel.prestart` for a nested run (no terminal); a kernel that cannot start now is started by
+        the run that needs it, which then reports why."""
+        try:
+            kernel.prestart(phase, progress=False)
+        except BaseException:  # noqa: BLE001 -- incl. an interrupt meant for the sleeve that just ended
+            kernel.discard()
 
     def interrupt(self) -> bool:
         """A KeyboardInterrupt in the thread running a sleeve (what `ray.cancel` does to a task; Ray cannot

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from quantlib.core import lean
-from quantlib.engine.executor import SharedKernel
+from quantlib.engine.kernel import SharedKernel
 
 PROBE = """
 import sys, time

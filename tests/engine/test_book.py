@@ -21,6 +21,7 @@ import nbformat
 import pytest
 
 from quantlib.engine import executor as book, html
+from quantlib.engine import kernel as stage_kernel
 from quantlib.engine.html import export_notebook_html
 from quantlib.core import storage
 from quantlib.core import registry
@@ -370,7 +371,7 @@ def test_failed_html_export_is_recorded_without_failing_the_stage(make_run, monk
 
 
 # ----------------------------------------------------------------------------------- (g) interruption
-class RecordingKernel(book.SharedKernel):
+class RecordingKernel(stage_kernel.SharedKernel):
     """The shared kernel, remembering its process id (to check it was stopped)."""
 
     pids: ClassVar[list[int]] = []
@@ -403,7 +404,7 @@ def signal_when_running(run: Run, stage_name: str, signum: int) -> threading.Thr
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_records_the_run_interrupted_stops_the_kernel_and_resume_continues_there(make_run, monkeypatch, signum):
-    monkeypatch.setattr(book, "SharedKernel", RecordingKernel)
+    monkeypatch.setattr(stage_kernel, "SharedKernel", RecordingKernel)
     RecordingKernel.pids = []
     plan = (ok_stage("alpha"), stage("slow", SLEEPS, "artifacts/slow.txt"), ok_stage("gamma"))
     run = make_run(plan)
@@ -467,7 +468,7 @@ def test_a_meta_records_its_nested_runs_left_running_by_a_gone_process_as_interr
 def test_stage_kernels_import_the_drivers_quantlib_first(monkeypatch):
     """A kernel started from another checkout's venv still runs this checkout's code (what the cache hashes)."""
     import quantlib
-    from quantlib.engine.executor import kernel_env
+    from quantlib.engine.kernel import kernel_env
 
     root = str(Path(quantlib.__file__).resolve().parents[1])
     env = kernel_env({"PYTHONPATH": os.pathsep.join(["/elsewhere", root]), "X": "1"})

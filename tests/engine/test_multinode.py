@@ -54,8 +54,12 @@ class MultiNodeCluster:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """Head (no CPU: no sleeve runs there) + two 1-CPU worker nodes with node_a / node_b, token-authenticated."""
+    from ray._private.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
+    # Cluster records its address in Ray's default temp dir whatever temp_dir says (a fresh machine has none)
+    address_file = Path(get_ray_address_file(None))
+    address_file.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix="fw-nodes-", dir="/tmp"))  # short: Ray's socket paths stay < 107 bytes
     (temp / "auth_token").write_text(os.urandom(32).hex())
     auth = workbook_cluster.ray_env(temp, loopback=True)
@@ -71,6 +75,8 @@ def ray_cluster():
         finally:
             cluster.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
+            if address_file.exists() and address_file.read_text() == cluster.address:
+                address_file.unlink()  # a later ray.init() must not look for this gone cluster
 
 
 @pytest.fixture(scope="module")
