@@ -267,9 +267,10 @@ def test_every_sleeve_reads_the_pinned_data_run_and_sigterm_leaves_no_run_runnin
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
             time.sleep(0.5)
         _copy_data_run(first.run.dir, runs, "data-newer")  # passes before the second sleeve looks for its data
-        while _stage_status(sleeves / "crypto_short" / "manifest.json", "select") != "running":
+        # select takes ~0.3 s: signal once it has started (validate, seconds long, is still to come)
+        while _stage_status(sleeves / "crypto_short" / "manifest.json", "select") not in ("running", "completed"):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
-            time.sleep(0.5)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
