@@ -4,15 +4,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from quantlib.commands.common import runs_dir
 from quantlib.core import storage
+from quantlib.core.errors import first_line
 from quantlib.core.ids import check_run_id
 from quantlib.core.profiles import ParamEnv, Profile, check_kind, load_profile
 from quantlib.core.runs import INDEX, MANIFEST, REPORT, Run, RunOptions
 from quantlib.core.workspace import Workspace
+from quantlib.engine import cluster
 from quantlib.engine.executor import run_phase as execute
 from quantlib.engine.resume import reopen
 from quantlib.meta.tree import check_meta_tree, pin_data_runs
@@ -141,15 +146,55 @@ def baseline(args: argparse.Namespace) -> int:
     return finish_meta(ok, run_dir)
 
 
+@contextmanager
+def ray_ahead(args: argparse.Namespace) -> Iterator[Callable[[], None]]:
+    """The demo's Ray, started while its data runs (Ray's start-up, ~7 s, mostly waits on a core the data
+    phase leaves idle): a workbook cluster for the runs root (`engine.cluster.start`) in a background thread,
+    which the meta joins (`fanout` uses a running workbook cluster) and which is stopped when the demo ends,
+    also on failure or Ctrl-C. Yields `ready()`, called before the meta: it waits for the start and says what
+    the meta will use. Nothing is started for `--executor local`, `--ray-address`, or when a workbook cluster
+    already runs for this runs root (the meta joins that one and it is left running)."""
+    root, outcome = runs_dir(args), {}
+    if args.executor != "ray" or args.ray_address or cluster.running(root, Workspace.current().root):
+        yield lambda: None
+        return
+
+    def start() -> None:
+        try:
+            outcome["cluster"] = cluster.start(root)
+        except BaseException as exc:  # noqa: BLE001 -- reported by ready(); the meta then starts its own Ray
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=start, name="fw-demo-ray", daemon=True)
+    thread.start()
+
+    def ready() -> None:
+        thread.join()
+        if "cluster" in outcome:
+            print(f"Ray: a workbook cluster for this demo at {outcome['cluster'].address} (started while the data "
+                  f"ran; stopped at the end)")
+        else:
+            print(f"Ray: the demo's cluster did not start ({first_line(outcome.get('error'))}); the meta starts its own")
+
+    try:
+        yield ready
+    finally:
+        thread.join()
+        if "cluster" in outcome:
+            cluster.stop(root)
+
+
 def demo(args: argparse.Namespace) -> int:
     print("Fractal Workbook demo (offline): data phase on the simulated crypto and equities venues, then a\n"
           "meta portfolio of a crypto LONG, a crypto SHORT and an equities LONG sleeve, each validated walk-forward")
     start = time.perf_counter()
     args.run_id = None
-    results = [run_phase("data", profile, args, options=RunOptions(cache=not args.no_cache))
-               for profile in args.profiles]
-    if all(ok for ok, _ in results):
-        results.append(run_meta(args.meta_profile, args))
+    with ray_ahead(args) as ray_ready:
+        results = [run_phase("data", profile, args, options=RunOptions(cache=not args.no_cache))
+                   for profile in args.profiles]
+        if all(ok for ok, _ in results):
+            ray_ready()
+            results.append(run_meta(args.meta_profile, args))
     print(f"\nDemo finished in {time.perf_counter() - start:.0f} s. Reports:")
     for ok, run_dir in results:
         print(f"  {'PASS' if ok else 'FAIL'}  {run_dir / INDEX}")
