@@ -287,10 +287,10 @@ def _execute_ray(specs: list[dict], address: str | None, private: Path | None, c
         import ray  # only now: Ray reads part of the environment ray_session sets when it is imported
 
         nodes.check_resources(specs, ray.nodes(), f"at {address}" if address else "started locally")
-        preflight = nodes.preflight(specs)
         task = ray.remote(num_cpus=1, max_retries=0)(run_spec_on_node)
         queued = [spec for spec in specs if warm_workers and not spec.get("resources")]  # for the warm workers
         idle = warm.pool(max(1, min(len(queued), int(ray.cluster_resources().get("CPU", 1))))) if queued else []
+        preflight = nodes.preflight(specs, workers=warm.checkers(idle) if idle else None)
         pending: dict = {}  # ref -> (spec, the warm worker running it or None: a task)
 
         def submit(spec: dict, worker=None) -> None:

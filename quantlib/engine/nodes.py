@@ -20,7 +20,7 @@ import platform
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -173,9 +173,12 @@ def problem_of(answer: dict[str, Any], tokens: list[dict[str, str]], expected: d
     return None
 
 
-def preflight(specs: list[dict], timeout_s: float = PREFLIGHT_TIMEOUT_S) -> dict[str, Any]:
+def preflight(specs: list[dict], timeout_s: float = PREFLIGHT_TIMEOUT_S,
+              workers: dict[str, Callable] | None = None) -> dict[str, Any]:
     """Check every alive node a sleeve can run on (connected Ray); returns the report recorded in `sleeves.json`
-    (`seconds`, per node id/ip/host/ok/problem), or raises a PreflightError naming the first failing node."""
+    (`seconds`, per node id/ip/host/ok/problem, `by`: how each node was checked), or raises a PreflightError
+    naming the first failing node. `workers`: node id -> a function submitting the probe to a warm worker there
+    (`warm.checkers`: no worker start); the other nodes get a task pinned to them."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -187,8 +190,16 @@ def preflight(specs: list[dict], timeout_s: float = PREFLIGHT_TIMEOUT_S) -> dict
                               + sorted(expected)}
     try:
         task = ray.remote(num_cpus=0, max_retries=0)(probe)
-        pending = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                   .remote([{"file": t["file"], "content": t["content"]} for t in tokens]): n for n in nodes}
+        payload = [{"file": t["file"], "content": t["content"]} for t in tokens]
+        workers = workers or {}
+
+        def check(node: dict):
+            if node["NodeID"] in workers:
+                return workers[node["NodeID"]](probe, payload)
+            return task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                                ).remote(payload)
+
+        pending = {check(n): n for n in nodes}
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s) if pending else ([], [])
         for ref, node in pending.items():
             record = {"id": node["NodeID"], "ip": node.get("NodeManagerAddress"),
@@ -202,7 +213,8 @@ def preflight(specs: list[dict], timeout_s: float = PREFLIGHT_TIMEOUT_S) -> dict
                     problem = problem_of(answer, tokens, expected)
                 except Exception as exc:  # the node could not run the probe (its runtime env, a dead worker)
                     problem = f"it could not run the check ({type(exc).__name__}: {first_line(exc)[:200]})"
-            report["nodes"].append({**record, "ok": problem is None, "problem": problem})
+            report["nodes"].append({**record, "ok": problem is None, "problem": problem,
+                                    "by": "warm worker" if node["NodeID"] in workers else "task"})
     finally:
         for token in tokens:
             Path(token["file"]).unlink(missing_ok=True)

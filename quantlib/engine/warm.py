@@ -29,7 +29,7 @@ from collections.abc import Callable
 from quantlib.engine import kernel, nodes
 
 NAMESPACE = "fractal-workbook"
-CONTROL = "control"  # the concurrency group of `SleeveWorker.interrupt`
+CONTROL = "control"  # the concurrency group of `interrupt`, `where` and `check` (answered while a sleeve runs)
 INTERRUPT_S = 5.0
 PREFIX = "fw-sleeve-"
 #: what a sleeve run imports in the worker (the stage kernels import the rest themselves)
@@ -52,7 +52,17 @@ class SleeveWorker:
         self.import_s = round(time.perf_counter() - start, 2)
         self.runs = 0
         self.running: int | None = None  # the thread running a sleeve
+        self.node = nodes.this_node()["id"]
         self.prestart("sleeve")
+
+    def where(self) -> str:
+        """The id of the node this worker runs on."""
+        return self.node
+
+    def check(self, probe: Callable[[list], dict], tokens: list) -> dict:
+        """The preflight's `probe(tokens)` here (`nodes.preflight`): a warm process answers at once, where a task
+        would first start a worker for the meta's job (~1.5 s)."""
+        return probe(tokens)
 
     def run(self, run_spec: Callable[[dict], dict], spec: dict) -> dict:
         """`run_spec(spec)` (`fanout.run_spec_on_node`, passed by reference: this module sits below the fan-out);
@@ -107,6 +117,20 @@ def pool(size: int) -> list:
     return [worker.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
                            max_restarts=-1, max_task_retries=0, max_concurrency=1).remote()
             for name in names]
+
+
+def checkers(workers: list, timeout_s: float = 60.0) -> dict[str, Callable]:
+    """For the preflight (`nodes.preflight`): node id -> a function submitting its probe to a warm worker there
+    (in the `control` group: answered even while the worker runs another meta's sleeve); {} when the workers
+    do not say where they are within `timeout_s` (the preflight then probes with tasks)."""
+    import ray
+
+    try:
+        where = ray.get([w.where.options(concurrency_group=CONTROL).remote() for w in workers], timeout=timeout_s)
+    except Exception:  # noqa: BLE001 -- a worker still restarting or gone: tasks check its node
+        return {}
+    return {node: (lambda probe, tokens, w=w: w.check.options(concurrency_group=CONTROL).remote(probe, tokens))
+            for node, w in zip(where, workers)}
 
 
 def interrupt(actor) -> None:

@@ -84,6 +84,9 @@ def test_a_meta_joins_the_workbook_cluster_and_records_each_sleeves_node(head, r
     second = [s["worker"] for s in again["sleeves"]]
     assert {w["pid"] for w in second} <= {w["pid"] for w in first.values()}
     assert sum(w["sleeves_run"] for w in second) > sum(w["sleeves_run"] for w in first.values())
+    # the preflight asked a warm worker on the node (no task, so no worker start for the meta's job)
+    [node] = again["preflight"]["nodes"]
+    assert node["ok"] and node["by"] == "warm worker" and node["id"] in head_node
 
 
 RAY_MAP = """

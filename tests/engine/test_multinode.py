@@ -137,6 +137,7 @@ def test_sleeves_run_on_the_nodes_their_resources_pin_with_the_shipped_code_and_
     placed = {s["id"]: s["node"]["id"] for s in doc["sleeves"]}
     assert placed == {"crypto_long": ray_cluster.node_a, "crypto_short": ray_cluster.node_b}
     # the preflight checked both worker nodes (not the CPU-less head) before any sleeve started
+    assert all(n["by"] == "task" for n in doc["preflight"]["nodes"])  # --ray-address: no warm workers
     assert {(n["id"], n["ip"], n["ok"]) for n in doc["preflight"]["nodes"]} == {
         (ray_cluster.node_a, LOOPBACK, True), (ray_cluster.node_b, LOOPBACK, True)}
     assert f"runs root {run.dir}" in doc["preflight"]["checked"] and f"lakehouse {ws.lake}" in doc["preflight"]["checked"]
