@@ -376,11 +376,12 @@ def _top_columns(wide: pd.DataFrame, n: int) -> tuple[list, list]:
     return order[:n], order[n:]
 
 
-def drift_monitor(history: pd.DataFrame, profile: str, top: int = TOP_SERIES):
+def drift_monitor(history: pd.DataFrame, profile: str, top: int = TOP_SERIES, drift: pd.DataFrame | None = None):
     """Two rows for one profile: stacked area of atom weights per rebalance (top), turnover bars (bottom).
 
     The `top` atoms of largest mean weight are drawn one by one (largest at the bottom), the rest summed
     as "other (k atoms)"; atoms absent at a rebalance count as weight 0. Turnover is over all atoms.
+    `drift`: `drift_table(history)` when the caller has it (else computed for this profile).
     Raises ``ValueError`` if `profile` is not in `history`.
     """
     import plotly.graph_objects as go
@@ -389,7 +390,7 @@ def drift_monitor(history: pd.DataFrame, profile: str, top: int = TOP_SERIES):
     sub = _profile_history(history, profile)
     wide = sub.pivot(index="rebalance", columns="atom_id", values="weight").sort_index().fillna(0.0)
     shown, rest = _top_columns(wide, top)
-    drift = drift_table(sub)
+    drift = drift_table(sub) if drift is None else drift[drift["profile"] == profile]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.08,
                         subplot_titles=("Atom weights", "Turnover (½ Σ|Δw|)"))
     for atom in shown:

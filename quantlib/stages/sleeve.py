@@ -10,6 +10,7 @@ universe is the walk-forward's universe at t = now.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 
@@ -264,12 +265,12 @@ def post_analysis(ctx: StageContext) -> dict:
              "factor_map": postanalysis.factor_map(synthetic, labels,
                                                    weights[weights["profile"] == main].set_index("atom_id")["weight"])}
     paths = {name: figures.write_figure_html(fig, ctx.path(name)) for name, fig in plots.items()}
+    drift = postanalysis.drift_table(history)
     for profile in ctx.profile.optimizer.profiles:
-        for key, name, chart in (("drift", "drift_plot", postanalysis.drift_monitor),
+        for key, name, chart in (("drift", "drift_plot", partial(postanalysis.drift_monitor, drift=drift)),
                                  ("clusters", "clusters_plot", postanalysis.cluster_composition)):
             plots[f"{key}_{profile}"] = fig = chart(history, profile)
             paths[f"{key}_{profile}"] = figures.write_figure_html(fig, ctx.path(name, profile=profile))
-    drift = postanalysis.drift_table(history)
     ctx.write("drift", drift)
     return {"figures": plots, "drift": drift, "paths": paths, "history": history}
 

@@ -33,3 +33,25 @@ def test_fewer_clusters_now_each_previous_id_used_once():
 def test_no_previous_clusters_gives_fresh_ids_in_id_order():
     assert match_labels(pd.Series(dtype=float), pd.Series({"x": 5, "y": 2}), next_id=1) == ({2: 1, 5: 2}, 3)
     assert match_labels(pd.Series({"x": 1}), pd.Series(dtype=float), next_id=2) == ({}, 2)
+
+
+def test_the_overlap_counts_are_pandas_crosstab_s():
+    """The overlap matrix (counted with numpy) equals pd.crosstab's on random labels with gaps: the same ids result
+    as an assignment over the crosstab (the former implementation)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        items = [f"a{i}" for i in range(40)]
+        prev = pd.Series(rng.integers(1, 6, 40).astype(float), index=items)
+        cur = pd.Series(rng.integers(1, 8, 40).astype(float), index=items).sample(frac=0.9, random_state=1)
+        prev[rng.random(40) < 0.1] = np.nan
+        mapping, _ = match_labels(prev, cur, next_id=100)
+        cur_ids, prev_ids = sorted(cur.dropna().unique()), sorted(prev.dropna().unique())
+        shared = cur.index.intersection(prev.index)
+        overlap = (pd.crosstab(cur.reindex(shared), prev.reindex(shared))
+                   .reindex(index=cur_ids, columns=prev_ids, fill_value=0).to_numpy())
+        rows, cols = linear_sum_assignment(-overlap)
+        expected = {cur_ids[r]: prev_ids[c] for r, c in zip(rows, cols) if overlap[r, c] > 0}
+        assert {k: v for k, v in mapping.items() if v < 100} == expected
