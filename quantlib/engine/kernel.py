@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from quantlib.core import lean
@@ -105,16 +106,35 @@ def _key(phase: str, progress: bool) -> tuple:
     return phase, progress, os.getcwd(), tuple(sorted(env.items()))
 
 
-_ready: dict = {}  # at most one prestarted kernel: {"key", "kernel", "live"}
+@dataclass
+class _Prestarted:
+    key: tuple  # `_key` when it was started
+    kernel: SharedKernel
+    live: LiveProgress
+
+
+_ready: _Prestarted | None = None  # at most one prestarted kernel
+
+
+def _new(phase: str, progress: bool) -> tuple[SharedKernel, LiveProgress]:
+    """A kernel for a run of `phase` (not started) and its progress view, whose file the kernel's env names."""
+    live = LiveProgress(enabled=progress)
+    return SharedKernel(WARM_IMPORTS.get(phase, ""), kernel_env(live.kernel_env())), live
+
+
+def _take() -> _Prestarted | None:
+    global _ready
+    ready, _ready = _ready, None
+    return ready
 
 
 def prestart(phase: str, progress: bool) -> None:
     """Start the kernel (and, with `progress`, the terminal's progress view) of the next run of `phase` now,
     so its boot and imports overlap the caller's other work. Replaces an earlier unclaimed one."""
+    global _ready
     discard()
-    live = LiveProgress(enabled=progress)
-    kernel = SharedKernel(WARM_IMPORTS.get(phase, ""), kernel_env(live.kernel_env()))
-    _ready.update(key=_key(phase, progress), kernel=kernel, live=live)
+    kernel, live = _new(phase, progress)
+    _ready = _Prestarted(_key(phase, progress), kernel, live)
     try:
         kernel.manager()
     except BaseException:
@@ -125,22 +145,22 @@ def prestart(phase: str, progress: bool) -> None:
 def for_run(phase: str, progress: bool) -> tuple[SharedKernel, LiveProgress]:
     """A run's kernel and progress view: the prestarted pair when it was made for this phase, progress view,
     environment and directory; else new ones (the kernel starts at the run's first stage)."""
-    if _ready and _ready["key"] == _key(phase, progress) and _ready["kernel"].alive():
-        kernel, live = _ready.pop("kernel"), _ready.pop("live")
-        _ready.clear()
-        return kernel, live
-    discard()
-    live = LiveProgress(enabled=progress)
-    return SharedKernel(WARM_IMPORTS.get(phase, ""), kernel_env(live.kernel_env())), live
+    ready = _take()
+    if ready is not None and ready.key == _key(phase, progress) and ready.kernel.alive():
+        return ready.kernel, ready.live
+    _close(ready)
+    return _new(phase, progress)
 
 
 def discard() -> None:
     """Shut down the prestarted kernel nobody claimed (and its progress view)."""
-    if _ready:
-        kernel, live = _ready.pop("kernel"), _ready.pop("live")
-        _ready.clear()
-        kernel.close()
-        live.close()
+    _close(_take())
+
+
+def _close(ready: _Prestarted | None) -> None:
+    if ready is not None:
+        ready.kernel.close()
+        ready.live.close()
 
 
 atexit.register(discard)

@@ -266,9 +266,10 @@ def post_analysis(ctx: StageContext) -> dict:
                                                    weights[weights["profile"] == main].set_index("atom_id")["weight"])}
     paths = {name: figures.write_figure_html(fig, ctx.path(name)) for name, fig in plots.items()}
     drift = postanalysis.drift_table(history)
+    charts = (("drift", "drift_plot", partial(postanalysis.drift_monitor, drift=drift)),
+              ("clusters", "clusters_plot", postanalysis.cluster_composition))
     for profile in ctx.profile.optimizer.profiles:
-        for key, name, chart in (("drift", "drift_plot", partial(postanalysis.drift_monitor, drift=drift)),
-                                 ("clusters", "clusters_plot", postanalysis.cluster_composition)):
+        for key, name, chart in charts:
             plots[f"{key}_{profile}"] = fig = chart(history, profile)
             paths[f"{key}_{profile}"] = figures.write_figure_html(fig, ctx.path(name, profile=profile))
     ctx.write("drift", drift)

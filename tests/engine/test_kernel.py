@@ -34,7 +34,7 @@ def gone(process: int, wait_s: float = 10) -> bool:
 
 def test_a_prestarted_kernel_is_claimed_by_the_next_run_of_its_phase():
     kernel.prestart("sleeve", progress=False)
-    ready = kernel._ready["kernel"]
+    ready = kernel._ready.kernel
     assert ready.alive() and ready.warm.endswith(kernel.WARM_IMPORTS["sleeve"])
     claimed, live = kernel.for_run("sleeve", progress=False)
     assert claimed is ready and live.path is None and not kernel._ready
@@ -45,7 +45,7 @@ def test_a_prestarted_kernel_is_claimed_by_the_next_run_of_its_phase():
 def test_a_run_of_another_phase_environment_or_view_gets_a_new_kernel_and_the_old_one_stops(monkeypatch):
     for phase, progress, env in (("meta", False, None), ("sleeve", True, None), ("sleeve", False, "1")):
         kernel.prestart("sleeve", progress=False)
-        old = pid(kernel._ready["kernel"])
+        old = pid(kernel._ready.kernel)
         if env:
             monkeypatch.setenv("FW_SOME__KEY", env)  # e.g. FW_RAY_ADDRESS set for this run
         fresh, live = kernel.for_run(phase, progress)
@@ -62,7 +62,7 @@ def test_a_run_of_another_phase_environment_or_view_gets_a_new_kernel_and_the_ol
 
 def test_a_prestarted_kernel_that_died_is_not_handed_out():
     kernel.prestart("data", progress=False)
-    dead = kernel._ready["kernel"]
+    dead = kernel._ready.kernel
     os.kill(pid(dead), signal.SIGKILL)
     assert gone(pid(dead))
     fresh, live = kernel.for_run("data", progress=False)
@@ -73,8 +73,8 @@ def test_a_prestarted_kernel_that_died_is_not_handed_out():
 def test_a_prestarted_progress_view_names_its_file_in_the_kernel_environment():
     kernel.prestart("data", progress=True)
     ready = kernel._ready
-    assert ready["kernel"].env[ENV_VAR] == str(ready["live"].path) and ready["live"].path.exists()
-    path = ready["live"].path
+    assert ready.kernel.env[ENV_VAR] == str(ready.live.path) and ready.live.path.exists()
+    path = ready.live.path
     kernel.discard()
     assert not path.exists() and not kernel._ready
 
