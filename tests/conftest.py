@@ -137,13 +137,15 @@ def short_sleeve(workspace, first):
     return result, workspace.run_of(result)
 
 
-def stage_running(manifest: Path) -> bool:
-    """The run whose manifest this is has a stage under way (RUNNING with a stage `running`)."""
+def stage_running(manifest: Path, stage: str | None = None) -> bool:
+    """The run whose manifest this is has a stage (`stage`, or any) under way (RUNNING with that stage `running`)."""
     try:
         doc = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return False
-    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in doc.get("stages", {}).values())
+    stages = doc.get("stages", {})
+    running = [stages.get(stage, {})] if stage else stages.values()
+    return doc.get("status") == "RUNNING" and any(s.get("status") == "running" for s in running)
 
 
 def spy_local_pools(monkeypatch) -> list[int]:

@@ -160,7 +160,9 @@ def test_ctrl_c_interrupts_the_sleeves_in_the_warm_workers_which_stay_for_the_re
     with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as process:
         deadline = time.monotonic() + 180
-        while not all(stage_running(sleeves / s / "manifest.json") for s in ("crypto_long", "crypto_short")):
+        # both in validate, seconds long (the other stages now last tenths: a signal between two stages would
+        # record the sleeve INTERRUPTED with no stage running)
+        while not all(stage_running(sleeves / s / "manifest.json", "validate") for s in ("crypto_long", "crypto_short")):
             assert process.poll() is None and time.monotonic() < deadline, "the sleeves never started a stage"
             time.sleep(0.1)
         workers = {pid for pid, name in ray_pids(head.pid).items() if name.startswith("ray::SleeveWork")}
