@@ -153,25 +153,24 @@ def candidates_at(returns: pd.DataFrame, screener: pd.DataFrame, scanners: Seque
     `last_bar` and `toxic` columns; funnel with a final "strict health" step per scanner)."""
     pool, funnel = universe_at(screener, scanners, dates)
     index = returns.index
-    parts, steps = [], []
-    for date, rows in pool.groupby("date", sort=True):
-        end = index.searchsorted(date, side="right")
-        health = assess_window(returns.iloc[max(0, end - window):end], rows["symbol"].unique(),
-                               min_history_days=min_history_days, toxic_return=toxic_return).set_index("symbol")
-        rows = rows.assign(health=rows["symbol"].map(health["status"]),
-                           health_detail=rows["symbol"].map(health["detail"]),
-                           health_returns=rows["symbol"].map(health["returns"]),
-                           last_bar=rows["symbol"].map(health["last_return"]))
-        parts.append(rows)
-        last = funnel[funnel["date"] == date].groupby("scanner").tail(1)
-        ok = rows[rows["health"] == "OK"].groupby("scanner").size()
-        steps.append(last.assign(step=last["step"] + 1, filter="strict health",
-                                 remaining=last["scanner"].map(ok).fillna(0).astype(int)))
-    pool = (pd.concat(parts, ignore_index=True) if parts else
-            pool.assign(health=[], health_detail=[], health_returns=[], last_bar=pd.NaT))
+    health = [assess_window(returns.iloc[max(0, end - window):end], symbols.unique(), min_history_days=min_history_days,
+                            toxic_return=toxic_return).assign(date=date)
+              for date, symbols in pool.groupby("date", sort=True)["symbol"]
+              for end in [index.searchsorted(date, side="right")]]
+    columns = {"status": "health", "detail": "health_detail", "returns": "health_returns", "last_return": "last_bar"}
+    if health:  # one join for all dates (a per-date assign was most of this function's time)
+        pool = pool.merge(pd.concat(health, ignore_index=True)[["date", "symbol", *columns]].rename(columns=columns),
+                          on=["date", "symbol"], how="left", validate="many_to_one")
+    else:
+        pool = pool.assign(health=[], health_detail=[], health_returns=[], last_bar=pd.NaT)
     pool["toxic"] = pool["health"].eq("TOXIC")
-    funnel = pd.concat([funnel, *steps], ignore_index=True).sort_values(["date", "scanner", "step"],
-                                                                        ignore_index=True)
+    last = funnel[funnel["date"].isin(pool["date"])].groupby(["date", "scanner"]).tail(1)
+    ok = pool[pool["health"] == "OK"].groupby(["date", "scanner"]).size()
+    keys = pd.MultiIndex.from_frame(last[["date", "scanner"]])
+    steps = last.assign(step=last["step"] + 1, filter="strict health",
+                        remaining=ok.reindex(keys, fill_value=0).to_numpy().astype(int))
+    funnel = pd.concat([funnel, steps], ignore_index=True).sort_values(["date", "scanner", "step"],
+                                                                       ignore_index=True)
     return pool, funnel
 
 
