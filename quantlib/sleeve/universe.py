@@ -153,10 +153,13 @@ def candidates_at(returns: pd.DataFrame, screener: pd.DataFrame, scanners: Seque
     `last_bar` and `toxic` columns; funnel with a final "strict health" step per scanner)."""
     pool, funnel = universe_at(screener, scanners, dates)
     index = returns.index
-    health = [assess_window(returns.iloc[max(0, end - window):end], symbols.unique(), min_history_days=min_history_days,
-                            toxic_return=toxic_return).assign(date=date)
-              for date, symbols in pool.groupby("date", sort=True)["symbol"]
-              for end in [index.searchsorted(date, side="right")]]
+
+    def health_at(date: pd.Timestamp, symbols: pd.Series) -> pd.DataFrame:
+        end = index.searchsorted(date, side="right")  # the window ends at `date`, never on a later row
+        return assess_window(returns.iloc[max(0, end - window):end], symbols.unique(),
+                             min_history_days=min_history_days, toxic_return=toxic_return).assign(date=date)
+
+    health = [health_at(date, symbols) for date, symbols in pool.groupby("date", sort=True)["symbol"]]
     columns = {"status": "health", "detail": "health_detail", "returns": "health_returns", "last_return": "last_bar"}
     if health:  # one join for all dates (a per-date assign was most of this function's time)
         pool = pool.merge(pd.concat(health, ignore_index=True)[["date", "symbol", *columns]].rename(columns=columns),
